@@ -1,0 +1,25 @@
+"""fastrnn: fused LSTM, GRU and vanilla RNN kernels (forward and BPTT) for NumPy."""
+from ._backends import available_backends
+from .kernels import (
+    LSTMGrads,
+    LSTMOutput,
+    RNNGrads,
+    RNNOutput,
+    Workspace,
+    gru_backward,
+    gru_forward,
+    lstm_backward,
+    lstm_forward,
+    rnn_backward,
+    rnn_forward,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "available_backends",
+    "rnn_forward", "rnn_backward",
+    "lstm_forward", "lstm_backward",
+    "gru_forward", "gru_backward",
+    "RNNOutput", "LSTMOutput", "RNNGrads", "LSTMGrads", "Workspace",
+]

@@ -1,0 +1,129 @@
+"""Argument checks shared by every public function.
+
+Every check raises a ``TypeError`` (wrong kind of object or dtype) or a
+``ValueError`` (wrong shape or value) whose message names the argument, what
+was expected and what was received. Arrays come back C-contiguous in the
+working dtype, copied at most once.
+"""
+import operator
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _describe(a):
+    return f"shape {tuple(a.shape)} and dtype {a.dtype}"
+
+
+def as_array(name, value):
+    """``value`` as an ndarray without copying, or a TypeError naming ``name``."""
+    if isinstance(value, np.ndarray):
+        return value
+    if hasattr(value, "__array__") or isinstance(value, (list, tuple)):
+        try:
+            return np.asarray(value)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {exc}") from None
+    raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+
+
+def working_dtype(x):
+    """The dtype every array of a call must share: the dtype of ``x``."""
+    x = as_array("x", x)
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x must be float32 or float64, got dtype {x.dtype}; "
+                        "cast it with x.astype(np.float32)")
+    return x.dtype
+
+
+def float_array(name, value, shape, dtype):
+    """Check ``value`` against ``shape`` (a tuple with ints and names) and ``dtype``.
+
+    Returns a C-contiguous array of exactly ``dtype``.
+    """
+    a = as_array(name, value)
+    if a.dtype != dtype:
+        if a.dtype.kind == "f":
+            raise TypeError(f"{name} must have dtype {dtype} (the dtype of x), "
+                            f"got {a.dtype}")
+        raise TypeError(f"{name} must be a float array of dtype {dtype}, got dtype {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(a)}")
+    return np.ascontiguousarray(a)
+
+
+def sequence_input(x):
+    """``x`` as a C-contiguous (T, B, I) float array."""
+    x = as_array("x", x)
+    working_dtype(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D (T, B, I), time-major; got {_describe(x)}")
+    return np.ascontiguousarray(x)
+
+
+def lengths_array(lengths, T, B):
+    """``lengths`` as a (B,) intp array with 0 <= lengths[b] <= T, or None."""
+    if lengths is None:
+        return None
+    a = as_array("lengths", lengths)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"lengths must be an integer array, got dtype {a.dtype}")
+    if a.shape != (B,):
+        raise ValueError(f"lengths must have shape ({B},) (one per sequence of x), "
+                         f"got shape {tuple(a.shape)}")
+    if B and (a.min() < 0 or a.max() > T):
+        raise ValueError(f"lengths must lie in [0, T={T}], got values in "
+                         f"[{a.min()}, {a.max()}]")
+    return np.ascontiguousarray(a, dtype=np.intp)
+
+
+def flag(name, value):
+    """A bool argument; rejects strings and arrays that would be truthy by accident."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    try:
+        return bool(operator.index(value))
+    except TypeError:
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}") from None
+
+
+def layer_params(n_gates, x, weight_ih, weight_hh, bias_ih, bias_hh):
+    """Check one layer's parameters against ``x``.
+
+    Returns ``(H, (weight_ih, weight_hh, bias_ih, bias_hh), has_bias)``; missing
+    biases (both None, as with PyTorch's ``bias=False``) come back as zeros.
+    """
+    dtype = x.dtype
+    I = x.shape[2]
+    w_hh = as_array("weight_hh", weight_hh)
+    if w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != n_gates * w_hh.shape[1]:
+        raise ValueError(f"weight_hh must have shape ({n_gates}*H, H) with H >= 1, "
+                         f"got {_describe(w_hh)}")
+    H = w_hh.shape[1]
+    w_hh = float_array("weight_hh", w_hh, (n_gates * H, H), dtype)
+    w_ih = float_array("weight_ih", weight_ih, (n_gates * H, I), dtype)
+    if (bias_ih is None) != (bias_hh is None):
+        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+    has_bias = bias_ih is not None
+    if has_bias:
+        b_ih = float_array("bias_ih", bias_ih, (n_gates * H,), dtype)
+        b_hh = float_array("bias_hh", bias_hh, (n_gates * H,), dtype)
+    else:
+        b_ih = np.zeros(n_gates * H, dtype)
+        b_hh = np.zeros(n_gates * H, dtype)
+    return H, (w_ih, w_hh, b_ih, b_hh), has_bias
+
+
+def state(name, value, B, H, dtype):
+    """An initial state (B, H); None means zeros."""
+    if value is None:
+        return np.zeros((B, H), dtype)
+    return float_array(name, value, (B, H), dtype)
+
+
+def gradient(name, value, shape, dtype):
+    """An incoming gradient; None means zero and is passed on as None."""
+    if value is None:
+        return None
+    return float_array(name, value, shape, dtype)

@@ -1,0 +1,261 @@
+"""Public kernel functions: one layer, one direction, time-major.
+
+``*_forward`` runs a whole batch of sequences; with ``training=True`` it also
+returns a :class:`Workspace` holding what ``*_backward`` needs. Arrays follow
+PyTorch's layout and gate order (see :mod:`fastrnn.reference` for the math).
+"""
+from typing import NamedTuple, Optional
+
+import numpy as np
+
+from . import _backends
+from . import _validate as v
+
+N_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+STATE_NAMES = {"rnn_tanh": ("h",), "rnn_relu": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+
+
+class Workspace:
+    """What a training forward keeps for its backward. Pass it on unchanged.
+
+    Attributes
+    ----------
+    cell : str
+        ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"`` or ``"gru"``.
+    backend : str
+        The backend that produced it; the backward runs on the same one.
+    nbytes : int
+        Memory held by the workspace's arrays.
+    """
+    __slots__ = ("cell", "backend", "dtype", "x_shape", "hidden_size", "has_bias", "data")
+
+    def __init__(self, cell, backend, dtype, x_shape, hidden_size, has_bias, data):
+        self.cell = cell
+        self.backend = backend
+        self.dtype = dtype
+        self.x_shape = x_shape
+        self.hidden_size = hidden_size
+        self.has_bias = has_bias
+        self.data = data
+
+    @property
+    def nbytes(self):
+        return _nbytes(self.data)
+
+    def __repr__(self):
+        T, B, I = self.x_shape
+        return (f"<fastrnn.Workspace {self.cell} {self.backend} {self.dtype} "
+                f"T={T} B={B} I={I} H={self.hidden_size} {self.nbytes} bytes>")
+
+
+def _nbytes(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.nbytes
+    if isinstance(obj, dict):
+        return sum(_nbytes(o) for o in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(o) for o in obj)
+    return 0
+
+
+class RNNOutput(NamedTuple):
+    """Result of :func:`rnn_forward` and :func:`gru_forward`."""
+    y: np.ndarray                          #: (T, B, H)
+    h_n: np.ndarray                        #: (B, H)
+    workspace: Optional[Workspace]         #: None unless training
+
+
+class LSTMOutput(NamedTuple):
+    """Result of :func:`lstm_forward`."""
+    y: np.ndarray                          #: (T, B, H)
+    h_n: np.ndarray                        #: (B, H)
+    c_n: np.ndarray                        #: (B, H)
+    workspace: Optional[Workspace]         #: None unless training
+
+
+class RNNGrads(NamedTuple):
+    """Result of :func:`rnn_backward` and :func:`gru_backward`."""
+    dx: np.ndarray                         #: (T, B, I)
+    dh0: np.ndarray                        #: (B, H)
+    dweight_ih: np.ndarray                 #: (G*H, I)
+    dweight_hh: np.ndarray                 #: (G*H, H)
+    dbias_ih: Optional[np.ndarray]         #: (G*H,), None without biases
+    dbias_hh: Optional[np.ndarray]         #: (G*H,), None without biases
+
+
+class LSTMGrads(NamedTuple):
+    """Result of :func:`lstm_backward`."""
+    dx: np.ndarray
+    dh0: np.ndarray
+    dc0: np.ndarray
+    dweight_ih: np.ndarray
+    dweight_hh: np.ndarray
+    dbias_ih: Optional[np.ndarray]
+    dbias_hh: Optional[np.ndarray]
+
+
+# ------------------------------------------------------------------ dispatch
+
+def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh,
+             lengths, reverse, training, backend):
+    x = v.sequence_input(x)
+    T, B, _ = x.shape
+    H, params, has_bias = v.layer_params(N_GATES[cell], x, weight_ih, weight_hh,
+                                         bias_ih, bias_hh)
+    state0 = tuple(v.state(f"{name}0", s, B, H, x.dtype)
+                   for name, s in zip(STATE_NAMES[cell], states))
+    lengths = v.lengths_array(lengths, T, B)
+    reverse = v.flag("reverse", reverse)
+    training = v.flag("training", training)
+    module = _backends.get(backend)
+    if T == 0 or B == 0:
+        # nothing to compute; the reference handles empty arrays exactly
+        module = _backends.get("reference")
+    y, state_n, data = module.forward(cell, x, state0, params, lengths, reverse, training)
+    ws = None
+    if training:
+        ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data)
+    return y, state_n, ws
+
+
+def _backward(cell, ws, dy, dstate_n):
+    if not isinstance(ws, Workspace):
+        raise TypeError("workspace must be the Workspace returned by a forward with "
+                        f"training=True, got {type(ws).__name__}")
+    expected = cell if cell != "rnn" else ("rnn_tanh", "rnn_relu")
+    if ws.cell not in (expected if isinstance(expected, tuple) else (expected,)):
+        raise TypeError(f"workspace comes from a {ws.cell} forward, not a {cell} one")
+    T, B, _ = ws.x_shape
+    H = ws.hidden_size
+    dy = v.gradient("dy", dy, (T, B, H), ws.dtype)
+    dstate_n = tuple(v.gradient(f"d{name}_n", d, (B, H), ws.dtype)
+                     for name, d in zip(STATE_NAMES[ws.cell], dstate_n))
+    module = _backends.get(ws.backend)
+    dx, dstate0, dparams = module.backward(ws.cell, ws.data, dy, dstate_n)
+    if not ws.has_bias:
+        dparams = dparams[:2] + (None, None)
+    return (dx,) + tuple(dstate0) + tuple(dparams)
+
+
+# ------------------------------------------------------------------ public API
+
+_PARAMS_DOC = """
+    x : (T, B, I) float32 or float64 array
+        Time-major input. Every other array must have the same dtype.
+    {states}
+    weight_ih : (G*H, I) array
+    weight_hh : (G*H, H) array
+    bias_ih, bias_hh : (G*H,) arrays or None
+        Both or neither (None is PyTorch's ``bias=False``).
+    lengths : (B,) int array, optional
+        Valid steps per sequence, ``0 <= lengths[b] <= T``, any order.
+        Packed-sequence semantics: outputs past the length are zero, the
+        final state is the state after the last valid step, and with
+        ``reverse=True`` each sequence starts at its own last valid step.
+    reverse : bool
+        Run from ``t = T-1`` down to ``0`` (the second direction of a
+        bidirectional layer).
+    training : bool
+        Keep a :class:`Workspace` for the backward pass.
+    backend : str
+        ``"auto"`` (the fastest available), ``"cython"``, ``"numba"`` or
+        ``"reference"``; see :func:`fastrnn.available_backends`.
+"""
+
+
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
+                nonlinearity="tanh", lengths=None, reverse=False, training=False,
+                backend="auto"):
+    if nonlinearity not in ("tanh", "relu"):
+        raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+    y, (h_n,), ws = _forward(f"rnn_{nonlinearity}", x, (h0,), weight_ih, weight_hh,
+                             bias_ih, bias_hh, lengths, reverse, training, backend)
+    return RNNOutput(y, h_n, ws)
+
+
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
+                 lengths=None, reverse=False, training=False, backend="auto"):
+    y, (h_n, c_n), ws = _forward("lstm", x, (h0, c0), weight_ih, weight_hh,
+                                 bias_ih, bias_hh, lengths, reverse, training, backend)
+    return LSTMOutput(y, h_n, c_n, ws)
+
+
+def gru_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
+                lengths=None, reverse=False, training=False, backend="auto"):
+    y, (h_n,), ws = _forward("gru", x, (h0,), weight_ih, weight_hh,
+                             bias_ih, bias_hh, lengths, reverse, training, backend)
+    return RNNOutput(y, h_n, ws)
+
+
+def rnn_backward(workspace, dy=None, dh_n=None):
+    """Gradients of a vanilla RNN forward; returns :class:`RNNGrads`.
+
+    Parameters
+    ----------
+    workspace : Workspace
+        From ``rnn_forward(..., training=True)``.
+    dy : (T, B, H) array or None
+        Gradient with respect to ``y`` (None: zero).
+    dh_n : (B, H) array or None
+        Gradient with respect to ``h_n`` (None: zero).
+    """
+    return RNNGrads(*_backward("rnn", workspace, dy, (dh_n,)))
+
+
+def lstm_backward(workspace, dy=None, dh_n=None, dc_n=None):
+    """Gradients of an LSTM forward; returns :class:`LSTMGrads`.
+
+    Parameters
+    ----------
+    workspace : Workspace
+        From ``lstm_forward(..., training=True)``.
+    dy : (T, B, H) array or None
+    dh_n, dc_n : (B, H) arrays or None
+    """
+    return LSTMGrads(*_backward("lstm", workspace, dy, (dh_n, dc_n)))
+
+
+def gru_backward(workspace, dy=None, dh_n=None):
+    """Gradients of a GRU forward; returns :class:`RNNGrads`.
+
+    Parameters
+    ----------
+    workspace : Workspace
+        From ``gru_forward(..., training=True)``.
+    dy : (T, B, H) array or None
+    dh_n : (B, H) array or None
+    """
+    return RNNGrads(*_backward("gru", workspace, dy, (dh_n,)))
+
+
+rnn_forward.__doc__ = """Vanilla RNN over a batch: h' = act(W_ih x + b_ih + W_hh h + b_hh).
+
+    Parameters
+    ----------""" + _PARAMS_DOC.format(states="""h0 : (B, H) array or None
+        Initial hidden state (None: zeros).""") + """    nonlinearity : {'tanh', 'relu'}
+
+    Returns
+    -------
+    RNNOutput
+        ``(y (T, B, H), h_n (B, H), workspace)``; G = 1.
+    """
+lstm_forward.__doc__ = """LSTM over a batch (gate order i, f, g, o, as PyTorch).
+
+    Parameters
+    ----------""" + _PARAMS_DOC.format(states="""h0, c0 : (B, H) arrays or None
+        Initial hidden and cell states (None: zeros).""") + """
+    Returns
+    -------
+    LSTMOutput
+        ``(y (T, B, H), h_n (B, H), c_n (B, H), workspace)``; G = 4.
+    """
+gru_forward.__doc__ = """GRU over a batch (gate order r, z, n; reset applied after W_hn h).
+
+    Parameters
+    ----------""" + _PARAMS_DOC.format(states="""h0 : (B, H) array or None
+        Initial hidden state (None: zeros).""") + """
+    Returns
+    -------
+    RNNOutput
+        ``(y (T, B, H), h_n (B, H), workspace)``; G = 3.
+    """
