@@ -1,0 +1,1 @@
+"""Compiled Cython kernels (built from ``src_ext/*.pyx`` by ``setup.py``)."""

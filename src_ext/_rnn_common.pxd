@@ -1,0 +1,81 @@
+# cython: language_level=3
+"""Pieces every cell's kernel shares: time order, masking, and the big GEMMs
+before and after the time loop.
+
+States live in a buffer of slots, ``state_stride`` elements apart. Training
+keeps every step (``T + 1`` slots, stride ``B*H``) so backward can read the
+state that entered each step; inference overwrites one slot (stride 0). The
+slots are time-aligned: the state entering step ``t`` sits in slot ``t`` going
+forward and in slot ``t + 1`` going in reverse, so the states that fed steps
+``0 .. T-1`` are one contiguous ``(T*B, H)`` block for the dW_hh GEMM.
+"""
+from cython cimport floating
+from _blas cimport gemm
+
+
+cdef inline Py_ssize_t time_at(Py_ssize_t s, Py_ssize_t T, bint reverse) noexcept nogil:
+    """The time index of the s-th step a direction visits."""
+    return T - 1 - s if reverse else s
+
+
+cdef inline Py_ssize_t slot_in(Py_ssize_t t, bint reverse) noexcept nogil:
+    """Slot of the state entering step t."""
+    return t + 1 if reverse else t
+
+
+cdef inline Py_ssize_t slot_out(Py_ssize_t t, bint reverse) noexcept nogil:
+    """Slot of the state leaving step t."""
+    return t if reverse else t + 1
+
+
+cdef inline bint is_valid(const Py_ssize_t* lengths, Py_ssize_t b, Py_ssize_t t) noexcept nogil:
+    """Is step t of sequence b real (not padding)?"""
+    return lengths == NULL or t < lengths[b]
+
+
+cdef inline void project_inputs(const floating* x,       # IN  (rows, I)
+                                const floating* w_ih_t,  # IN  (I, G)
+                                const floating* bias,    # IN  (G,)
+                                floating* gates,         # OUT (rows, G)
+                                Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G) noexcept nogil:
+    """gates := x @ w_ih_t + bias, for many steps at once (one large GEMM)."""
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        for j in range(G):
+            gates[r * G + j] = bias[j]
+    gemm(False, False, <int> rows, <int> G, <int> I, <floating> 1, x, <int> I,
+         w_ih_t, <int> G, <floating> 1, gates, <int> G)
+
+
+cdef inline void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
+                             floating* out) noexcept nogil:
+    """out := a.sum(axis=0) for a (rows, cols); row by row so it vectorises."""
+    cdef Py_ssize_t r, j
+    for j in range(cols):
+        out[j] = 0
+    for r in range(rows):
+        for j in range(cols):
+            out[j] += a[r * cols + j]
+
+
+cdef inline void input_and_weight_gradients(
+        const floating* dg_x,     # IN  (rows, G) gradient of the input-side pre-activations
+        const floating* dg_h,     # IN  (rows, G) gradient of the recurrent-side pre-activations
+        const floating* x,        # IN  (rows, I)
+        const floating* h_in,     # IN  (rows, H) the states that entered each step
+        const floating* w_ih,     # IN  (G, I)
+        Py_ssize_t rows, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+        floating* dx,             # OUT (rows, I)
+        floating* dw_ih,          # OUT (G, I)
+        floating* dw_hh,          # OUT (G, H)
+        floating* db_ih,          # OUT (G,)
+        floating* db_hh) noexcept nogil:   # OUT (G,)
+    """Everything BPTT needs after the time loop: a few GEMMs over all T*B rows."""
+    gemm(False, False, <int> rows, <int> I, <int> G, <floating> 1, dg_x, <int> G,
+         w_ih, <int> I, <floating> 0, dx, <int> I)
+    gemm(True, False, <int> G, <int> I, <int> rows, <floating> 1, dg_x, <int> G,
+         x, <int> I, <floating> 0, dw_ih, <int> I)
+    gemm(True, False, <int> G, <int> H, <int> rows, <floating> 1, dg_h, <int> G,
+         h_in, <int> H, <floating> 0, dw_hh, <int> H)
+    column_sums(dg_x, rows, G, db_ih)
+    column_sums(dg_h, rows, G, db_hh)

@@ -1,0 +1,177 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Fused GRU forward and BPTT (gate order r, z, n; reset after W_hn h, as PyTorch).
+
+The reset gate multiplies (W_hn h + b_hn), so the recurrent product cannot be
+accumulated into the input projection as for the LSTM: each step writes it to
+a (B, 3H) scratch with beta = 0 and the fused pass combines the two. b_hr and
+b_hz are folded into the input projection's bias; only b_hn stays apart.
+"""
+from cython cimport floating
+from _activations cimport sigmoid, tanh_
+from _blas cimport gemm
+from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, project_inputs,
+                          input_and_weight_gradients)
+
+
+cdef void gru_forward_kernel(
+        const floating* x,          # IN    (T, B, I)
+        const floating* w_ih_t,     # IN    (I, 3H)
+        const floating* w_hh_t,     # IN    (H, 3H)
+        const floating* bias,       # IN    (3H,) b_ih + (b_hr, b_hz, 0)
+        const floating* b_hn,       # IN    (H,)
+        const Py_ssize_t* lengths,  # IN    (B,) or NULL
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+        bint reverse,
+        Py_ssize_t chunk,           # steps projected per input GEMM
+        floating* gates,            # OUT   (chunk, B, 3H) activated r, z, n
+        floating* gh,               # SCRATCH (B, 3H) h @ W_hh^T
+        floating* ghn,              # OUT   (T, B, H) W_hn h + b_hn, or NULL (inference)
+        floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
+        Py_ssize_t state_stride,    # B*H keeps every state, 0 overwrites one slot
+        floating* y,                # OUT   (T, B, H)
+) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t s, t, t0 = 0, b, j, n
+    cdef floating *g
+    cdef floating *h_in
+    cdef floating *h_out
+    cdef floating *yt
+    cdef floating r_, z_, n_, hn_, h_
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        if s % chunk == 0:
+            n = min(chunk, T - s)
+            t0 = t - n + 1 if reverse else t
+            project_inputs(x + t0 * B * I, w_ih_t, bias, gates, n * B, I, G)
+        g = gates + (t - t0) * B * G
+        h_in = hs + slot_in(t, reverse) * state_stride
+        h_out = hs + slot_out(t, reverse) * state_stride
+        yt = y + t * B * H
+        gemm(False, False, <int> B, <int> G, <int> H, <floating> 1, h_in, <int> H,
+             w_hh_t, <int> G, <floating> 0, gh, <int> G)
+        for b in range(B):
+            if not is_valid(lengths, b, t):
+                for j in range(H):
+                    h_out[b * H + j] = h_in[b * H + j]
+                    yt[b * H + j] = 0
+                continue
+            for j in range(H):
+                r_ = sigmoid(g[b * G + j] + gh[b * G + j])
+                z_ = sigmoid(g[b * G + H + j] + gh[b * G + H + j])
+                hn_ = gh[b * G + 2 * H + j] + b_hn[j]
+                n_ = tanh_(g[b * G + 2 * H + j] + r_ * hn_)
+                g[b * G + j] = r_
+                g[b * G + H + j] = z_
+                g[b * G + 2 * H + j] = n_
+                if ghn != NULL:
+                    ghn[(t * B + b) * H + j] = hn_
+                h_ = (1 - z_) * n_ + z_ * h_in[b * H + j]
+                h_out[b * H + j] = h_
+                yt[b * H + j] = h_
+
+
+cdef void gru_backward_kernel(
+        const floating* gates,      # IN    (T, B, 3H) activated r, z, n
+        const floating* ghn,        # IN    (T, B, H) W_hn h + b_hn
+        const floating* hs,         # IN    (T+1, B, H) state slots
+        const floating* w_hh,       # IN    (3H, H)
+        const floating* dy,         # IN    (T, B, H) or NULL
+        const Py_ssize_t* lengths,  # IN    (B,) or NULL
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+        bint reverse,
+        floating* dh,               # INOUT (B, H) dh_n in, dh0 out
+        floating* dg_x,             # OUT   (T, B, 3H) gradient of the input-side pre-activations
+        floating* dg_h,             # OUT   (T, B, 3H) gradient of h @ W_hh^T + b_hh
+) noexcept nogil:
+    cdef Py_ssize_t G = 3 * H
+    cdef Py_ssize_t s, t, b, j, k
+    cdef const floating *gt
+    cdef const floating *h_in
+    cdef floating *dxt
+    cdef floating *dht
+    cdef floating r_, z_, n_, dh_, dn, dr, dz
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
+        gt = gates + t * B * G
+        dxt = dg_x + t * B * G
+        dht = dg_h + t * B * G
+        h_in = hs + slot_in(t, reverse) * B * H
+        for b in range(B):
+            if not is_valid(lengths, b, t):
+                # padding passed the state through: dh passes back unchanged
+                for k in range(G):
+                    dxt[b * G + k] = 0
+                    dht[b * G + k] = 0
+                continue
+            for j in range(H):
+                dh_ = dh[b * H + j]
+                if dy != NULL:
+                    dh_ = dh_ + dy[(t * B + b) * H + j]
+                r_ = gt[b * G + j]
+                z_ = gt[b * G + H + j]
+                n_ = gt[b * G + 2 * H + j]
+                dn = dh_ * (1 - z_) * (1 - n_ * n_)
+                dz = dh_ * (h_in[b * H + j] - n_) * z_ * (1 - z_)
+                dr = dn * ghn[(t * B + b) * H + j] * r_ * (1 - r_)
+                dxt[b * G + j] = dr
+                dxt[b * G + H + j] = dz
+                dxt[b * G + 2 * H + j] = dn
+                dht[b * G + j] = dr
+                dht[b * G + H + j] = dz
+                dht[b * G + 2 * H + j] = dn * r_
+                dh[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
+        gemm(False, False, <int> B, <int> H, <int> G, <floating> 1, dht, <int> G,
+             w_hh, <int> H, <floating> 1, dh, <int> H)
+
+
+def forward(const floating[:, :, ::1] x,
+            const floating[:, ::1] w_ih_t,
+            const floating[:, ::1] w_hh_t,
+            const floating[::1] bias,
+            const floating[::1] b_hn,
+            const Py_ssize_t[::1] lengths,
+            bint reverse,
+            floating[:, :, ::1] gates,
+            floating[:, ::1] gh,
+            floating[:, :, ::1] ghn,
+            floating[:, :, ::1] hs,
+            floating[:, :, ::1] y):
+    """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
+    cdef Py_ssize_t stride = B * H if hs.shape[0] > 1 else 0
+    cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
+    cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
+    with nogil:
+        gru_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
+                           lens, T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
+                           &gh[0, 0], ghn_, &hs[0, 0, 0], stride, &y[0, 0, 0])
+
+
+def backward(const floating[:, :, ::1] x,
+             const floating[:, ::1] w_ih,
+             const floating[:, ::1] w_hh,
+             const floating[:, :, ::1] gates,
+             const floating[:, :, ::1] ghn,
+             const floating[:, :, ::1] hs,
+             const floating[:, :, ::1] dy,
+             const Py_ssize_t[::1] lengths,
+             bint reverse,
+             floating[:, ::1] dh,
+             floating[:, :, ::1] dg_x,
+             floating[:, :, ::1] dg_h,
+             floating[:, :, ::1] dx,
+             floating[:, ::1] dw_ih,
+             floating[:, ::1] dw_hh,
+             floating[::1] db_ih,
+             floating[::1] db_hh):
+    """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
+    cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
+    cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    with nogil:
+        gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &w_hh[0, 0], dy_,
+                            lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0])
+        input_and_weight_gradients(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
+                                   &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
+                                   T * B, I, H, 3 * H, &dx[0, 0, 0], &dw_ih[0, 0],
+                                   &dw_hh[0, 0], &db_ih[0], &db_hh[0])

@@ -1,0 +1,144 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
+"""Fused vanilla RNN forward and BPTT: h' = act(W_ih x + b_ih + W_hh h + b_hh).
+
+Backward needs only the states themselves (act' is a function of act's
+output), so training keeps the state slots and nothing else.
+"""
+from cython cimport floating
+from _activations cimport tanh_
+from _blas cimport gemm
+from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, project_inputs,
+                          input_and_weight_gradients)
+
+
+cdef void rnn_forward_kernel(
+        const floating* x,          # IN    (T, B, I)
+        const floating* w_ih_t,     # IN    (I, H)
+        const floating* w_hh_t,     # IN    (H, H)
+        const floating* bias,       # IN    (H,) b_ih + b_hh
+        const Py_ssize_t* lengths,  # IN    (B,) or NULL
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+        bint reverse, bint relu,
+        Py_ssize_t chunk,           # steps projected per input GEMM
+        floating* pre,              # SCRATCH (chunk, B, H) pre-activations
+        floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
+        Py_ssize_t state_stride,    # B*H keeps every state, 0 overwrites one slot
+        floating* y,                # OUT   (T, B, H)
+) noexcept nogil:
+    cdef Py_ssize_t s, t, t0 = 0, b, j, n
+    cdef floating *p
+    cdef floating *h_in
+    cdef floating *h_out
+    cdef floating *yt
+    cdef floating h_
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        if s % chunk == 0:
+            n = min(chunk, T - s)
+            t0 = t - n + 1 if reverse else t
+            project_inputs(x + t0 * B * I, w_ih_t, bias, pre, n * B, I, H)
+        p = pre + (t - t0) * B * H
+        h_in = hs + slot_in(t, reverse) * state_stride
+        h_out = hs + slot_out(t, reverse) * state_stride
+        yt = y + t * B * H
+        gemm(False, False, <int> B, <int> H, <int> H, <floating> 1, h_in, <int> H,
+             w_hh_t, <int> H, <floating> 1, p, <int> H)
+        for b in range(B):
+            if not is_valid(lengths, b, t):
+                for j in range(H):
+                    h_out[b * H + j] = h_in[b * H + j]
+                    yt[b * H + j] = 0
+                continue
+            for j in range(H):
+                if relu:
+                    h_ = p[b * H + j] if p[b * H + j] > 0 else 0
+                else:
+                    h_ = tanh_(p[b * H + j])
+                h_out[b * H + j] = h_
+                yt[b * H + j] = h_
+
+
+cdef void rnn_backward_kernel(
+        const floating* hs,         # IN    (T+1, B, H) state slots
+        const floating* w_hh,       # IN    (H, H)
+        const floating* dy,         # IN    (T, B, H) or NULL
+        const Py_ssize_t* lengths,  # IN    (B,) or NULL
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+        bint reverse, bint relu,
+        floating* dh,               # INOUT (B, H) dh_n in, dh0 out
+        floating* dg,               # OUT   (T, B, H) gradient of the pre-activations
+) noexcept nogil:
+    cdef Py_ssize_t s, t, b, j
+    cdef const floating *h_out
+    cdef floating *dgt
+    cdef floating dh_, h_
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
+        dgt = dg + t * B * H
+        h_out = hs + slot_out(t, reverse) * B * H
+        for b in range(B):
+            if not is_valid(lengths, b, t):
+                # padding passed the state through: dh passes back unchanged
+                for j in range(H):
+                    dgt[b * H + j] = 0
+                continue
+            for j in range(H):
+                dh_ = dh[b * H + j]
+                if dy != NULL:
+                    dh_ = dh_ + dy[(t * B + b) * H + j]
+                h_ = h_out[b * H + j]
+                if relu:
+                    dgt[b * H + j] = dh_ if h_ > 0 else 0
+                else:
+                    dgt[b * H + j] = dh_ * (1 - h_ * h_)
+                dh[b * H + j] = 0        # h reaches the past only through W_hh
+        gemm(False, False, <int> B, <int> H, <int> H, <floating> 1, dgt, <int> H,
+             w_hh, <int> H, <floating> 1, dh, <int> H)
+
+
+def forward(const floating[:, :, ::1] x,
+            const floating[:, ::1] w_ih_t,
+            const floating[:, ::1] w_hh_t,
+            const floating[::1] bias,
+            const Py_ssize_t[::1] lengths,
+            bint reverse,
+            bint relu,
+            floating[:, :, ::1] pre,
+            floating[:, :, ::1] hs,
+            floating[:, :, ::1] y):
+    """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
+    cdef Py_ssize_t stride = B * H if hs.shape[0] > 1 else 0
+    cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
+    with nogil:
+        rnn_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], lens,
+                           T, B, I, H, reverse, relu, pre.shape[0], &pre[0, 0, 0],
+                           &hs[0, 0, 0], stride, &y[0, 0, 0])
+
+
+def backward(const floating[:, :, ::1] x,
+             const floating[:, ::1] w_ih,
+             const floating[:, ::1] w_hh,
+             const floating[:, :, ::1] hs,
+             const floating[:, :, ::1] dy,
+             const Py_ssize_t[::1] lengths,
+             bint reverse,
+             bint relu,
+             floating[:, ::1] dh,
+             floating[:, :, ::1] dg,
+             floating[:, :, ::1] dx,
+             floating[:, ::1] dw_ih,
+             floating[:, ::1] dw_hh,
+             floating[::1] db_ih,
+             floating[::1] db_hh):
+    """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
+    cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
+    cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    with nogil:
+        rnn_backward_kernel(&hs[0, 0, 0], &w_hh[0, 0], dy_, lens, T, B, H, reverse, relu,
+                            &dh[0, 0], &dg[0, 0, 0])
+        input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                                   &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
+                                   T * B, I, H, H, &dx[0, 0, 0], &dw_ih[0, 0],
+                                   &dw_hh[0, 0], &db_ih[0], &db_hh[0])
