@@ -10,7 +10,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 from pathlib import Path
 
 from Cython.Build import cythonize
@@ -19,18 +18,25 @@ from setuptools.command.build_ext import build_ext
 
 HERE = Path(__file__).parent
 OPENMP_FLAGS = {"unix": ["-fopenmp"], "msvc": ["/openmp"], "mingw32": ["-fopenmp"]}
+OPENMP_PROBE = """
+#include <omp.h>
+int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
+"""
+# Let the fused element-wise loops vectorise: -fno-trapping-math allows
+# if-converting the branch-free selects of _vmath.h (we never read FP exception
+# flags), and the fused loops touch up to ~10 arrays, more pairs than GCC's
+# default limit of runtime alias checks.
+VECTORISE_FLAGS = ["-fno-trapping-math", "--param=vect-max-version-for-alias-checks=64"]
+PLAIN_PROBE = "int main(void) { return 0; }\n"
 
 
-def compiler_supports_openmp(compiler, flags):
-    """Compile and link a tiny OpenMP program with the compiler setuptools will use."""
+def compiler_accepts(compiler, flags, source=PLAIN_PROBE):
+    """Compile and link ``source`` with ``flags`` using the compiler setuptools will use."""
     tmp = tempfile.mkdtemp()
     try:
         src = os.path.join(tmp, "probe.c")
         with open(src, "w") as f:
-            f.write(textwrap.dedent("""
-                #include <omp.h>
-                int main(void) { return omp_get_max_threads() > 0 ? 0 : 1; }
-            """))
+            f.write(source)
         objects = compiler.compile([src], output_dir=tmp, extra_postargs=flags)
         compiler.link_executable(objects, os.path.join(tmp, "probe"), extra_postargs=flags)
         return True
@@ -45,13 +51,17 @@ class BuildExt(build_ext):
         kind = self.compiler.compiler_type
         flags = OPENMP_FLAGS.get(kind, [])
         use = os.environ.get("FASTRNN_OPENMP", "1") != "0" and flags and \
-            compiler_supports_openmp(self.compiler, flags)
+            compiler_accepts(self.compiler, flags, OPENMP_PROBE)
         if not use:
             msg = "fastrnn: building without OpenMP (kernels run single-threaded outside BLAS)"
             if os.environ.get("FASTRNN_FAIL_NO_OPENMP"):
                 sys.exit(msg + " and FASTRNN_FAIL_NO_OPENMP is set")
             print(msg)
         opt = ["/O2"] if kind == "msvc" else ["-O3"]
+        opt += [f for f in VECTORISE_FLAGS if kind != "msvc" and compiler_accepts(self.compiler, [f])]
+        if os.environ.get("FASTRNN_NATIVE") == "1":
+            # opt-in: tuned for this CPU only, the wheel will not run elsewhere
+            opt += ["-march=native"]
         for ext in self.extensions:
             ext.extra_compile_args = opt + (flags if use else [])
             ext.extra_link_args = flags if use else []
@@ -60,6 +70,7 @@ class BuildExt(build_ext):
 
 extensions = [
     Extension(f"fastrnn._ext.{Path(p).stem}", [p],
+              include_dirs=["src_ext"],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
     for p in sorted(glob.glob("src_ext/*.pyx"))
 ]

@@ -105,6 +105,7 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh,
     state0 = tuple(v.state(f"{name}0", s, B, H, x.dtype)
                    for name, s in zip(STATE_NAMES[cell], states))
     lengths = v.lengths_array(lengths, T, B)
+    x = _without_nonfinite_padding(x, lengths)
     reverse = v.flag("reverse", reverse)
     training = v.flag("training", training)
     module = _backends.get(backend)
@@ -116,6 +117,23 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh,
     if training:
         ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data)
     return y, state_n, ws
+
+
+def _without_nonfinite_padding(x, lengths):
+    """``x``, or a copy with its padded steps zeroed if they hold NaN or Inf.
+
+    Padding is never read by the recurrence, but the weight gradient is one GEMM
+    over all T*B rows, where 0 * NaN would still be NaN. Arrays allocated with
+    np.empty and filled only up to each length are common, so clean them once.
+    """
+    if lengths is None or x.size == 0:
+        return x
+    padded = np.arange(x.shape[0])[:, None] >= lengths[None, :]      # (T, B)
+    if not padded.any() or np.isfinite(x[padded]).all():
+        return x
+    x = x.copy()
+    x[padded] = 0
+    return x
 
 
 def _backward(cell, ws, dy, dstate_n):

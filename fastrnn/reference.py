@@ -197,7 +197,7 @@ def forward(cell, x, state0, params, lengths=None, reverse=False):
         state = tuple(np.where(mask, new, old) for new, old in zip(new_state, state))
         y[t] = np.where(mask, new_state[0], 0)
         tape.append((t, mask, cache))
-    return y, state, tape
+    return y, tuple(s.copy() for s in state), tape
 
 
 def backward(cell, tape, params, x_shape, dy, dstate_n):
@@ -230,4 +230,4 @@ def backward(cell, tape, params, x_shape, dy, dstate_n):
             acc += d
         # a padded step passed its state through unchanged
         dstate = tuple(np.where(mask, dp, d) for dp, d in zip(dstate_prev, d_new))
-    return dx, dstate, tuple(dparams)
+    return dx, tuple(d.copy() for d in dstate), tuple(dparams)

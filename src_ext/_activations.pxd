@@ -1,23 +1,26 @@
 # cython: language_level=3
 """Scalar activations, inlined into the fused element-wise loops."""
 from cython cimport floating
-from libc.math cimport exp, expf, tanh, tanhf, fabs, fabsf
+from libc.math cimport exp, tanh, fabs
+
+cdef extern from "_vmath.h" nogil:
+    # float32: branch-free, vectorisable, error bounds in the header
+    float fr_sigmoidf(float x)
+    float fr_tanhf(float x)
 
 
 cdef inline floating sigmoid(floating a) noexcept nogil:
-    # exp of -|a| only, so it cannot overflow for saturated gates
-    cdef floating e
+    cdef double e
     if floating is float:
-        e = expf(-fabsf(a))
+        return fr_sigmoidf(a)
     else:
+        # exp of -|a| only, so it cannot overflow for saturated gates
         e = exp(-fabs(a))
-    if a >= 0:
-        return 1 / (1 + e)
-    return e / (1 + e)
+        return 1 / (1 + e) if a >= 0 else e / (1 + e)
 
 
 cdef inline floating tanh_(floating a) noexcept nogil:
     if floating is float:
-        return tanhf(a)
+        return fr_tanhf(a)
     else:
         return tanh(a)

@@ -5,7 +5,7 @@ BLAS is column-major; a row-major C = op(A) @ op(B) is the column-major
 C^T = op(B)^T @ op(A)^T, so the operands are passed swapped.
 """
 from cython cimport floating
-from scipy.linalg.cython_blas cimport sgemm, dgemm
+from scipy.linalg.cython_blas cimport sgemm, dgemm, sgemv, dgemv
 
 
 cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
@@ -23,6 +23,13 @@ cdef inline void gemm(bint trans_a, bint trans_b, int m, int n, int k,
         for i in range(m):
             scale_row(c + i * ldc, n, beta)
         return
+    if m == 1:
+        # a single row: GEMM would repack all of op(B) for one product
+        if trans_b:
+            gemv(False, n, k, alpha, b, ldb, a, lda if trans_a else 1, beta, c)
+        else:
+            gemv(True, k, n, alpha, b, ldb, a, lda if trans_a else 1, beta, c)
+        return
     if floating is float:
         sgemm(&tb, &ta, &n, &m, &k, &alpha, <float*> b, &ldb, <float*> a, &lda,
               &beta, c, &ldc)
@@ -35,3 +42,15 @@ cdef inline void scale_row(floating* x, Py_ssize_t n, floating beta) noexcept no
     cdef Py_ssize_t j
     for j in range(n):
         x[j] = 0 if beta == 0 else beta * x[j]
+
+
+cdef inline void gemv(bint trans, int m, int n, floating alpha, const floating* a, int lda,
+                      const floating* x, int incx, floating beta, floating* y) noexcept nogil:
+    """y := alpha * op(A) @ x + beta * y for row-major A (m, n); op(A) = A^T if trans."""
+    # row-major A is column-major A^T: swap the trans flag and the dimensions
+    cdef char t = b'N' if trans else b'T'
+    cdef int one = 1
+    if floating is float:
+        sgemv(&t, &n, &m, &alpha, <float*> a, &lda, <float*> x, &incx, &beta, y, &one)
+    else:
+        dgemv(&t, &n, &m, &alpha, <double*> a, &lda, <double*> x, &incx, &beta, y, &one)

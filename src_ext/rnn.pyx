@@ -51,7 +51,8 @@ cdef void rnn_forward_kernel(
                 continue
             for j in range(H):
                 if relu:
-                    h_ = p[b * H + j] if p[b * H + j] > 0 else 0
+                    # written so that NaN passes through, as np.maximum does
+                    h_ = 0 if p[b * H + j] < 0 else p[b * H + j]
                 else:
                     h_ = tanh_(p[b * H + j])
                 h_out[b * H + j] = h_

@@ -1,0 +1,157 @@
+"""Shared fixtures and helpers for the fastrnn test suite.
+
+Every backend runs through the same tests: the ``backend`` fixture is
+parametrised over ``fastrnn.available_backends()``, so a backend that loads is
+tested with no change here. A backend that fails to load is *not* tested; the
+report header says why, and ``FASTRNN_REQUIRE_BACKENDS=cython,numba`` turns a
+missing backend into a test failure (see ``test_backends.py``).
+
+The helpers are imported by the test modules (``from conftest import ...``).
+"""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _backends
+
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
+N_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
+STATE_NAMES = {"rnn_tanh": ("h",), "rnn_relu": ("h",), "lstm": ("h", "c"), "gru": ("h",)}
+PARAM_NAMES = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+DTYPES = (np.float32, np.float64)
+
+# Comparison tolerance relative to the max-abs scale of the expected array
+# (see assert_close). Justified where used (test_backends.py).
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
+
+def pytest_report_header(config):
+    lines = [f"fastrnn backends under test: {', '.join(fastrnn.available_backends())}"]
+    lines += [f"fastrnn backend {n!r} not available: {e}" for n, e in _backends._errors.items()]
+    return lines
+
+
+@pytest.fixture(params=fastrnn.available_backends(), ids=str)
+def backend(request):
+    """The name of a backend that loads on this machine."""
+    return request.param
+
+
+# ----------------------------------------------------------------- generators
+
+def make_params(cell, I, H, dtype=np.float64, seed=0):
+    """Random ``(weight_ih, weight_hh, bias_ih, bias_hh)`` in PyTorch's layout.
+
+    Drawn from U(-1/sqrt(H), 1/sqrt(H)), PyTorch's default initialisation.
+    """
+    rng = np.random.default_rng(seed)
+    G = N_GATES[cell]
+    k = 1.0 / np.sqrt(H)
+    shapes = [(G * H, I), (G * H, H), (G * H,), (G * H,)]
+    return tuple(rng.uniform(-k, k, s).astype(dtype) for s in shapes)
+
+
+def make_states(cell, B, H, dtype=np.float64, seed=1, scale=0.5):
+    """Random initial states: ``(h0,)`` or ``(h0, c0)``."""
+    rng = np.random.default_rng(seed)
+    return tuple((scale * rng.standard_normal((B, H))).astype(dtype)
+                 for _ in STATE_NAMES[cell])
+
+
+def make_x(T, B, I, dtype=np.float64, seed=2):
+    return np.random.default_rng(seed).standard_normal((T, B, I)).astype(dtype)
+
+
+def make_lengths(kind, T, B, seed=3):
+    """``None``, ``"full"`` (all T) or ``"mixed"``: unsorted, with a 0 and a T once B >= 3."""
+    if kind is None:
+        return None
+    if kind == "full":
+        return np.full(B, T, dtype=np.int64)
+    assert kind == "mixed"
+    extra = np.random.default_rng(seed).integers(0, T + 1, max(B - 3, 0))
+    return np.array([T // 2, 0, T] + list(extra), dtype=np.int64)[:B]
+
+
+def cast(arrays, dtype):
+    """Cast a tuple of arrays (None entries kept) to ``dtype``."""
+    return tuple(None if a is None else np.asarray(a).astype(dtype) for a in arrays)
+
+
+# ------------------------------------------------------- uniform public calls
+
+def run_forward(cell, backend, x, states, params, **kw):
+    """Call the public forward for ``cell``; returns its NamedTuple result.
+
+    ``states`` is ``(h0,)`` or ``(h0, c0)``; ``params`` is
+    ``(weight_ih, weight_hh, bias_ih, bias_hh)``; ``kw`` goes through
+    (``lengths=``, ``reverse=``, ``training=``).
+    """
+    if cell == "lstm":
+        return fastrnn.lstm_forward(x, *states, *params, backend=backend, **kw)
+    if cell == "gru":
+        return fastrnn.gru_forward(x, *states, *params, backend=backend, **kw)
+    return fastrnn.rnn_forward(x, *states, *params, backend=backend,
+                               nonlinearity=cell[len("rnn_"):], **kw)
+
+
+def run_backward(cell, ws, dy, dstates=None):
+    """Call the public backward for ``cell``; ``dstates`` is ``(dh_n,)``/``(dh_n, dc_n)`` or None."""
+    if dstates is None:
+        dstates = (None,) * len(STATE_NAMES[cell])
+    fn = {"lstm": fastrnn.lstm_backward, "gru": fastrnn.gru_backward}.get(cell, fastrnn.rnn_backward)
+    return fn(ws, dy, *dstates)
+
+
+def final_states(out):
+    """``(h_n,)`` or ``(h_n, c_n)`` of a forward result."""
+    return tuple(out)[1:-1]
+
+
+def state0_grads(grads):
+    """``(dh0,)`` or ``(dh0, dc0)`` of a backward result."""
+    return tuple(grads)[1:-4]
+
+
+def param_grads(grads):
+    """``(dweight_ih, dweight_hh, dbias_ih, dbias_hh)`` of a backward result."""
+    return tuple(grads)[-4:]
+
+
+def arrays_of(result):
+    """A forward or backward result as ``{field: array}``, without the workspace."""
+    return {k: v for k, v in result._asdict().items() if k != "workspace"}
+
+
+# ------------------------------------------------------------------ compare
+
+def assert_close(actual, expected, rtol, name=""):
+    """``|actual - expected| <= rtol * max|expected|`` elementwise; same shape, NaNs in the same places.
+
+    Scaling by the array's max-abs value (not elementwise) is the right test for
+    sums of products, whose absolute error grows with the magnitude of the
+    terms, not of the (possibly cancelled) result. An all-zero ``expected``
+    uses scale 1.
+    """
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} != {expected.shape}"
+    finite = expected[np.isfinite(expected)]
+    scale = float(np.max(np.abs(finite))) if finite.size else 0.0
+    scale = scale if scale > 0 else 1.0
+    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64),
+                               rtol=0, atol=rtol * scale, err_msg=name)
+
+
+def assert_results_equal(a, b, exact=True, rtol=0.0):
+    """Two forward or two backward results: the same fields, arrays equal (or close)."""
+    a, b = arrays_of(a), arrays_of(b)
+    assert a.keys() == b.keys()
+    for k in a:
+        if a[k] is None or b[k] is None:
+            assert a[k] is None and b[k] is None, k
+        elif exact:
+            assert a[k].dtype == b[k].dtype, k
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        else:
+            assert_close(a[k], b[k], rtol, k)
