@@ -1,0 +1,162 @@
+"""Runnable workloads for fastrnn and the peers it is measured against.
+
+Each ``*_runner`` returns a zero-argument callable doing one forward
+(``mode="inference"``) or one forward that keeps its workspace plus the full
+backward (``mode="training"``: gradients of x, the initial states and every
+weight and bias). All of them compute the same function on the same weights,
+so their timings compare like with like. The peers (PyTorch, ONNX Runtime) are
+imported only when asked for.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import kernels
+
+#: name -> (B, T, I, H), the grid of DeepBench-like shapes of the benchmarks
+SHAPES = {
+    "latency": (1, 100, 128, 128),
+    "small": (16, 25, 512, 512),
+    "medium": (32, 50, 256, 256),
+    "large": (64, 100, 512, 512),
+    "long": (8, 1000, 64, 64),
+}
+CELLS = ("rnn_tanh", "lstm", "gru")
+MODES = ("inference", "training")
+
+
+@dataclass
+class Case:
+    """One workload: a cell, its PyTorch-layout parameters and its input."""
+    cell: str
+    x: np.ndarray          # (T, B, I)
+    params: tuple          # weight_ih, weight_hh, bias_ih, bias_hh
+    dy: np.ndarray         # (T, B, H), the incoming gradient in training
+
+    @property
+    def n_states(self):
+        return 2 if self.cell == "lstm" else 1
+
+    def flops(self, mode):
+        """Multiply-adds of the forward GEMMs times 2; training adds 2x for backward."""
+        T, B, I = self.x.shape
+        GH, H = self.params[1].shape
+        forward = 2 * T * B * (I + H) * GH
+        return forward * (3 if mode == "training" else 1)
+
+
+def make_case(cell, shape, dtype=np.float32, seed=0):
+    """A case with PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H))."""
+    B, T, I, H = SHAPES[shape] if isinstance(shape, str) else shape
+    G = kernels.N_GATES[cell]
+    rng = np.random.default_rng(seed)
+    k = 1 / np.sqrt(H)
+    params = tuple(rng.uniform(-k, k, s).astype(dtype)
+                   for s in [(G * H, I), (G * H, H), (G * H,), (G * H,)])
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    return Case(cell, x, params, dy)
+
+
+def _kernel_functions(cell):
+    base = "rnn" if cell.startswith("rnn") else cell
+    extra = {"nonlinearity": cell[4:]} if base == "rnn" else {}
+    return getattr(kernels, base + "_forward"), getattr(kernels, base + "_backward"), extra
+
+
+def fastrnn_runner(case, mode, backend):
+    forward, backward, extra = _kernel_functions(case.cell)
+    states = (None,) * case.n_states
+    if mode == "inference":
+        return lambda: forward(case.x, *states, *case.params, backend=backend, **extra)
+
+    def train():
+        out = forward(case.x, *states, *case.params, training=True, backend=backend, **extra)
+        return backward(out.workspace, case.dy)
+    return train
+
+
+def torch_runner(case, mode, threads=None):
+    """torch.nn.{RNN,LSTM,GRU} on the CPU with the case's weights."""
+    import torch
+    if threads:
+        torch.set_num_threads(threads)
+    T, B, I = case.x.shape
+    H = case.params[1].shape[1]
+    dtype = torch.float64 if case.x.dtype == np.float64 else torch.float32
+    if case.cell == "lstm":
+        module = torch.nn.LSTM(I, H)
+    elif case.cell == "gru":
+        module = torch.nn.GRU(I, H)
+    else:
+        module = torch.nn.RNN(I, H, nonlinearity=case.cell[4:])
+    module = module.to(dtype)
+    with torch.no_grad():
+        for name, p in zip(["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"],
+                           case.params):
+            getattr(module, name).copy_(torch.from_numpy(p))
+    x = torch.from_numpy(case.x)
+    if mode == "inference":
+        def infer():
+            with torch.no_grad():
+                return module(x)
+        return infer
+    dy = torch.from_numpy(case.dy)
+    states = [torch.zeros(1, B, H, dtype=dtype, requires_grad=True)
+              for _ in range(case.n_states)]
+    hx = tuple(states) if case.cell == "lstm" else states[0]
+
+    def train():
+        xg = x.detach().requires_grad_()
+        module.zero_grad(set_to_none=True)
+        y, _ = module(xg, hx)
+        y.backward(dy)
+        return xg.grad
+    return train
+
+
+def onnx_model(case):
+    """The case as a one-node ONNX model (LSTM / GRU with linear_before_reset=1 / RNN)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    T, B, I = case.x.shape
+    H = case.params[1].shape[1]
+    w_ih, w_hh, b_ih, b_hh = case.params
+    if case.cell == "lstm":
+        op, attrs = "LSTM", {}
+        order = [0, 3, 1, 2]            # PyTorch i,f,g,o -> ONNX i,o,f,c
+    elif case.cell == "gru":
+        op, attrs = "GRU", {"linear_before_reset": 1}
+        order = [1, 0, 2]               # PyTorch r,z,n -> ONNX z,r,h
+    else:
+        op, attrs = "RNN", {"activations": ["Tanh" if case.cell == "rnn_tanh" else "Relu"]}
+        order = [0]
+
+    def reorder(a):
+        return np.concatenate([a[k * H:(k + 1) * H] for k in order])
+    W = reorder(w_ih)[None]
+    R = reorder(w_hh)[None]
+    Bias = np.concatenate([reorder(b_ih), reorder(b_hh)])[None]
+    elem = TensorProto.DOUBLE if case.x.dtype == np.float64 else TensorProto.FLOAT
+    node = helper.make_node(op, ["X", "W", "R", "B"], ["Y"], hidden_size=H, **attrs)
+    graph = helper.make_graph(
+        [node], "fastrnn_case",
+        [helper.make_tensor_value_info("X", elem, [T, B, I])],
+        [helper.make_tensor_value_info("Y", elem, [T, 1, B, H])],
+        initializer=[numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (Bias, "B"))])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
+
+
+def onnxruntime_runner(case, mode, threads=None):
+    """ONNX Runtime's CPU kernel for the case; inference only."""
+    if mode != "inference":
+        raise ValueError("ONNX Runtime runs inference only")
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = ort.InferenceSession(onnx_model(case).SerializeToString(), options,
+                                   providers=["CPUExecutionProvider"])
+    feed = {"X": case.x}
+    return lambda: session.run(None, feed)
