@@ -79,3 +79,35 @@ cdef inline void input_and_weight_gradients(
          h_in, <int> H, <floating> 0, dw_hh, <int> H)
     column_sums(dg_x, rows, G, db_ih)
     column_sums(dg_h, rows, G, db_hh)
+
+
+cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
+                                 const floating* w_ih_t,  # IN  (I, G)
+                                 const floating* bias,    # IN  (G,)
+                                 floating* gates,         # OUT (chunk, B, G)
+                                 Py_ssize_t s, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                 Py_ssize_t G, Py_ssize_t chunk, bint reverse) noexcept nogil:
+    """The gate rows of the s-th visited step.
+
+    Steps are projected ``chunk`` at a time: the first step of a chunk runs one
+    GEMM for the inputs of the whole chunk, stored in time order.
+    """
+    cdef Py_ssize_t first = s - s % chunk
+    cdef Py_ssize_t n = min(chunk, T - first)
+    cdef Py_ssize_t t_low = T - first - n if reverse else first   # earliest time in the chunk
+    if s == first:
+        project_inputs(x + t_low * B * I, w_ih_t, bias, gates, n * B, I, G)
+    return gates + (time_at(s, T, reverse) - t_low) * B * G
+
+
+cdef inline void carry_row(const floating* src, floating* dst, Py_ssize_t n) noexcept nogil:
+    """dst := src; a padded step passes its state through."""
+    cdef Py_ssize_t j
+    for j in range(n):
+        dst[j] = src[j]
+
+
+cdef inline void zero_row(floating* dst, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    for j in range(n):
+        dst[j] = 0

@@ -9,8 +9,8 @@ b_hz are folded into the input projection's bias; only b_hn stays apart.
 from cython cimport floating
 from _activations cimport sigmoid, tanh_
 from _blas cimport gemm
-from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, project_inputs,
-                          input_and_weight_gradients)
+from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
+                          zero_row, input_and_weight_gradients)
 
 
 cdef void gru_forward_kernel(
@@ -31,7 +31,7 @@ cdef void gru_forward_kernel(
         floating* y,                # OUT   (T, B, H)
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t s, t, t0 = 0, b, j, n
+    cdef Py_ssize_t s, t, b, j
     cdef floating *g
     cdef floating *h_in
     cdef floating *h_out
@@ -39,11 +39,7 @@ cdef void gru_forward_kernel(
     cdef floating r_, z_, n_, hn_, h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        if s % chunk == 0:
-            n = min(chunk, T - s)
-            t0 = t - n + 1 if reverse else t
-            project_inputs(x + t0 * B * I, w_ih_t, bias, gates, n * B, I, G)
-        g = gates + (t - t0) * B * G
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
         h_in = hs + slot_in(t, reverse) * state_stride
         h_out = hs + slot_out(t, reverse) * state_stride
         yt = y + t * B * H
@@ -51,9 +47,8 @@ cdef void gru_forward_kernel(
              w_hh_t, <int> G, <floating> 0, gh, <int> G)
         for b in range(B):
             if not is_valid(lengths, b, t):
-                for j in range(H):
-                    h_out[b * H + j] = h_in[b * H + j]
-                    yt[b * H + j] = 0
+                carry_row(h_in + b * H, h_out + b * H, H)
+                zero_row(yt + b * H, H)
                 continue
             for j in range(H):
                 r_ = sigmoid(g[b * G + j] + gh[b * G + j])
@@ -84,7 +79,7 @@ cdef void gru_backward_kernel(
         floating* dg_h,             # OUT   (T, B, 3H) gradient of h @ W_hh^T + b_hh
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t s, t, b, j, k
+    cdef Py_ssize_t s, t, b, j
     cdef const floating *gt
     cdef const floating *h_in
     cdef floating *dxt
@@ -99,9 +94,8 @@ cdef void gru_backward_kernel(
         for b in range(B):
             if not is_valid(lengths, b, t):
                 # padding passed the state through: dh passes back unchanged
-                for k in range(G):
-                    dxt[b * G + k] = 0
-                    dht[b * G + k] = 0
+                zero_row(dxt + b * G, G)
+                zero_row(dht + b * G, G)
                 continue
             for j in range(H):
                 dh_ = dh[b * H + j]

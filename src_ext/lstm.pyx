@@ -9,8 +9,8 @@ element-wise pass and one GEMM per step, then a few GEMMs over all steps.
 from cython cimport floating
 from _activations cimport sigmoid, tanh_
 from _blas cimport gemm
-from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, project_inputs,
-                          input_and_weight_gradients)
+from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
+                          zero_row, input_and_weight_gradients)
 
 
 cdef void lstm_forward_kernel(
@@ -29,7 +29,7 @@ cdef void lstm_forward_kernel(
         floating* y,                # OUT   (T, B, H)
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t s, t, t0 = 0, b, j, n
+    cdef Py_ssize_t s, t, b, j
     cdef floating *g
     cdef floating *h_in
     cdef floating *c_in
@@ -39,11 +39,7 @@ cdef void lstm_forward_kernel(
     cdef floating i_, f_, g_, o_, c_
     for s in range(T):
         t = time_at(s, T, reverse)
-        if s % chunk == 0:
-            n = min(chunk, T - s)
-            t0 = t - n + 1 if reverse else t
-            project_inputs(x + t0 * B * I, w_ih_t, bias, gates, n * B, I, G)
-        g = gates + (t - t0) * B * G
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
         h_in = hs + slot_in(t, reverse) * state_stride
         c_in = cs + slot_in(t, reverse) * state_stride
         h_out = hs + slot_out(t, reverse) * state_stride
@@ -53,10 +49,9 @@ cdef void lstm_forward_kernel(
              w_hh_t, <int> G, <floating> 1, g, <int> G)
         for b in range(B):
             if not is_valid(lengths, b, t):
-                for j in range(H):
-                    h_out[b * H + j] = h_in[b * H + j]
-                    c_out[b * H + j] = c_in[b * H + j]
-                    yt[b * H + j] = 0
+                carry_row(h_in + b * H, h_out + b * H, H)
+                carry_row(c_in + b * H, c_out + b * H, H)
+                zero_row(yt + b * H, H)
                 continue
             for j in range(H):
                 i_ = sigmoid(g[b * G + j])
@@ -86,7 +81,7 @@ cdef void lstm_backward_kernel(
         floating* dg,               # OUT   (T, B, 4H) gradient of the pre-activations
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t s, t, b, j, k
+    cdef Py_ssize_t s, t, b, j
     cdef const floating *gt
     cdef const floating *c_in
     cdef const floating *c_out
@@ -101,8 +96,7 @@ cdef void lstm_backward_kernel(
         for b in range(B):
             if not is_valid(lengths, b, t):
                 # padding passed the state through: dh, dc pass back unchanged
-                for k in range(G):
-                    dgt[b * G + k] = 0
+                zero_row(dgt + b * G, G)
                 continue
             for j in range(H):
                 dh_ = dh[b * H + j]

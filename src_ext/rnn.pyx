@@ -7,8 +7,8 @@ output), so training keeps the state slots and nothing else.
 from cython cimport floating
 from _activations cimport tanh_
 from _blas cimport gemm
-from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, project_inputs,
-                          input_and_weight_gradients)
+from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
+                          zero_row, input_and_weight_gradients)
 
 
 cdef void rnn_forward_kernel(
@@ -25,7 +25,7 @@ cdef void rnn_forward_kernel(
         Py_ssize_t state_stride,    # B*H keeps every state, 0 overwrites one slot
         floating* y,                # OUT   (T, B, H)
 ) noexcept nogil:
-    cdef Py_ssize_t s, t, t0 = 0, b, j, n
+    cdef Py_ssize_t s, t, b, j
     cdef floating *p
     cdef floating *h_in
     cdef floating *h_out
@@ -33,11 +33,7 @@ cdef void rnn_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        if s % chunk == 0:
-            n = min(chunk, T - s)
-            t0 = t - n + 1 if reverse else t
-            project_inputs(x + t0 * B * I, w_ih_t, bias, pre, n * B, I, H)
-        p = pre + (t - t0) * B * H
+        p = step_gates(x, w_ih_t, bias, pre, s, T, B, I, H, chunk, reverse)
         h_in = hs + slot_in(t, reverse) * state_stride
         h_out = hs + slot_out(t, reverse) * state_stride
         yt = y + t * B * H
@@ -45,9 +41,8 @@ cdef void rnn_forward_kernel(
              w_hh_t, <int> H, <floating> 1, p, <int> H)
         for b in range(B):
             if not is_valid(lengths, b, t):
-                for j in range(H):
-                    h_out[b * H + j] = h_in[b * H + j]
-                    yt[b * H + j] = 0
+                carry_row(h_in + b * H, h_out + b * H, H)
+                zero_row(yt + b * H, H)
                 continue
             for j in range(H):
                 if relu:
@@ -80,8 +75,7 @@ cdef void rnn_backward_kernel(
         for b in range(B):
             if not is_valid(lengths, b, t):
                 # padding passed the state through: dh passes back unchanged
-                for j in range(H):
-                    dgt[b * H + j] = 0
+                zero_row(dgt + b * H, H)
                 continue
             for j in range(H):
                 dh_ = dh[b * H + j]
