@@ -37,10 +37,11 @@ def working_dtype(x):
     return x.dtype
 
 
-def float_array(name, value, shape, dtype):
+def float_array(name, value, shape, dtype, hint=""):
     """Check ``value`` against ``shape`` (a tuple with ints and names) and ``dtype``.
 
-    Returns a C-contiguous array of exactly ``dtype``.
+    Returns a C-contiguous array of exactly ``dtype``. ``hint`` follows the
+    expected shape in the error message.
     """
     a = as_array(name, value)
     if a.dtype != dtype:
@@ -49,7 +50,7 @@ def float_array(name, value, shape, dtype):
                             f"got {a.dtype}")
         raise TypeError(f"{name} must be a float array of dtype {dtype}, got dtype {a.dtype}")
     if a.shape != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)}, got {_describe(a)}")
+        raise ValueError(f"{name} must have shape {tuple(shape)}{hint}, got {_describe(a)}")
     return np.ascontiguousarray(a)
 
 
@@ -88,20 +89,28 @@ def flag(name, value):
         raise TypeError(f"{name} must be a bool, got {type(value).__name__}") from None
 
 
-def layer_params(n_gates, x, weight_ih, weight_hh, bias_ih, bias_hh):
+def layer_params(n_gates, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=None):
     """Check one layer's parameters against ``x``.
 
     Returns ``(H, (weight_ih, weight_hh, bias_ih, bias_hh), has_bias)``; missing
     biases (both None, as with PyTorch's ``bias=False``) come back as zeros.
+    With ``weight_hr`` (an LSTM projection, (P, H) with 0 < P < H) ``weight_hh``
+    must be (G*H, P) and the tuple gains ``weight_hr`` as a fifth entry.
     """
     dtype = x.dtype
     I = x.shape[2]
     w_hh = as_array("weight_hh", weight_hh)
-    if w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != n_gates * w_hh.shape[1]:
-        raise ValueError(f"weight_hh must have shape ({n_gates}*H, H) with H >= 1, "
-                         f"got {_describe(w_hh)}")
-    H = w_hh.shape[1]
-    w_hh = float_array("weight_hh", w_hh, (n_gates * H, H), dtype)
+    if weight_hr is None:
+        if w_hh.ndim != 2 or w_hh.shape[1] < 1 or w_hh.shape[0] != n_gates * w_hh.shape[1]:
+            raise ValueError(f"weight_hh must have shape ({n_gates}*H, H) with H >= 1, "
+                             f"got {_describe(w_hh)}{_projected_hint(n_gates, w_hh)}")
+        H = P = w_hh.shape[1]
+    else:
+        w_hr = projection_weight(weight_hr, n_gates, w_hh, dtype)
+        P, H = w_hr.shape
+    w_hh = float_array("weight_hh", w_hh, (n_gates * H, P), dtype,
+                       "" if weight_hr is None else
+                       f" = ({n_gates}*H, P) for weight_hr of shape (P, H) = ({P}, {H})")
     w_ih = float_array("weight_ih", weight_ih, (n_gates * H, I), dtype)
     if (bias_ih is None) != (bias_hh is None):
         raise ValueError("bias_ih and bias_hh must both be given or both be None")
@@ -112,18 +121,56 @@ def layer_params(n_gates, x, weight_ih, weight_hh, bias_ih, bias_hh):
     else:
         b_ih = np.zeros(n_gates * H, dtype)
         b_hh = np.zeros(n_gates * H, dtype)
-    return H, (w_ih, w_hh, b_ih, b_hh), has_bias
+    if weight_hr is None:
+        return H, (w_ih, w_hh, b_ih, b_hh), has_bias
+    return H, (w_ih, w_hh, b_ih, b_hh, w_hr), has_bias
 
 
-def state(name, value, B, H, dtype):
+def _is_projected(n_gates, w_hh):
+    """Is ``w_hh`` shaped like a projected LSTM's (G*H, P) with 0 < P < H?"""
+    return (w_hh.ndim == 2 and w_hh.shape[0] % n_gates == 0
+            and 0 < w_hh.shape[1] < w_hh.shape[0] // n_gates)
+
+
+def _projected_hint(n_gates, w_hh):
+    """For a weight_hh shaped like a projected LSTM's: say what it needs."""
+    if n_gates == 4 and _is_projected(n_gates, w_hh):
+        return (f"; a ({n_gates}*H, P) weight_hh with P < H needs weight_hr=, "
+                f"the (P, H) = ({w_hh.shape[1]}, {w_hh.shape[0] // 4}) projection")
+    return ""
+
+
+_PROJECTION_RULE = "(P, H) with 0 < P < H (P = proj_size, H = hidden_size)"
+
+
+def projection_weight(weight_hr, n_gates, w_hh, dtype):
+    """An LSTM projection ``weight_hr`` (P, H) with 0 < P < H, as PyTorch's ``proj_size``.
+
+    A ``w_hh`` (not yet checked) shaped (G*H, P) with 0 < P < H fixes the
+    expected (P, H), as weight_hh fixes H without a projection; otherwise
+    ``weight_hr`` alone must have a valid shape, and ``w_hh`` is then checked
+    against it.
+    """
+    w_hr = as_array("weight_hr", weight_hr)
+    if _is_projected(n_gates, w_hh):
+        H, P = w_hh.shape[0] // n_gates, w_hh.shape[1]
+        return float_array("weight_hr", w_hr, (P, H), dtype,
+                           f" = {_PROJECTION_RULE}, to match weight_hh of shape "
+                           f"({n_gates}*H, P) = {tuple(w_hh.shape)}")
+    if w_hr.ndim != 2 or not 0 < w_hr.shape[0] < w_hr.shape[1]:
+        raise ValueError(f"weight_hr must have shape {_PROJECTION_RULE}, got {_describe(w_hr)}")
+    return float_array("weight_hr", w_hr, w_hr.shape, dtype)
+
+
+def state(name, value, B, H, dtype, hint=""):
     """An initial state (B, H); None means zeros."""
     if value is None:
         return np.zeros((B, H), dtype)
-    return float_array(name, value, (B, H), dtype)
+    return float_array(name, value, (B, H), dtype, hint)
 
 
-def gradient(name, value, shape, dtype):
+def gradient(name, value, shape, dtype, hint=""):
     """An incoming gradient; None means zero and is passed on as None."""
     if value is None:
         return None
-    return float_array(name, value, shape, dtype)
+    return float_array(name, value, shape, dtype, hint)

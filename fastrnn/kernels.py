@@ -26,10 +26,14 @@ class Workspace:
         The backend that produced it; the backward runs on the same one.
     nbytes : int
         Memory held by the workspace's arrays.
+    proj_size : int or None
+        P of an LSTM with a projection (``weight_hr``), else None.
     """
-    __slots__ = ("cell", "backend", "dtype", "x_shape", "hidden_size", "has_bias", "data")
+    __slots__ = ("cell", "backend", "dtype", "x_shape", "hidden_size", "has_bias", "data",
+                 "proj_size")
 
-    def __init__(self, cell, backend, dtype, x_shape, hidden_size, has_bias, data):
+    def __init__(self, cell, backend, dtype, x_shape, hidden_size, has_bias, data,
+                 proj_size=None):
         self.cell = cell
         self.backend = backend
         self.dtype = dtype
@@ -37,6 +41,12 @@ class Workspace:
         self.hidden_size = hidden_size
         self.has_bias = has_bias
         self.data = data
+        self.proj_size = proj_size
+
+    @property
+    def output_size(self):
+        """Features of ``y`` and ``h``: P with a projection, else H."""
+        return self.hidden_size if self.proj_size is None else self.proj_size
 
     @property
     def nbytes(self):
@@ -44,8 +54,9 @@ class Workspace:
 
     def __repr__(self):
         T, B, I = self.x_shape
+        P = "" if self.proj_size is None else f" P={self.proj_size}"
         return (f"<fastrnn.Workspace {self.cell} {self.backend} {self.dtype} "
-                f"T={T} B={B} I={I} H={self.hidden_size} {self.nbytes} bytes>")
+                f"T={T} B={B} I={I} H={self.hidden_size}{P} {self.nbytes} bytes>")
 
 
 def _nbytes(obj):
@@ -66,7 +77,7 @@ class RNNOutput(NamedTuple):
 
 
 class LSTMOutput(NamedTuple):
-    """Result of :func:`lstm_forward`."""
+    """Result of :func:`lstm_forward`. With a projection, y is (T, B, P) and h_n (B, P)."""
     y: np.ndarray                          #: (T, B, H)
     h_n: np.ndarray                        #: (B, H)
     c_n: np.ndarray                        #: (B, H)
@@ -92,31 +103,70 @@ class LSTMGrads(NamedTuple):
     dweight_hh: np.ndarray
     dbias_ih: Optional[np.ndarray]
     dbias_hh: Optional[np.ndarray]
+    dweight_hr: Optional[np.ndarray] = None   #: (P, H), None without a projection
 
 
 # ------------------------------------------------------------------ dispatch
 
 def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh,
-             lengths, reverse, training, backend):
+             lengths, reverse, training, backend, weight_hr=None):
     x = v.sequence_input(x)
     T, B, _ = x.shape
     H, params, has_bias = v.layer_params(N_GATES[cell], x, weight_ih, weight_hh,
-                                         bias_ih, bias_hh)
-    state0 = tuple(v.state(f"{name}0", s, B, H, x.dtype)
+                                         bias_ih, bias_hh, weight_hr)
+    P = None if weight_hr is None else params[4].shape[0]
+    state0 = tuple(_initial_state(name, s, B, H, P, x.dtype)
                    for name, s in zip(STATE_NAMES[cell], states))
     lengths = v.lengths_array(lengths, T, B)
     x = _without_nonfinite_padding(x, lengths)
     reverse = v.flag("reverse", reverse)
     training = v.flag("training", training)
-    module = _backends.get(backend)
+    module = _backends.get(backend) if P is None else _projection_backend(backend)
     if T == 0 or B == 0:
         # nothing to compute; the reference handles empty arrays exactly
         module = _backends.get("reference")
     y, state_n, data = module.forward(cell, x, state0, params, lengths, reverse, training)
     ws = None
     if training:
-        ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data)
+        ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data, P)
     return y, state_n, ws
+
+
+def _state_size(name, H, P):
+    """``(size, hint)`` of state ``name`` ("h" or "c"): with a projection (P not
+    None) h has P features and c has H; ``hint`` explains it in error messages."""
+    if P is None:
+        return H, ""
+    if name == "h":
+        return P, f" = (B, P): with weight_hr, h has proj_size P = {P} features"
+    return H, f" = (B, H): the cell state keeps hidden_size H = {H} features"
+
+
+def _initial_state(name, value, B, H, P, dtype):
+    size, hint = _state_size(name, H, P)
+    return v.state(f"{name}0", value, B, size, dtype, hint)
+
+
+def _final_state_gradient(name, value, B, H, P, dtype):
+    size, hint = _state_size(name, H, P)
+    return v.gradient(f"d{name}_n", value, (B, size), dtype, hint)
+
+
+def _projection_backend(name):
+    """The backend ``name`` for an LSTM with a projection.
+
+    A backend declares support with a module attribute ``PROJECTION = True``; its
+    ``params`` then have a fifth entry ``weight_hr`` and its ``dparams`` a fifth
+    entry ``dweight_hr``. "auto" takes the fastest backend that supports it.
+    """
+    if name == "auto":
+        name = next(n for n in _backends.available_backends()
+                    if getattr(_backends.get(n), "PROJECTION", False))
+    module = _backends.get(name)
+    if not getattr(module, "PROJECTION", False):
+        raise NotImplementedError(f"backend {name!r} does not support weight_hr (the LSTM "
+                                  "projection, proj_size) yet; use backend='auto'")
+    return module
 
 
 def _without_nonfinite_padding(x, lengths):
@@ -144,15 +194,17 @@ def _backward(cell, ws, dy, dstate_n):
     if ws.cell not in (expected if isinstance(expected, tuple) else (expected,)):
         raise TypeError(f"workspace comes from a {ws.cell} forward, not a {cell} one")
     T, B, _ = ws.x_shape
-    H = ws.hidden_size
-    dy = v.gradient("dy", dy, (T, B, H), ws.dtype)
-    dstate_n = tuple(v.gradient(f"d{name}_n", d, (B, H), ws.dtype)
+    H, P = ws.hidden_size, ws.proj_size
+    dy = v.gradient("dy", dy, (T, B, ws.output_size), ws.dtype,
+                    "" if P is None else f" = (T, B, P), like y")
+    dstate_n = tuple(_final_state_gradient(name, d, B, H, P, ws.dtype)
                      for name, d in zip(STATE_NAMES[ws.cell], dstate_n))
     module = _backends.get(ws.backend)
     dx, dstate0, dparams = module.backward(ws.cell, ws.data, dy, dstate_n)
+    dparams = tuple(dparams)
     if not ws.has_bias:
-        dparams = dparams[:2] + (None, None)
-    return (dx,) + tuple(dstate0) + tuple(dparams)
+        dparams = dparams[:2] + (None, None) + dparams[4:]
+    return (dx,) + tuple(dstate0) + dparams
 
 
 # ------------------------------------------------------------------ public API
@@ -192,9 +244,11 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih=None, bias_hh=None, *,
-                 lengths=None, reverse=False, training=False, backend="auto"):
+                 weight_hr=None, lengths=None, reverse=False, training=False,
+                 backend="auto"):
     y, (h_n, c_n), ws = _forward("lstm", x, (h0, c0), weight_ih, weight_hh,
-                                 bias_ih, bias_hh, lengths, reverse, training, backend)
+                                 bias_ih, bias_hh, lengths, reverse, training, backend,
+                                 weight_hr)
     return LSTMOutput(y, h_n, c_n, ws)
 
 
@@ -228,7 +282,11 @@ def lstm_backward(workspace, dy=None, dh_n=None, dc_n=None):
     workspace : Workspace
         From ``lstm_forward(..., training=True)``.
     dy : (T, B, H) array or None
+        (T, B, P) with a projection.
     dh_n, dc_n : (B, H) arrays or None
+        dh_n is (B, P) with a projection.
+
+    ``dweight_hr`` (P, H) is None unless the forward had ``weight_hr``.
     """
     return LSTMGrads(*_backward("lstm", workspace, dy, (dh_n, dc_n)))
 
@@ -259,13 +317,21 @@ rnn_forward.__doc__ = """Vanilla RNN over a batch: h' = act(W_ih x + b_ih + W_hh
     """
 lstm_forward.__doc__ = """LSTM over a batch (gate order i, f, g, o, as PyTorch).
 
+    With ``weight_hr`` (PyTorch's ``proj_size``): h' = (o * tanh(c')) @ weight_hr.T.
+
     Parameters
     ----------""" + _PARAMS_DOC.format(states="""h0, c0 : (B, H) arrays or None
-        Initial hidden and cell states (None: zeros).""") + """
+        Initial hidden and cell states (None: zeros). With ``weight_hr``, h0 is (B, P).""") + """\
+    weight_hr : (P, H) array or None, keyword-only
+        The projection of PyTorch's ``proj_size=P``, 0 < P < H
+        (``weight_hr_l0``). Then ``weight_hh`` is (4*H, P), and ``y``, ``h0``,
+        ``h_n`` have P features; c keeps H.
+
     Returns
     -------
     LSTMOutput
-        ``(y (T, B, H), h_n (B, H), c_n (B, H), workspace)``; G = 4.
+        ``(y (T, B, H), h_n (B, H), c_n (B, H), workspace)``; G = 4. With a
+        projection, y is (T, B, P) and h_n (B, P).
     """
 gru_forward.__doc__ = """GRU over a batch (gate order r, z, n; reset applied after W_hn h).
 

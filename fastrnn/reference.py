@@ -12,6 +12,10 @@ Conventions (PyTorch's, exactly)
 - RNN  (G=1): h' = act(W_ih x + b_ih + W_hh h + b_hh), act in {tanh, relu}.
 - LSTM (G=4, order i, f, g, o):
   i, f, o = sigmoid(.), g = tanh(.), c' = f*c + i*g, h' = o*tanh(c').
+  With a projection (PyTorch's ``proj_size`` P, 0 < P < H) the parameters gain
+  ``weight_hr`` (P, H): m = o*tanh(c'), h' = m @ weight_hr.T. Then h, the
+  output and ``weight_hh``'s second axis have P features (``weight_hh`` is
+  (4H, P)); c keeps H.
 - GRU  (G=3, order r, z, n; the reset gate is applied after the recurrent
   product, as in PyTorch/cuDNN and ONNX ``linear_before_reset=1``):
   r, z = sigmoid(.), n = tanh(W_in x + b_in + r*(W_hn h + b_hn)),
@@ -71,15 +75,21 @@ def rnn_step_backward(dstate, cache, params, nonlinearity="tanh"):
 
 
 def lstm_step(x, state, params):
-    """One LSTM step. x : (B, I); state = (h, c), each (B, H)."""
+    """One LSTM step. x : (B, I); state = (h, c), h : (B, P), c : (B, H).
+
+    ``params`` is ``(w_ih, w_hh, b_ih, b_hh)``, or with a projection
+    ``(w_ih, w_hh, b_ih, b_hh, w_hr)``; without one P = H.
+    """
     h, c = state
-    w_ih, w_hh, b_ih, b_hh = params
+    w_ih, w_hh, b_ih, b_hh = params[:4]
+    w_hr = params[4] if len(params) > 4 else None
     gates = x @ w_ih.T + b_ih + h @ w_hh.T + b_hh
     i, f, g, o = np.split(gates, 4, axis=1)
     i, f, g, o = sigmoid(i), sigmoid(f), np.tanh(g), sigmoid(o)
     c_new = f * c + i * g
     tanh_c = np.tanh(c_new)
-    h_new = o * tanh_c
+    m = o * tanh_c
+    h_new = m if w_hr is None else m @ w_hr.T        # the projection
     return (h_new, c_new), (x, h, c, i, f, g, o, tanh_c)
 
 
@@ -87,9 +97,15 @@ def lstm_step_backward(dstate, cache, params):
     """Gradients of one LSTM step. dstate = (dh', dc'). Returns dx, (dh, dc), dparams."""
     dh_new, dc_new = dstate
     x, h, c, i, f, g, o, tanh_c = cache
-    w_ih, w_hh, _, _ = params
-    do = dh_new * tanh_c                             # h' = o * tanh(c')
-    dc_new = dc_new + dh_new * o * (1 - tanh_c * tanh_c)
+    w_ih, w_hh = params[:2]
+    w_hr = params[4] if len(params) > 4 else None
+    if w_hr is None:
+        dm = dh_new
+    else:                                            # h' = m @ w_hr.T
+        dm = dh_new @ w_hr
+        dw_hr = dh_new.T @ (o * tanh_c)
+    do = dm * tanh_c                                 # m = o * tanh(c')
+    dc_new = dc_new + dm * o * (1 - tanh_c * tanh_c)
     di = dc_new * g                                  # c' = f*c + i*g
     df = dc_new * c
     dg = dc_new * i
@@ -102,7 +118,10 @@ def lstm_step_backward(dstate, cache, params):
     ], axis=1)
     dx = dgates @ w_ih
     dh = dgates @ w_hh
-    return dx, (dh, dc), (dgates.T @ x, dgates.T @ h, dgates.sum(0), dgates.sum(0))
+    dparams = (dgates.T @ x, dgates.T @ h, dgates.sum(0), dgates.sum(0))
+    if w_hr is not None:
+        dparams += (dw_hr,)
+    return dx, (dh, dc), dparams
 
 
 def gru_step(x, state, params):
@@ -169,16 +188,17 @@ def forward(cell, x, state0, params, lengths=None, reverse=False):
         One of ``CELLS``.
     x : (T, B, I) array
     state0 : tuple of (B, H) arrays
-        ``(h0,)``, or ``(h0, c0)`` for the LSTM.
+        ``(h0,)``, or ``(h0, c0)`` for the LSTM (with a projection h0 is (B, P)).
     params : tuple
-        ``(weight_ih, weight_hh, bias_ih, bias_hh)``.
+        ``(weight_ih, weight_hh, bias_ih, bias_hh)``, plus ``weight_hr`` for an
+        LSTM with a projection.
     lengths : (B,) int array or None
     reverse : bool
         Visit the steps from ``T-1`` down to ``0``.
 
     Returns
     -------
-    y : (T, B, H) array
+    y : (T, B, H) array ((T, B, P) with a projection)
         The hidden state after each step; zero at padded steps.
     state_n : tuple of (B, H) arrays
         The final states.
@@ -205,16 +225,17 @@ def backward(cell, tape, params, x_shape, dy, dstate_n):
 
     Parameters
     ----------
-    dy : (T, B, H) array
+    dy : array shaped like ``y``
         Gradient of the loss with respect to ``y``.
-    dstate_n : tuple of (B, H) arrays
+    dstate_n : tuple of arrays shaped like the states
         Gradient with respect to the final states.
 
     Returns
     -------
     dx : (T, B, I) array
-    dstate0 : tuple of (B, H) arrays
-    dparams : tuple ``(dweight_ih, dweight_hh, dbias_ih, dbias_hh)``
+    dstate0 : tuple of arrays shaped like the states
+    dparams : tuple ``(dweight_ih, dweight_hh, dbias_ih, dbias_hh)``, plus
+        ``dweight_hr`` with a projection
     """
     _, step_backward = CELLS[cell]
     dx = np.zeros(x_shape, dtype=dy.dtype)

@@ -5,6 +5,13 @@ Forward: one GEMM projects the inputs of many steps at once; each step then
 adds h_{t-1} @ W_hh^T into its gate rows (beta = 1) and runs one fused
 element-wise pass (activations, state update, output). Backward: one fused
 element-wise pass and one GEMM per step, then a few GEMMs over all steps.
+
+Projection (PyTorch's ``proj_size`` P < H; ``w_hr_t`` not NULL): h has P
+features, m = o * tanh(c') (B, H) is the fused pass's output, and one more GEMM
+per step gives h_t = m_t @ W_hr^T. Backward per step: dm = (dh + dy_t) @ W_hr,
+the fused pass with dm in place of dh, then dh_prev = dG @ W_hh; after the loop
+dW_hr = sum_t (dh + dy_t)^T m_t is one GEMM over all T*B rows. Without a
+projection P = H and the kernels do exactly what they did before.
 """
 from cython cimport floating
 from _activations cimport sigmoid, tanh_
@@ -13,22 +20,64 @@ from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carr
                           zero_row, input_and_weight_gradients)
 
 
+cdef inline floating cell_unit(floating* g, const floating* c_in, floating* c_out,
+                               Py_ssize_t j, Py_ssize_t H) noexcept nogil:
+    """Unit j of one row: activate its four gates in g in place, write
+    c' = f*c + i*g to c_out[j], return o * tanh(c')."""
+    cdef floating i_ = sigmoid(g[j])
+    cdef floating f_ = sigmoid(g[H + j])
+    cdef floating g_ = tanh_(g[2 * H + j])
+    cdef floating o_ = sigmoid(g[3 * H + j])
+    cdef floating c_
+    g[j] = i_
+    g[H + j] = f_
+    g[2 * H + j] = g_
+    g[3 * H + j] = o_
+    c_ = f_ * c_in[j] + i_ * g_
+    c_out[j] = c_
+    return o_ * tanh_(c_)
+
+
+cdef inline floating cell_unit_backward(const floating* g, floating* dg,
+                                        floating c_in, floating c_out, floating dh_,
+                                        floating dc_, Py_ssize_t j,
+                                        Py_ssize_t H) noexcept nogil:
+    """Unit j of one row: from dh_ (of o * tanh(c')) and dc_ (of c'), write the
+    four gate pre-activation gradients to dg, return the gradient of c."""
+    cdef floating i_ = g[j]
+    cdef floating f_ = g[H + j]
+    cdef floating g_ = g[2 * H + j]
+    cdef floating o_ = g[3 * H + j]
+    cdef floating tc = tanh_(c_out)    # recomputed rather than stored
+    dc_ = dc_ + dh_ * o_ * (1 - tc * tc)
+    dg[j] = dc_ * g_ * i_ * (1 - i_)
+    dg[H + j] = dc_ * c_in * f_ * (1 - f_)
+    dg[2 * H + j] = dc_ * i_ * (1 - g_ * g_)
+    dg[3 * H + j] = dh_ * tc * o_ * (1 - o_)
+    return dc_ * f_
+
+
 cdef void lstm_forward_kernel(
         const floating* x,          # IN    (T, B, I)
         const floating* w_ih_t,     # IN    (I, 4H)
-        const floating* w_hh_t,     # IN    (H, 4H)
+        const floating* w_hh_t,     # IN    (P, 4H)
+        const floating* w_hr_t,     # IN    (H, P), or NULL: no projection (P = H)
         const floating* bias,       # IN    (4H,)  b_ih + b_hh
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
-        Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
         bint reverse,
         Py_ssize_t chunk,           # steps projected per input GEMM
         floating* gates,            # OUT   (chunk, B, 4H) activated i, f, g, o
-        floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
-        floating* cs,               # INOUT same for c
-        Py_ssize_t state_stride,    # B*H keeps every state, 0 overwrites one slot
-        floating* y,                # OUT   (T, B, H)
+        floating* hs,               # INOUT (B, P) state slots (see _rnn_common), h0 in the first
+        floating* cs,               # INOUT (B, H) same for c
+        bint keep_states,           # keep every state (training) or overwrite one slot
+        floating* m,                # OUT   projection only: (T, B, H) o*tanh(c) if
+                                    #       keep_states, else (B, H) scratch
+        floating* y,                # OUT   (T, B, P)
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
+    cdef Py_ssize_t h_stride = B * P if keep_states else 0
+    cdef Py_ssize_t c_stride = B * H if keep_states else 0
     cdef Py_ssize_t s, t, b, j
     cdef floating *g
     cdef floating *h_in
@@ -36,49 +85,63 @@ cdef void lstm_forward_kernel(
     cdef floating *h_out
     cdef floating *c_out
     cdef floating *yt
-    cdef floating i_, f_, g_, o_, c_
+    cdef floating *mt
+    cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
         g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
-        h_in = hs + slot_in(t, reverse) * state_stride
-        c_in = cs + slot_in(t, reverse) * state_stride
-        h_out = hs + slot_out(t, reverse) * state_stride
-        c_out = cs + slot_out(t, reverse) * state_stride
-        yt = y + t * B * H
-        gemm(False, False, <int> B, <int> G, <int> H, <floating> 1, h_in, <int> H,
+        h_in = hs + slot_in(t, reverse) * h_stride
+        c_in = cs + slot_in(t, reverse) * c_stride
+        h_out = hs + slot_out(t, reverse) * h_stride
+        c_out = cs + slot_out(t, reverse) * c_stride
+        yt = y + t * B * P
+        gemm(False, False, <int> B, <int> G, <int> P, <floating> 1, h_in, <int> P,
              w_hh_t, <int> G, <floating> 1, g, <int> G)
+        if w_hr_t == NULL:
+            for b in range(B):
+                if not is_valid(lengths, b, t):
+                    carry_row(h_in + b * H, h_out + b * H, H)
+                    carry_row(c_in + b * H, c_out + b * H, H)
+                    zero_row(yt + b * H, H)
+                    continue
+                for j in range(H):
+                    h_ = cell_unit(g + b * G, c_in + b * H, c_out + b * H, j, H)
+                    h_out[b * H + j] = h_
+                    yt[b * H + j] = h_
+            continue
+        # projection: the fused pass writes m_t, one GEMM projects it to y_t
+        mt = m + (t * B * H if keep_states else 0)
         for b in range(B):
             if not is_valid(lengths, b, t):
-                carry_row(h_in + b * H, h_out + b * H, H)
                 carry_row(c_in + b * H, c_out + b * H, H)
-                zero_row(yt + b * H, H)
+                zero_row(mt + b * H, H)
                 continue
             for j in range(H):
-                i_ = sigmoid(g[b * G + j])
-                f_ = sigmoid(g[b * G + H + j])
-                g_ = tanh_(g[b * G + 2 * H + j])
-                o_ = sigmoid(g[b * G + 3 * H + j])
-                g[b * G + j] = i_
-                g[b * G + H + j] = f_
-                g[b * G + 2 * H + j] = g_
-                g[b * G + 3 * H + j] = o_
-                c_ = f_ * c_in[b * H + j] + i_ * g_
-                c_out[b * H + j] = c_
-                h_out[b * H + j] = o_ * tanh_(c_)
-                yt[b * H + j] = h_out[b * H + j]
+                mt[b * H + j] = cell_unit(g + b * G, c_in + b * H, c_out + b * H, j, H)
+        gemm(False, False, <int> B, <int> P, <int> H, <floating> 1, mt, <int> H,
+             w_hr_t, <int> P, <floating> 0, yt, <int> P)
+        for b in range(B):
+            if is_valid(lengths, b, t):
+                carry_row(yt + b * P, h_out + b * P, P)
+            else:
+                carry_row(h_in + b * P, h_out + b * P, P)
+                zero_row(yt + b * P, P)
 
 
 cdef void lstm_backward_kernel(
         const floating* gates,      # IN    (T, B, 4H) activated i, f, g, o
         const floating* cs,         # IN    (T+1, B, H) cell-state slots
-        const floating* w_hh,       # IN    (4H, H)
-        const floating* dy,         # IN    (T, B, H) or NULL
+        const floating* w_hh,       # IN    (4H, P)
+        const floating* w_hr,       # IN    (P, H), or NULL: no projection (P = H)
+        const floating* dy,         # IN    (T, B, P) or NULL
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
-        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P,
         bint reverse,
-        floating* dh,               # INOUT (B, H) dh_n in, dh0 out
+        floating* dh,               # INOUT (B, P) dh_n in, dh0 out
         floating* dc,               # INOUT (B, H) dc_n in, dc0 out
         floating* dg,               # OUT   (T, B, 4H) gradient of the pre-activations
+        floating* dh_total,         # OUT   projection only: (T, B, P) dh + dy_t, 0 at padding
+        floating* dm,               # OUT   projection only: (B, H) scratch
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, j
@@ -86,36 +149,51 @@ cdef void lstm_backward_kernel(
     cdef const floating *c_in
     cdef const floating *c_out
     cdef floating *dgt
-    cdef floating i_, f_, g_, o_, tc, dh_, dc_
+    cdef floating *dht
+    cdef floating dh_
     for s in range(T):
         t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
         gt = gates + t * B * G
         dgt = dg + t * B * G
         c_in = cs + slot_in(t, reverse) * B * H
         c_out = cs + slot_out(t, reverse) * B * H
+        if w_hr != NULL:
+            # h_t = m_t @ W_hr^T: dm = (dh + dy_t) @ W_hr; h reaches the past
+            # only through the gates, so dh restarts from the GEMM below
+            dht = dh_total + t * B * P
+            for b in range(B):
+                if not is_valid(lengths, b, t):
+                    zero_row(dht + b * P, P)
+                    continue
+                for j in range(P):
+                    dh_ = dh[b * P + j]
+                    if dy != NULL:
+                        dh_ = dh_ + dy[(t * B + b) * P + j]
+                    dht[b * P + j] = dh_
+                    dh[b * P + j] = 0
+            gemm(False, False, <int> B, <int> H, <int> P, <floating> 1, dht, <int> P,
+                 w_hr, <int> H, <floating> 0, dm, <int> H)
         for b in range(B):
             if not is_valid(lengths, b, t):
                 # padding passed the state through: dh, dc pass back unchanged
                 zero_row(dgt + b * G, G)
                 continue
+            if w_hr != NULL:
+                for j in range(H):
+                    dc[b * H + j] = cell_unit_backward(gt + b * G, dgt + b * G,
+                                                       c_in[b * H + j], c_out[b * H + j],
+                                                       dm[b * H + j], dc[b * H + j], j, H)
+                continue
             for j in range(H):
                 dh_ = dh[b * H + j]
                 if dy != NULL:
                     dh_ = dh_ + dy[(t * B + b) * H + j]
-                i_ = gt[b * G + j]
-                f_ = gt[b * G + H + j]
-                g_ = gt[b * G + 2 * H + j]
-                o_ = gt[b * G + 3 * H + j]
-                tc = tanh_(c_out[b * H + j])    # recomputed rather than stored
-                dc_ = dc[b * H + j] + dh_ * o_ * (1 - tc * tc)
-                dgt[b * G + j] = dc_ * g_ * i_ * (1 - i_)
-                dgt[b * G + H + j] = dc_ * c_in[b * H + j] * f_ * (1 - f_)
-                dgt[b * G + 2 * H + j] = dc_ * i_ * (1 - g_ * g_)
-                dgt[b * G + 3 * H + j] = dh_ * tc * o_ * (1 - o_)
-                dc[b * H + j] = dc_ * f_
+                dc[b * H + j] = cell_unit_backward(gt + b * G, dgt + b * G,
+                                                   c_in[b * H + j], c_out[b * H + j],
+                                                   dh_, dc[b * H + j], j, H)
                 dh[b * H + j] = 0        # h reaches the past only through the gates
-        gemm(False, False, <int> B, <int> H, <int> G, <floating> 1, dgt, <int> G,
-             w_hh, <int> H, <floating> 1, dh, <int> H)
+        gemm(False, False, <int> B, <int> P, <int> G, <floating> 1, dgt, <int> G,
+             w_hh, <int> P, <floating> 1, dh, <int> P)
 
 
 def forward(const floating[:, :, ::1] x,
@@ -127,19 +205,32 @@ def forward(const floating[:, :, ::1] x,
             floating[:, :, ::1] gates,
             floating[:, :, ::1] hs,
             floating[:, :, ::1] cs,
-            floating[:, :, ::1] y):
+            floating[:, :, ::1] y,
+            const floating[:, ::1] w_hr_t=None,
+            floating[:, :, ::1] m=None):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 1 slot
-    (inference); the slot holding h0/c0 must be filled by the caller.
+    (inference); the slot holding h0/c0 must be filled by the caller. With a
+    projection, ``w_hr_t`` is W_hr^T (H, P) and ``m`` has as many slots as
+    ``hs`` less one (T or 1).
     """
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
-    cdef Py_ssize_t stride = B * H if hs.shape[0] > 1 else 0
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
+    cdef Py_ssize_t P = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
+    cdef const floating* w_hr_t_ = NULL
+    cdef floating* m_ = NULL
+    if w_hr_t is not None:
+        if m is None or w_hr_t.shape[0] != H or w_hr_t.shape[1] != P:
+            raise ValueError("a projection needs w_hr_t (H, P) and the m buffer")
+        w_hr_t_ = &w_hr_t[0, 0]
+        m_ = &m[0, 0, 0]
+    elif P != H:
+        raise ValueError("h and c differ in size but there is no projection")
     with nogil:
-        lstm_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], lens,
-                            T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                            &hs[0, 0, 0], &cs[0, 0, 0], stride, &y[0, 0, 0])
+        lstm_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], w_hr_t_, &bias[0], lens,
+                            T, B, I, H, P, reverse, gates.shape[0], &gates[0, 0, 0],
+                            &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0] > 1, m_, &y[0, 0, 0])
 
 
 def backward(const floating[:, :, ::1] x,
@@ -158,15 +249,41 @@ def backward(const floating[:, :, ::1] x,
              floating[:, ::1] dw_ih,
              floating[:, ::1] dw_hh,
              floating[::1] db_ih,
-             floating[::1] db_hh):
-    """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit."""
-    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
+             floating[::1] db_hh,
+             const floating[:, ::1] w_hr=None,
+             const floating[:, :, ::1] m=None,
+             floating[:, :, ::1] dh_total=None,
+             floating[:, ::1] dm=None,
+             floating[:, ::1] dw_hr=None):
+    """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
+
+    With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
+    ``dh_total`` (T, B, P) and ``dm`` (B, H), and the output ``dw_hr`` (P, H).
+    """
+    cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
+    cdef Py_ssize_t P = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    cdef const floating* w_hr_ = NULL
+    cdef floating* dh_total_ = NULL
+    cdef floating* dm_ = NULL
+    if w_hr is not None:
+        if m is None or dh_total is None or dm is None or dw_hr is None:
+            raise ValueError("a projection needs m, dh_total, dm and dw_hr")
+        w_hr_ = &w_hr[0, 0]
+        dh_total_ = &dh_total[0, 0, 0]
+        dm_ = &dm[0, 0]
+    elif P != H:
+        raise ValueError("h and c differ in size but there is no projection")
     with nogil:
-        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &w_hh[0, 0], dy_, lens,
-                             T, B, H, reverse, &dh[0, 0], &dc[0, 0], &dg[0, 0, 0])
+        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &w_hh[0, 0], w_hr_, dy_, lens,
+                             T, B, H, P, reverse, &dh[0, 0], &dc[0, 0], &dg[0, 0, 0],
+                             dh_total_, dm_)
         input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
                                    &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                                   T * B, I, H, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],
+                                   T * B, I, P, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],
                                    &dw_hh[0, 0], &db_ih[0], &db_hh[0])
+        if w_hr_ != NULL:
+            # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
+            gemm(True, False, <int> P, <int> H, <int> (T * B), <floating> 1, dh_total_,
+                 <int> P, &m[0, 0, 0], <int> H, <floating> 0, &dw_hr[0, 0], <int> H)

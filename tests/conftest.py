@@ -110,17 +110,20 @@ def final_states(out):
 
 def state0_grads(grads):
     """``(dh0,)`` or ``(dh0, dc0)`` of a backward result."""
-    return tuple(grads)[1:-4]
+    return tuple(v for k, v in grads._asdict().items() if k in ("dh0", "dc0"))
 
 
 def param_grads(grads):
-    """``(dweight_ih, dweight_hh, dbias_ih, dbias_hh)`` of a backward result."""
-    return tuple(grads)[-4:]
+    """``(dweight_ih, dweight_hh, dbias_ih, dbias_hh)`` of a backward result
+    (an LSTM's ``dweight_hr`` is not among them)."""
+    return tuple(getattr(grads, "d" + name) for name in PARAM_NAMES)
 
 
 def arrays_of(result):
-    """A forward or backward result as ``{field: array}``, without the workspace."""
-    return {k: v for k, v in result._asdict().items() if k != "workspace"}
+    """A forward or backward result as ``{field: array}``, without the workspace,
+    and without an LSTM's ``dweight_hr`` when there is no projection (None)."""
+    return {k: v for k, v in result._asdict().items()
+            if k != "workspace" and not (k == "dweight_hr" and v is None)}
 
 
 # ------------------------------------------------------------------ compare
@@ -155,3 +158,41 @@ def assert_results_equal(a, b, exact=True, rtol=0.0):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
         else:
             assert_close(a[k], b[k], rtol, k)
+
+
+# ------------------------------------------- LSTM with a projection (proj_size)
+# params are (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr); h is (B, P), c (B, H).
+
+def make_projected_params(I, H, P, dtype=np.float64, seed=0):
+    """Random parameters of an LSTM with PyTorch's ``proj_size=P``:
+    weight_hh is (4H, P) and weight_hr (P, H); all from U(-1/sqrt(H), 1/sqrt(H))."""
+    rng = np.random.default_rng(seed)
+    k = 1.0 / np.sqrt(H)
+    shapes = [(4 * H, I), (4 * H, P), (4 * H,), (4 * H,), (P, H)]
+    return tuple(rng.uniform(-k, k, s).astype(dtype) for s in shapes)
+
+
+def make_projected_states(B, H, P, dtype=np.float64, seed=1, scale=0.5):
+    """Random ``(h0 (B, P), c0 (B, H))``."""
+    rng = np.random.default_rng(seed)
+    return tuple((scale * rng.standard_normal(s)).astype(dtype) for s in ((B, P), (B, H)))
+
+
+def run_projected_forward(backend, x, states, params, **kw):
+    """``lstm_forward`` with ``params = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``."""
+    return run_forward("lstm", backend, x, states, params[:4], weight_hr=params[4], **kw)
+
+
+def finite_difference_gradient(f, a, eps):
+    """Central-difference gradient of the scalar ``f()`` with respect to the array
+    ``a``, which is moved in place one element at a time and restored."""
+    grad = np.zeros_like(a)
+    for idx in np.ndindex(a.shape):
+        old = a[idx]
+        a[idx] = old + eps
+        up = f()
+        a[idx] = old - eps
+        down = f()
+        a[idx] = old
+        grad[idx] = (up - down) / (2 * eps)
+    return grad
