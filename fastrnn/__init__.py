@@ -1,5 +1,6 @@
 """fastrnn: fused LSTM, GRU and vanilla RNN kernels (forward and BPTT) for NumPy."""
 from ._backends import available_backends
+from .interop import from_onnx, from_torch, to_onnx, to_torch
 from .kernels import (
     LSTMGrads,
     LSTMOutput,
@@ -13,6 +14,7 @@ from .kernels import (
     rnn_backward,
     rnn_forward,
 )
+from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
 
@@ -22,4 +24,6 @@ __all__ = [
     "lstm_forward", "lstm_backward",
     "gru_forward", "gru_backward",
     "RNNOutput", "LSTMOutput", "RNNGrads", "LSTMGrads", "Workspace",
+    "RNN", "LSTM", "GRU",
+    "from_torch", "to_torch", "to_onnx", "from_onnx",
 ]
