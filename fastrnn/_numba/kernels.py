@@ -1,0 +1,924 @@
+"""Fused RNN, LSTM and GRU forward and BPTT kernels, compiled by Numba.
+
+The same design, buffers and arguments as the Cython kernels (``src_ext/``),
+line for line where possible; see ``src_ext/_rnn_common.pxd`` for the
+time-aligned state slots and ``fastrnn._numba_backend`` for the buffers.
+
+- Each ``*_forward``/``*_backward`` runs the whole time loop in compiled code
+  and allocates nothing: the backend passes every buffer in, flattened to 1-D.
+- Inside, arrays are addressed through raw pointers (:func:`ptr`), as in C:
+  no negative-index wrap-around and no reference counting in the inner loops,
+  so LLVM vectorises the fused element-wise passes.
+- BLAS is SciPy's (``scipy.linalg.cython_blas``), called directly from the
+  compiled code with beta = 1 where the Cython kernels use it. The function
+  addresses are registered with LLVM under fixed symbol names at import, so
+  the compiled code refers to them by name and can be cached on disk
+  (a ctypes function pointer would be a constant address, which Numba
+  refuses to cache).
+- float32 uses the branch-free exp/sigmoid/tanh of ``src_ext/_vmath.h`` (same
+  constants, same error bounds); float64 uses exact exp and tanh.
+- No Numba threads (``parallel=True``): the BLAS threads run the GEMMs, and
+  the fused element-wise passes are about 4 % of the profile of the large
+  LSTM shape (BLAS 55 %), so splitting them over threads could gain a few
+  percent at most; at small batches a fork/join per step costs more than the
+  pass, and a second thread pool next to OpenBLAS's busy-waiting workers
+  would oversubscribe the cores.
+- Floating-point flags: ``contract`` (FMA) and ``nsz`` only. No ``nnan`` or
+  ``ninf``, so NaN propagates and the NaN-passing comparisons keep their
+  meaning; no ``reassoc``/``afn``/``arcp``, which would undo the Cody-Waite
+  reduction of the exponential or change its rounding.
+"""
+import math
+import warnings
+
+import llvmlite.binding as ll
+import numpy as np
+from llvmlite import ir
+from numba import config, njit, types
+from numba.core import cgutils
+from numba.extending import (get_cython_function_address, intrinsic, overload,
+                              register_jitable)
+
+if config.DISABLE_JIT:
+    # the kernels address memory through LLVM intrinsics, which have no Python form
+    raise ImportError("the Numba backend needs Numba's compiler, and NUMBA_DISABLE_JIT is set")
+
+FASTMATH = frozenset({"contract", "nsz"})
+
+
+def _options():
+    return dict(fastmath=set(FASTMATH), error_model="numpy", nogil=True)
+
+
+_cache = True
+
+
+def _jit(fn):
+    """``njit`` with the kernels' options, cached on disk when a cache directory is usable."""
+    global _cache
+    if _cache:
+        try:
+            return njit(cache=True, **_options())(fn)
+        except RuntimeError as exc:    # "cannot cache function ...: no locator available"
+            _cache = False
+            warnings.warn(f"fastrnn: Numba cannot cache its kernels ({exc}); every new "
+                          "process compiles them again. Set NUMBA_CACHE_DIR to a writable "
+                          "directory.", RuntimeWarning, stacklevel=2)
+    return njit(**_options())(fn)
+
+
+def _inline(fn):
+    """A helper of the kernels: compiled into each kernel that calls it.
+
+    (``register_jitable`` rather than ``njit``: a dispatcher of its own would
+    also build and optimise a Python wrapper and a separate library per
+    signature, about a third of the first-call compile time.)
+    """
+    return register_jitable(**_options())(fn)
+
+
+def _inline_ir(fn):
+    """A helper inlined into its caller's Numba IR before typing.
+
+    For the bodies of the fused loops: LLVM would not inline a function this
+    large (five activations), and a call in the loop keeps it from vectorising.
+    """
+    def stub(*args):
+        raise NotImplementedError(f"{fn.__name__} runs in compiled code only")
+    stub.__name__, stub.__doc__ = fn.__name__, fn.__doc__
+    overload(stub, inline="always", strict=False, jit_options=_options())(lambda *args: fn)
+    return stub
+
+
+# ------------------------------------------------------------------- pointers
+
+@intrinsic
+def ptr(typingctx, base, offset):
+    """``&base[offset]`` for a 1-D array or a pointer ``base`` (``base + offset`` in C)."""
+    if not (isinstance(base, (types.Array, types.CPointer)) and isinstance(offset, types.Integer)):
+        return None
+    return types.CPointer(base.dtype)(base, offset), _gep
+
+
+def _gep(context, builder, sig, args):
+    data = args[0]
+    if isinstance(sig.args[0], types.Array):
+        data = cgutils.create_struct_proxy(sig.args[0])(context, builder, value=data).data
+    return builder.gep(data, [args[1]])
+
+
+@intrinsic
+def row(typingctx, base, offset):
+    """``ptr(base, offset)`` passed through an empty inline asm, for the gate rows.
+
+    A fused pass reads and writes several gate blocks of one row (i, f, g, o at
+    offsets 0, H, 2H, 3H). LLVM vectorises it behind a run-time overlap check
+    of those blocks and, when the row pointer is affine in the batch index,
+    hoists the check out of the batch loop, widening each block to its extent
+    over all B rows, where the blocks of different rows interleave: the
+    hoisted check always fails for B > 1 and the pass runs scalar. A row
+    pointer LLVM cannot see through keeps the check per row, where it passes.
+    """
+    if not (isinstance(base, (types.Array, types.CPointer)) and isinstance(offset, types.Integer)):
+        return None
+    sig = types.CPointer(base.dtype)(base, offset)
+
+    def codegen(context, builder, sig, args):
+        p = _gep(context, builder, sig, args)
+        return builder.asm(ir.FunctionType(p.type, [p.type]), "", "=r,0", [p],
+                           side_effect=False)
+    return sig, codegen
+
+
+# ----------------------------------------------------------------------- BLAS
+# SciPy's Fortran-ABI BLAS: every argument by pointer, column-major.
+
+for _name in ("sgemm", "dgemm", "sgemv", "dgemv"):
+    ll.add_symbol(f"fastrnn_{_name}",
+                  get_cython_function_address("scipy.linalg.cython_blas", _name))
+
+_I8 = ir.IntType(8)
+_I32 = ir.IntType(32)
+
+
+def _by_ref(builder, value, as_type=None):
+    """A stack slot (in the entry block, so not one per call) holding ``value``."""
+    if as_type is not None:
+        value = builder.trunc(value, as_type)
+    return cgutils.alloca_once_value(builder, value)
+
+
+@intrinsic
+def _xgemm(typingctx, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major ``C := alpha op(A) op(B) + beta C``; trans* are the characters' codes."""
+    if not isinstance(c, types.CPointer) or c.dtype not in (types.float32, types.float64):
+        return None
+    dtype = c.dtype
+    sig = types.void(transa, transb, m, n, k, dtype, types.CPointer(dtype), lda,
+                     types.CPointer(dtype), ldb, dtype, c, ldc)
+    symbol = "fastrnn_sgemm" if dtype == types.float32 else "fastrnn_dgemm"
+
+    def codegen(context, builder, sig, args):
+        ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc = args
+        fp = context.get_value_type(dtype).as_pointer()
+        ip, cp = _I32.as_pointer(), _I8.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [cp, cp, ip, ip, ip, fp, fp, ip, fp, ip, fp, fp, ip])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+        builder.call(fn, [_by_ref(builder, ta, _I8), _by_ref(builder, tb, _I8),
+                          _by_ref(builder, m, _I32), _by_ref(builder, n, _I32),
+                          _by_ref(builder, k, _I32), _by_ref(builder, alpha), a,
+                          _by_ref(builder, lda, _I32), b, _by_ref(builder, ldb, _I32),
+                          _by_ref(builder, beta), c, _by_ref(builder, ldc, _I32)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def _xgemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y):
+    """Column-major ``y := alpha op(A) x + beta y`` (unit stride for y)."""
+    if not isinstance(y, types.CPointer) or y.dtype not in (types.float32, types.float64):
+        return None
+    dtype = y.dtype
+    sig = types.void(trans, m, n, dtype, types.CPointer(dtype), lda,
+                     types.CPointer(dtype), incx, dtype, y)
+    symbol = "fastrnn_sgemv" if dtype == types.float32 else "fastrnn_dgemv"
+
+    def codegen(context, builder, sig, args):
+        t, m, n, alpha, a, lda, x, incx, beta, y = args
+        fp = context.get_value_type(dtype).as_pointer()
+        ip, cp = _I32.as_pointer(), _I8.as_pointer()
+        fnty = ir.FunctionType(ir.VoidType(), [cp, ip, ip, fp, fp, ip, fp, ip, fp, fp, ip])
+        fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+        one = cgutils.alloca_once_value(builder, ir.Constant(_I32, 1))
+        builder.call(fn, [_by_ref(builder, t, _I8), _by_ref(builder, m, _I32),
+                          _by_ref(builder, n, _I32), _by_ref(builder, alpha), a,
+                          _by_ref(builder, lda, _I32), x, _by_ref(builder, incx, _I32),
+                          _by_ref(builder, beta), y, one])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+_N, _T = ord("N"), ord("T")
+
+
+@_inline
+def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """C := alpha * op(A) @ op(B) + beta * C, row-major; op(A) (m, k), op(B) (k, n).
+
+    The row-major product is the column-major C^T = op(B)^T op(A)^T, so the
+    operands go to BLAS swapped (as ``src_ext/_blas.pxd``).
+    """
+    if m <= 0 or n <= 0:
+        return
+    if k <= 0:
+        # BLAS rejects lda = 0; with no inner dimension C is only scaled
+        for i in range(m):
+            for j in range(n):
+                c[i * ldc + j] = beta * c[i * ldc + j] if beta != 0 else beta
+        return
+    if m == 1:
+        # a single row: GEMM would repack all of op(B) for one product
+        incx = lda if trans_a else 1
+        if trans_b:
+            gemv(False, n, k, alpha, b, ldb, a, incx, beta, c)
+        else:
+            gemv(True, k, n, alpha, b, ldb, a, incx, beta, c)
+        return
+    _xgemm(_T if trans_b else _N, _T if trans_a else _N, n, m, k, alpha, b, ldb, a, lda,
+           beta, c, ldc)
+
+
+@_inline
+def gemv(trans, m, n, alpha, a, lda, x, incx, beta, y):
+    """y := alpha * op(A) @ x + beta * y for row-major A (m, n); op(A) = A^T if trans."""
+    # row-major A is column-major A^T: swap the trans flag and the dimensions
+    _xgemv(_N if trans else _T, n, m, alpha, a, lda, x, incx, beta, y)
+
+
+# ---------------------------------------------------------------- activations
+# float32: src_ext/_vmath.h, constant for constant (error bounds documented
+# there, checked for this module by tests/test_numba.py); float64: exact.
+
+_F32 = np.float32
+
+
+@intrinsic
+def _pow2(typingctx, n):
+    """2**n for a float32 holding an integer in [-126, 127], built in the exponent bits."""
+    if n != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        i = builder.fptosi(args[0], _I32)
+        bits = builder.shl(builder.add(i, ir.Constant(_I32, 127)), ir.Constant(_I32, 23))
+        return builder.bitcast(bits, ir.FloatType())
+    return types.float32(types.float32), codegen
+
+
+@intrinsic
+def _round_to_int(typingctx, t):
+    """(float)(int32_t)(t + (t >= 0 ? 0.5f : -0.5f)): t rounded half away from zero."""
+    if t != types.float32:
+        return None
+
+    def codegen(context, builder, sig, args):
+        f = ir.FloatType()
+        half = builder.select(builder.fcmp_ordered(">=", args[0], ir.Constant(f, 0.0)),
+                              ir.Constant(f, 0.5), ir.Constant(f, -0.5))
+        i = builder.fptosi(builder.fadd(args[0], half), _I32)
+        return builder.sitofp(i, f)
+    return types.float32(types.float32), codegen
+
+
+_EXP_HI, _EXP_LO = _F32(88.0), _F32(-87.0)
+_LOG2E = _F32(1.44269504088896341)
+_LN2_HI, _LN2_LO = _F32(0.693359375), _F32(2.12194440e-4)
+_C7, _C6, _C5 = _F32(1.0 / 5040.0), _F32(1.0 / 720.0), _F32(1.0 / 120.0)
+_C4, _C3, _C2 = _F32(1.0 / 24.0), _F32(1.0 / 6.0), _F32(0.5)
+_T3, _T5, _T7, _T9 = (_F32(-1.0 / 3.0), _F32(2.0 / 15.0), _F32(-17.0 / 315.0),
+                      _F32(62.0 / 2835.0))
+_F0, _F1, _F2, _QUARTER = _F32(0.0), _F32(1.0), _F32(2.0), _F32(0.25)
+
+
+@_inline
+def expf(x):
+    """fr_expf: relative error <= 3 ulp; NaN propagates (every clamp lets NaN pass)."""
+    x = _EXP_HI if x > _EXP_HI else x
+    x = _EXP_LO if x < _EXP_LO else x
+    nf = _round_to_int(x * _LOG2E)
+    r = x - nf * _LN2_HI            # ln2 split so that nf * ln2_hi is exact
+    r = r + nf * _LN2_LO
+    p = _C7
+    p = p * r + _C6
+    p = p * r + _C5
+    p = p * r + _C4
+    p = p * r + _C3
+    p = p * r + _C2
+    p = p * r + _F1
+    p = p * r + _F1
+    return p * _pow2(nf)
+
+
+def sigmoid(a):
+    """The logistic function in the precision of ``a`` (compiled code only)."""
+
+
+def tanh_(a):
+    """tanh in the precision of ``a`` (compiled code only)."""
+
+
+@overload(sigmoid, jit_options=_options(), inline="never")
+def _sigmoid(a):
+    if a == types.float32:
+        def sigmoidf(a):
+            # no cancellation anywhere: the relative error is that of expf
+            return _F1 / (_F1 + expf(-a))
+        return sigmoidf
+    if a == types.float64:
+        def sigmoid64(a):
+            # exp of -|a| only, so it cannot overflow for saturated gates
+            e = math.exp(-abs(a))
+            return 1.0 / (1.0 + e) if a >= 0 else e / (1.0 + e)
+        return sigmoid64
+
+
+@overload(tanh_, jit_options=_options(), inline="never")
+def _tanh(a):
+    if a == types.float32:
+        def tanhf(a):
+            ax = -a if a < _F0 else a
+            # large |x|: 1 - 2/(1+e^{2|x|}), whose cancellation costs little above 1/4
+            big = _F1 - _F2 / (_F1 + expf(_F2 * ax))
+            # small |x|: odd Taylor series; the first omitted term is < 1e-8 * |x|
+            x2 = a * a
+            small = ax * (_F1 + x2 * (_T3 + x2 * (_T5 + x2 * (_T7 + x2 * _T9))))
+            y = small if ax < _QUARTER else big
+            return -y if a < _F0 else y
+        return tanhf
+    if a == types.float64:
+        def tanh64(a):
+            return math.tanh(a)
+        return tanh64
+
+
+def one_of(a):
+    """1 in the floating type of the array or pointer ``a`` (compiled code only)."""
+
+
+def zero_of(a):
+    """0 in the floating type of the array or pointer ``a`` (compiled code only)."""
+
+
+def _float_constant(value):
+    c32, c64 = _F32(value), float(value)
+
+    def typer(a):
+        dtype = getattr(a, "dtype", a)
+        if dtype == types.float32:
+            return lambda a: c32
+        if dtype == types.float64:
+            return lambda a: c64
+    return typer
+
+
+# integer literals and Python floats would promote float32 arithmetic to float64
+overload(one_of, inline="always")(_float_constant(1.0))
+overload(zero_of, inline="always")(_float_constant(0.0))
+
+
+@_jit
+def apply_sigmoid(x, out):
+    """out := sigmoid(x) elementwise (1-D); for testing the activations."""
+    for i in range(x.shape[0]):
+        out[i] = sigmoid(x[i])
+
+
+@_jit
+def apply_tanh(x, out):
+    """out := tanh(x) elementwise (1-D); for testing the activations."""
+    for i in range(x.shape[0]):
+        out[i] = tanh_(x[i])
+
+
+# ------------------------------------------------------------ shared pieces
+# As src_ext/_rnn_common.pxd: time order, slots, and the big GEMMs before
+# and after the time loop.
+
+@_inline
+def time_at(s, T, reverse):
+    """The time index of the s-th step a direction visits."""
+    return T - 1 - s if reverse else s
+
+
+@_inline
+def slot_in(t, reverse):
+    """Slot of the state entering step t.
+
+    Training keeps T+1 slots. Inference keeps two and takes the slot numbers
+    modulo 2, so each step reads one slot and writes the other: with a single
+    slot read and written in place (as the Cython kernels do) the input and
+    output rows of the fused pass would be the same memory, which fails LLVM's
+    run-time overlap check and leaves the pass unvectorised.
+    """
+    return t + 1 if reverse else t
+
+
+@_inline
+def slot_out(t, reverse):
+    """Slot of the state leaving step t."""
+    return t if reverse else t + 1
+
+
+@_inline
+def project_inputs(x, w_ih_t, bias, gates, rows, I, G):
+    """gates := x @ w_ih_t + bias for ``rows`` rows at once (one large GEMM).
+
+    x (rows, I), w_ih_t (I, G), bias (G,), gates (rows, G): pointers.
+    """
+    for r in range(rows):
+        for j in range(G):
+            gates[r * G + j] = bias[j]
+    one = one_of(gates)
+    gemm(False, False, rows, G, I, one, x, I, w_ih_t, G, one, gates, G)
+
+
+@_inline
+def step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse):
+    """Pointer to the gate rows of the s-th visited step.
+
+    Steps are projected ``chunk`` at a time: the first step of a chunk runs one
+    GEMM for the inputs of the whole chunk, stored in time order.
+    """
+    first = s - s % chunk
+    n = min(chunk, T - first)
+    t_low = T - first - n if reverse else first   # earliest time in the chunk
+    if s == first:
+        project_inputs(ptr(x, t_low * B * I), ptr(w_ih_t, 0), ptr(bias, 0), ptr(gates, 0),
+                       n * B, I, G)
+    return ptr(gates, (time_at(s, T, reverse) - t_low) * B * G)
+
+
+@_inline
+def carry_row(src, dst, n):
+    """dst := src; a padded step passes its state through."""
+    for j in range(n):
+        dst[j] = src[j]
+
+
+@_inline
+def zero_row(dst, n):
+    for j in range(n):
+        dst[j] = 0
+
+
+@_inline
+def column_sums(a, rows, cols, out):
+    """out := a.sum(axis=0) for a (rows, cols); row by row so it vectorises."""
+    for j in range(cols):
+        out[j] = 0
+    for r in range(rows):
+        for j in range(cols):
+            out[j] += a[r * cols + j]
+
+
+@_inline
+def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
+                               dx, dw_ih, dw_hh, db_ih, db_hh):
+    """Everything BPTT needs after the time loop: a few GEMMs over all T*B rows.
+
+    dg_x, dg_h (rows, G) gradients of the input- and recurrent-side
+    pre-activations; x (rows, I); h_in (rows, H) the states that entered each
+    step; w_ih (G, I). Out: dx (rows, I), dw_ih (G, I), dw_hh (G, H), db_* (G,).
+    """
+    one, zero = one_of(dx), zero_of(dx)
+    gemm(False, False, rows, I, G, one, dg_x, G, w_ih, I, zero, dx, I)
+    gemm(True, False, G, I, rows, one, dg_x, G, x, I, zero, dw_ih, I)
+    gemm(True, False, G, H, rows, one, dg_h, G, h_in, H, zero, dw_hh, H)
+    column_sums(dg_x, rows, G, db_ih)
+    column_sums(dg_h, rows, G, db_hh)
+
+
+# ----------------------------------------------------------------------- LSTM
+# Gate order i, f, g, o, as PyTorch. Forward: one GEMM projects the inputs of
+# many steps at once; each step adds h_{t-1} @ W_hh^T into its gate rows
+# (beta = 1) and runs one fused element-wise pass. Backward: one fused pass and
+# one GEMM per step, then a few GEMMs over all steps.
+#
+# Projection (PyTorch's proj_size P < H, separate kernels so that the plain
+# LSTM does not compile them): h has P features, the fused pass writes
+# m = o * tanh(c') (B, H), and one more GEMM per step gives h_t = m_t @ W_hr^T.
+# Backward per step: dm = (dh + dy_t) @ W_hr, the fused pass with dm in place
+# of dh, then dh_prev = dG @ W_hh; after the loop dW_hr = sum_t (dh + dy_t)^T m_t
+# is one GEMM over all T*B rows.
+
+@_inline_ir
+def lstm_unit(g, c_in, c_out, j, H):
+    """Unit j of one row: activate its four gates in g in place, write
+    c' = f*c + i*g to c_out[j], return o * tanh(c')."""
+    i_ = sigmoid(g[j])
+    f_ = sigmoid(g[H + j])
+    g_ = tanh_(g[2 * H + j])
+    o_ = sigmoid(g[3 * H + j])
+    g[j] = i_
+    g[H + j] = f_
+    g[2 * H + j] = g_
+    g[3 * H + j] = o_
+    c_ = f_ * c_in[j] + i_ * g_
+    c_out[j] = c_
+    return o_ * tanh_(c_)
+
+
+@_inline_ir
+def lstm_unit_backward(g, dg, c_in, c_out, dh_, dc_, j, H):
+    """Unit j of one row: from dh_ (of o * tanh(c')) and dc_ (of c'), write the
+    four gate pre-activation gradients to dg, return the gradient of c."""
+    one = one_of(dg)
+    i_ = g[j]
+    f_ = g[H + j]
+    g_ = g[2 * H + j]
+    o_ = g[3 * H + j]
+    tc = tanh_(c_out)    # recomputed rather than stored
+    dc_ = dc_ + dh_ * o_ * (one - tc * tc)
+    dg[j] = dc_ * g_ * i_ * (one - i_)
+    dg[H + j] = dc_ * c_in * f_ * (one - f_)
+    dg[2 * H + j] = dc_ * i_ * (one - g_ * g_)
+    dg[3 * H + j] = dh_ * tc * o_ * (one - o_)
+    return dc_ * f_
+
+
+@_jit
+def lstm_forward(x,            # IN    (T*B*I,)
+                 w_ih_t,       # IN    (I*4H,)
+                 w_hh_t,       # IN    (H*4H,)
+                 bias,         # IN    (4H,)  b_ih + b_hh
+                 lengths,      # IN    (B,)   steps per sequence (T if not given)
+                 T, B, I, H, reverse,
+                 chunk,        # steps projected per input GEMM
+                 gates,        # OUT   (chunk*B*4H,) activated i, f, g, o
+                 hs,           # INOUT state slots, h0 in the first the loop reads
+                 cs,           # INOUT same for c
+                 n_slots,      # T+1 keeps every state; 2 alternates (inference)
+                 y):           # OUT   (T*B*H,)
+    G = 4 * H
+    one = one_of(y)
+    w_hh_p = ptr(w_hh_t, 0)
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
+        h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
+        c_in = ptr(cs, slot_in(t, reverse) % n_slots * B * H)
+        h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
+        c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
+        yt = ptr(y, t * B * H)
+        gemm(False, False, B, G, H, one, h_in, H, w_hh_p, G, one, g, G)
+        for b in range(B):
+            if t >= lengths[b]:
+                carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
+                carry_row(ptr(c_in, b * H), ptr(c_out, b * H), H)
+                zero_row(ptr(yt, b * H), H)
+                continue
+            gb = row(g, b * G)
+            c_in_b, c_out_b = ptr(c_in, b * H), ptr(c_out, b * H)
+            for j in range(H):
+                h_ = lstm_unit(gb, c_in_b, c_out_b, j, H)
+                h_out[b * H + j] = h_
+                yt[b * H + j] = h_
+
+
+@_jit
+def lstm_backward(x,           # IN    (T*B*I,)
+                  w_ih,        # IN    (4H*I,)
+                  w_hh,        # IN    (4H*H,)
+                  gates,       # IN    (T*B*4H,) activated i, f, g, o
+                  hs,          # IN    ((T+1)*B*H,) state slots
+                  cs,          # IN    ((T+1)*B*H,) cell-state slots
+                  dy,          # IN    (T*B*H,), read only if has_dy
+                  has_dy,
+                  lengths,     # IN    (B,)
+                  T, B, I, H, reverse,
+                  dh,          # INOUT (B*H,) dh_n in, dh0 out
+                  dc,          # INOUT (B*H,) dc_n in, dc0 out
+                  dg,          # OUT   (T*B*4H,) gradient of the pre-activations
+                  dx, dw_ih, dw_hh, db_ih, db_hh):   # OUT
+    G = 4 * H
+    one = one_of(dh)
+    dh_p, dc_p, w_hh_p = ptr(dh, 0), ptr(dc, 0), ptr(w_hh, 0)
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
+        gt = ptr(gates, t * B * G)
+        dgt = ptr(dg, t * B * G)
+        c_in = ptr(cs, slot_in(t, reverse) * B * H)
+        c_out = ptr(cs, slot_out(t, reverse) * B * H)
+        dyt = ptr(dy, t * B * H if has_dy else 0)
+        for b in range(B):
+            if t >= lengths[b]:
+                # padding passed the state through: dh, dc pass back unchanged
+                zero_row(ptr(dgt, b * G), G)
+                continue
+            gb = row(gt, b * G)
+            dgb = row(dgt, b * G)
+            for j in range(H):
+                dh_ = dh_p[b * H + j]
+                if has_dy:
+                    dh_ = dh_ + dyt[b * H + j]
+                dc_p[b * H + j] = lstm_unit_backward(gb, dgb, c_in[b * H + j],
+                                                     c_out[b * H + j], dh_,
+                                                     dc_p[b * H + j], j, H)
+                dh_p[b * H + j] = 0        # h reaches the past only through the gates
+        gemm(False, False, B, H, G, one, dgt, G, w_hh_p, H, one, dh_p, H)
+    input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
+                               ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
+                               T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+
+
+@_jit
+def lstm_projected_forward(x,          # IN    (T*B*I,)
+                           w_ih_t,     # IN    (I*4H,)
+                           w_hh_t,     # IN    (P*4H,)
+                           w_hr_t,     # IN    (H*P,)
+                           bias,       # IN    (4H,)  b_ih + b_hh
+                           lengths,    # IN    (B,)
+                           T, B, I, H, P, reverse,
+                           chunk,      # steps projected per input GEMM
+                           gates,      # OUT   (chunk*B*4H,) activated i, f, g, o
+                           hs,         # INOUT (n_slots*B*P,) state slots, h0 in the first read
+                           cs,         # INOUT (n_slots*B*H,) same for c
+                           n_slots,    # T+1 keeps every state; 2 alternates (inference)
+                           m,          # OUT   (T*B*H,) o*tanh(c) if keep_m, else (B*H,) scratch
+                           keep_m,
+                           y):         # OUT   (T*B*P,)
+    G = 4 * H
+    one, zero = one_of(y), zero_of(y)
+    w_hh_p, w_hr_p = ptr(w_hh_t, 0), ptr(w_hr_t, 0)
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
+        h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * P)
+        c_in = ptr(cs, slot_in(t, reverse) % n_slots * B * H)
+        h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * P)
+        c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
+        yt = ptr(y, t * B * P)
+        mt = ptr(m, t * B * H if keep_m else 0)
+        gemm(False, False, B, G, P, one, h_in, P, w_hh_p, G, one, g, G)
+        # the fused pass writes m_t, one GEMM projects it to y_t
+        for b in range(B):
+            if t >= lengths[b]:
+                carry_row(ptr(c_in, b * H), ptr(c_out, b * H), H)
+                zero_row(ptr(mt, b * H), H)
+                continue
+            gb = row(g, b * G)
+            c_in_b, c_out_b = ptr(c_in, b * H), ptr(c_out, b * H)
+            for j in range(H):
+                mt[b * H + j] = lstm_unit(gb, c_in_b, c_out_b, j, H)
+        gemm(False, False, B, P, H, one, mt, H, w_hr_p, P, zero, yt, P)
+        for b in range(B):
+            if t < lengths[b]:
+                carry_row(ptr(yt, b * P), ptr(h_out, b * P), P)
+            else:
+                carry_row(ptr(h_in, b * P), ptr(h_out, b * P), P)
+                zero_row(ptr(yt, b * P), P)
+
+
+@_jit
+def lstm_projected_backward(x,         # IN    (T*B*I,)
+                            w_ih,      # IN    (4H*I,)
+                            w_hh,      # IN    (4H*P,)
+                            w_hr,      # IN    (P*H,)
+                            gates,     # IN    (T*B*4H,) activated i, f, g, o
+                            hs,        # IN    ((T+1)*B*P,) state slots
+                            cs,        # IN    ((T+1)*B*H,) cell-state slots
+                            m,         # IN    (T*B*H,) o*tanh(c) of each step
+                            dy,        # IN    (T*B*P,), read only if has_dy
+                            has_dy,
+                            lengths,   # IN    (B,)
+                            T, B, I, H, P, reverse,
+                            dh,        # INOUT (B*P,) dh_n in, dh0 out
+                            dc,        # INOUT (B*H,) dc_n in, dc0 out
+                            dg,        # OUT   (T*B*4H,) gradient of the pre-activations
+                            dh_total,  # OUT   (T*B*P,) dh + dy_t, 0 at padding
+                            dm,        # SCRATCH (B*H,)
+                            dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr):   # OUT
+    G = 4 * H
+    one, zero = one_of(dh), zero_of(dh)
+    dh_p, dc_p, dm_p = ptr(dh, 0), ptr(dc, 0), ptr(dm, 0)
+    w_hh_p, w_hr_p = ptr(w_hh, 0), ptr(w_hr, 0)
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
+        gt = ptr(gates, t * B * G)
+        dgt = ptr(dg, t * B * G)
+        c_in = ptr(cs, slot_in(t, reverse) * B * H)
+        c_out = ptr(cs, slot_out(t, reverse) * B * H)
+        dyt = ptr(dy, t * B * P if has_dy else 0)
+        # h_t = m_t @ W_hr^T: dm = (dh + dy_t) @ W_hr; h reaches the past only
+        # through the gates, so dh restarts from the GEMM at the end of the step
+        dht = ptr(dh_total, t * B * P)
+        for b in range(B):
+            if t >= lengths[b]:
+                zero_row(ptr(dht, b * P), P)
+                continue
+            for j in range(P):
+                dh_ = dh_p[b * P + j]
+                if has_dy:
+                    dh_ = dh_ + dyt[b * P + j]
+                dht[b * P + j] = dh_
+                dh_p[b * P + j] = 0
+        gemm(False, False, B, H, P, one, dht, P, w_hr_p, H, zero, dm_p, H)
+        for b in range(B):
+            if t >= lengths[b]:
+                # padding passed the state through: dh, dc pass back unchanged
+                zero_row(ptr(dgt, b * G), G)
+                continue
+            gb = row(gt, b * G)
+            dgb = row(dgt, b * G)
+            for j in range(H):
+                dc_p[b * H + j] = lstm_unit_backward(gb, dgb, c_in[b * H + j],
+                                                     c_out[b * H + j], dm_p[b * H + j],
+                                                     dc_p[b * H + j], j, H)
+        gemm(False, False, B, P, G, one, dgt, G, w_hh_p, P, one, dh_p, P)
+    input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
+                               ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
+                               T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+    # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
+    gemm(True, False, P, H, T * B, one, ptr(dh_total, 0), P, ptr(m, 0), H, zero,
+         ptr(dw_hr, 0), H)
+
+
+# ------------------------------------------------------------------------ GRU
+# Gate order r, z, n; the reset gate multiplies (W_hn h + b_hn), as PyTorch, so
+# the recurrent product cannot accumulate into the input projection: each step
+# writes it to a (B, 3H) scratch (beta = 0) and the fused pass combines the
+# two. b_hr and b_hz are folded into the input projection's bias.
+
+@_jit
+def gru_forward(x,             # IN    (T*B*I,)
+                w_ih_t,        # IN    (I*3H,)
+                w_hh_t,        # IN    (H*3H,)
+                bias,          # IN    (3H,) b_ih + (b_hr, b_hz, 0)
+                b_hn,          # IN    (H,)
+                lengths,       # IN    (B,)
+                T, B, I, H, reverse,
+                chunk,         # steps projected per input GEMM
+                gates,         # OUT   (chunk*B*3H,) activated r, z, n
+                gh,            # SCRATCH (B*3H,) h @ W_hh^T
+                ghn,           # OUT   (T*B*H,) W_hn h + b_hn, written only if keep_ghn
+                keep_ghn,
+                hs,            # INOUT state slots, h0 in the first the loop reads
+                n_slots,       # T+1 keeps every state; 2 alternates (inference)
+                y):            # OUT   (T*B*H,)
+    G = 3 * H
+    one, zero = one_of(y), zero_of(y)
+    w_hh_p, gh_p = ptr(w_hh_t, 0), ptr(gh, 0)
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
+        h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
+        h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
+        yt = ptr(y, t * B * H)
+        ghn_t = ptr(ghn, t * B * H if keep_ghn else 0)
+        gemm(False, False, B, G, H, one, h_in, H, w_hh_p, G, zero, gh_p, G)
+        for b in range(B):
+            if t >= lengths[b]:
+                carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
+                zero_row(ptr(yt, b * H), H)
+                continue
+            gb = row(g, b * G)
+            ghb = row(gh_p, b * G)
+            for j in range(H):
+                r_ = sigmoid(gb[j] + ghb[j])
+                z_ = sigmoid(gb[H + j] + ghb[H + j])
+                hn_ = ghb[2 * H + j] + b_hn[j]
+                n_ = tanh_(gb[2 * H + j] + r_ * hn_)
+                gb[j] = r_
+                gb[H + j] = z_
+                gb[2 * H + j] = n_
+                if keep_ghn:
+                    ghn_t[b * H + j] = hn_
+                h_ = (one - z_) * n_ + z_ * h_in[b * H + j]
+                h_out[b * H + j] = h_
+                yt[b * H + j] = h_
+
+
+@_jit
+def gru_backward(x,            # IN    (T*B*I,)
+                 w_ih,         # IN    (3H*I,)
+                 w_hh,         # IN    (3H*H,)
+                 gates,        # IN    (T*B*3H,) activated r, z, n
+                 ghn,          # IN    (T*B*H,) W_hn h + b_hn
+                 hs,           # IN    ((T+1)*B*H,) state slots
+                 dy,           # IN    (T*B*H,), read only if has_dy
+                 has_dy,
+                 lengths,      # IN    (B,)
+                 T, B, I, H, reverse,
+                 dh,           # INOUT (B*H,) dh_n in, dh0 out
+                 dg_x,         # OUT   (T*B*3H,) gradient of the input-side pre-activations
+                 dg_h,         # OUT   (T*B*3H,) gradient of h @ W_hh^T + b_hh
+                 dx, dw_ih, dw_hh, db_ih, db_hh):   # OUT
+    G = 3 * H
+    one = one_of(dh)
+    dh_p, w_hh_p = ptr(dh, 0), ptr(w_hh, 0)
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
+        gt = ptr(gates, t * B * G)
+        dxt = ptr(dg_x, t * B * G)
+        dht = ptr(dg_h, t * B * G)
+        h_in = ptr(hs, slot_in(t, reverse) * B * H)
+        ghn_t = ptr(ghn, t * B * H)
+        dyt = ptr(dy, t * B * H if has_dy else 0)
+        for b in range(B):
+            if t >= lengths[b]:
+                # padding passed the state through: dh passes back unchanged
+                zero_row(ptr(dxt, b * G), G)
+                zero_row(ptr(dht, b * G), G)
+                continue
+            gb = row(gt, b * G)
+            dxb = row(dxt, b * G)
+            dhb = row(dht, b * G)
+            for j in range(H):
+                dh_ = dh_p[b * H + j]
+                if has_dy:
+                    dh_ = dh_ + dyt[b * H + j]
+                r_ = gb[j]
+                z_ = gb[H + j]
+                n_ = gb[2 * H + j]
+                dn = dh_ * (one - z_) * (one - n_ * n_)
+                dz = dh_ * (h_in[b * H + j] - n_) * z_ * (one - z_)
+                dr = dn * ghn_t[b * H + j] * r_ * (one - r_)
+                dxb[j] = dr
+                dxb[H + j] = dz
+                dxb[2 * H + j] = dn
+                dhb[j] = dr
+                dhb[H + j] = dz
+                dhb[2 * H + j] = dn * r_
+                dh_p[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
+        gemm(False, False, B, H, G, one, dht, G, w_hh_p, H, one, dh_p, H)
+    input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
+                               ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
+                               T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+
+
+# ------------------------------------------------------------------------ RNN
+# h' = act(W_ih x + b_ih + W_hh h + b_hh). Backward needs only the states
+# (act' is a function of act's output), so training keeps nothing else.
+
+@_jit
+def rnn_forward(x,             # IN    (T*B*I,)
+                w_ih_t,        # IN    (I*H,)
+                w_hh_t,        # IN    (H*H,)
+                bias,          # IN    (H,) b_ih + b_hh
+                lengths,       # IN    (B,)
+                T, B, I, H, reverse, relu,
+                chunk,         # steps projected per input GEMM
+                pre,           # SCRATCH (chunk*B*H,) pre-activations
+                hs,            # INOUT state slots, h0 in the first the loop reads
+                n_slots,       # T+1 keeps every state; 2 alternates (inference)
+                y):            # OUT   (T*B*H,)
+    one, zero = one_of(y), zero_of(y)
+    w_hh_p = ptr(w_hh_t, 0)
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        p = step_gates(x, w_ih_t, bias, pre, s, T, B, I, H, chunk, reverse)
+        h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
+        h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
+        yt = ptr(y, t * B * H)
+        gemm(False, False, B, H, H, one, h_in, H, w_hh_p, H, one, p, H)
+        for b in range(B):
+            if t >= lengths[b]:
+                carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
+                zero_row(ptr(yt, b * H), H)
+                continue
+            if relu:
+                for j in range(H):
+                    # written so that NaN passes through, as np.maximum does
+                    a = p[b * H + j]
+                    h_ = zero if a < zero else a
+                    h_out[b * H + j] = h_
+                    yt[b * H + j] = h_
+            else:
+                for j in range(H):
+                    h_ = tanh_(p[b * H + j])
+                    h_out[b * H + j] = h_
+                    yt[b * H + j] = h_
+
+
+@_jit
+def rnn_backward(x,            # IN    (T*B*I,)
+                 w_ih,         # IN    (H*I,)
+                 w_hh,         # IN    (H*H,)
+                 hs,           # IN    ((T+1)*B*H,) state slots
+                 dy,           # IN    (T*B*H,), read only if has_dy
+                 has_dy,
+                 lengths,      # IN    (B,)
+                 T, B, I, H, reverse, relu,
+                 dh,           # INOUT (B*H,) dh_n in, dh0 out
+                 dg,           # OUT   (T*B*H,) gradient of the pre-activations
+                 dx, dw_ih, dw_hh, db_ih, db_hh):   # OUT
+    one, zero = one_of(dh), zero_of(dh)
+    dh_p, w_hh_p = ptr(dh, 0), ptr(w_hh, 0)
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
+        dgt = ptr(dg, t * B * H)
+        h_out = ptr(hs, slot_out(t, reverse) * B * H)
+        dyt = ptr(dy, t * B * H if has_dy else 0)
+        for b in range(B):
+            if t >= lengths[b]:
+                # padding passed the state through: dh passes back unchanged
+                zero_row(ptr(dgt, b * H), H)
+                continue
+            for j in range(H):
+                dh_ = dh_p[b * H + j]
+                if has_dy:
+                    dh_ = dh_ + dyt[b * H + j]
+                h_ = h_out[b * H + j]
+                if relu:
+                    dgt[b * H + j] = dh_ if h_ > zero else zero
+                else:
+                    dgt[b * H + j] = dh_ * (one - h_ * h_)
+                dh_p[b * H + j] = 0        # h reaches the past only through W_hh
+        gemm(False, False, B, H, H, one, dgt, H, w_hh_p, H, one, dh_p, H)
+    input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
+                               ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
+                               T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))

@@ -1,0 +1,181 @@
+"""The Numba kernels behind the backend interface (see ``_backends``).
+
+The same contract, buffers and memory ownership as ``_cython_backend``:
+Python allocates outputs, the workspace and the scratch, transposes the
+weights once per call into the layout the per-step GEMM reads fastest
+((K, G*H), K-major), and hands everything to ``fastrnn._numba.kernels``, whose
+compiled kernels run the whole time loop, allocate nothing and release the GIL.
+
+Buffers (T steps, B sequences, H hidden units, G gates)
+-------------------------------------------------------
+``hs``, ``cs`` : (T+1, B, H) in training, the state entering and leaving each
+    step (time-aligned slots, see ``src_ext/_rnn_common.pxd``); (2, B, H) in
+    inference, the slot numbers taken modulo 2 (Cython: one slot overwritten in
+    place; see ``fastrnn._numba.kernels.slot_in`` for why two).
+``gates`` : (T, B, G*H) activated gates in training (LSTM, GRU); in inference,
+    and for the RNN always, (chunk, B, G*H) scratch for the input projection of
+    ``chunk`` steps at a time, so inference memory does not grow with T.
+``ghn`` : (T, B, H) GRU only, W_hn h + b_hn, needed for the reset gate's gradient.
+
+LSTM with a projection (``params`` has a fifth entry ``w_hr`` (P, H)): ``hs``
+and ``y`` have P features, ``cs`` keeps H, and ``m`` holds o * tanh(c), the
+input of the projection: (T, B, H) in training (for dW_hr), (1, B, H) scratch
+in inference. Backward adds ``dh_total`` (T, B, P), the gradient reaching each
+h_t, so that dW_hr is one GEMM over all T*B rows, and ``dm`` (B, H) scratch.
+
+Numba specifics
+---------------
+The kernels take flat (1-D) arrays and their dimensions. Inputs are passed as
+read-only views and outputs as writeable arrays, whatever the caller's flags,
+and missing ``lengths``/``dy``/``ghn`` as arrays plus a flag rather than None,
+so each kernel has exactly one compiled specialisation per dtype. Compilation
+happens on the first call of each cell and dtype and is cached on disk
+(``NUMBA_CACHE_DIR``, else ``__pycache__`` next to the kernels, else the
+user's cache directory). Measured on the 2-core development machine by
+``benchmarks/bench_numba_vs_cython.py``: the first forward + backward of a cell
+compiles for 4-6 s with an empty cache and loads in about 0.3 s from the cache
+in a new process, plus about 0.6 s to import Numba itself.
+"""
+import numpy as np
+
+from ._numba import kernels as _k
+
+#: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
+PROJECTION = True
+
+#: rows (steps * batch) per input-projection GEMM in inference
+CHUNK_ROWS = 256
+
+
+def _chunk(T, B):
+    return max(1, min(T, CHUNK_ROWS // B))
+
+
+def _state_slots(T, B, H, dtype, training, reverse, initial):
+    """State buffer with ``initial`` in the slot the first step reads."""
+    slots = np.empty((T + 1 if training else 2, B, H), dtype)
+    slots[(T if reverse else 0) % slots.shape[0]] = initial
+    return slots
+
+
+def _final(slots, T, reverse):
+    """Copy of the state the last step left (slot 0 going in reverse)."""
+    return slots[(0 if reverse else T) % slots.shape[0]].copy()
+
+
+def _in(a):
+    """``a`` flattened, as a read-only view (one compiled type whatever the caller's flags)."""
+    v = a.reshape(-1)
+    v.flags.writeable = False
+    return v
+
+
+def _out(a):
+    return a.reshape(-1)
+
+
+def _lengths(lengths, T, B):
+    """Steps per sequence, all T when not given (the kernels always read them)."""
+    return _in(np.full(B, T, np.intp) if lengths is None else lengths)
+
+
+def forward(cell, x, state0, params, lengths, reverse, training):
+    w_ih, w_hh, b_ih, b_hh = params[:4]
+    w_hr = params[4] if len(params) > 4 else None
+    T, B, I = x.shape
+    H = w_hh.shape[1]               # the size of h: P with a projection
+    GH = w_hh.shape[0]
+    dtype = x.dtype
+    w_ih_t = np.ascontiguousarray(w_ih.T)
+    w_hh_t = np.ascontiguousarray(w_hh.T)
+    hs = _state_slots(T, B, H, dtype, training, reverse, state0[0])
+    y = np.empty((T, B, H), dtype)
+    keep_gates = training and cell in ("lstm", "gru")
+    gates = np.empty((T if keep_gates else _chunk(T, B), B, GH), dtype)
+    chunk = gates.shape[0]
+    n_slots = hs.shape[0]
+    lens = _lengths(lengths, T, B)
+    common = (_in(x), _in(w_ih_t), _in(w_hh_t))
+    data = None
+    if cell == "lstm" and w_hr is not None:
+        HC = GH // 4                # the size of c
+        cs = _state_slots(T, B, HC, dtype, training, reverse, state0[1])
+        m = np.empty((T if training else 1, B, HC), dtype)
+        _k.lstm_projected_forward(*common, _in(np.ascontiguousarray(w_hr.T)), _in(b_ih + b_hh),
+                                  lens, T, B, I, HC, H, reverse, chunk, _out(gates), _out(hs),
+                                  _out(cs), n_slots, _out(m), training, _out(y))
+        state_n = (_final(hs, T, reverse), _final(cs, T, reverse))
+        if training:
+            data = dict(gates=gates, hs=hs, cs=cs, w_hr=w_hr, m=m)
+    elif cell == "lstm":
+        cs = _state_slots(T, B, H, dtype, training, reverse, state0[1])
+        _k.lstm_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse, chunk,
+                        _out(gates), _out(hs), _out(cs), n_slots, _out(y))
+        state_n = (_final(hs, T, reverse), _final(cs, T, reverse))
+        if training:
+            data = dict(gates=gates, hs=hs, cs=cs)
+    elif cell == "gru":
+        # b_hr and b_hz add like the input biases; b_hn sits inside r * (.)
+        bias = b_ih.copy()
+        bias[:2 * H] += b_hh[:2 * H]
+        ghn = np.empty((T if training else 0, B, H), dtype)
+        gh = np.empty((B, GH), dtype)
+        _k.gru_forward(*common, _in(bias), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
+                       chunk, _out(gates), _out(gh), _out(ghn), training, _out(hs), n_slots,
+                       _out(y))
+        state_n = (_final(hs, T, reverse),)
+        if training:
+            data = dict(gates=gates, ghn=ghn, hs=hs)
+    else:
+        _k.rnn_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse,
+                       cell == "rnn_relu", chunk, _out(gates), _out(hs), n_slots, _out(y))
+        state_n = (_final(hs, T, reverse),)
+        if training:
+            data = dict(hs=hs)
+    if training:
+        data.update(x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=reverse)
+    return y, state_n, data
+
+
+def backward(cell, data, dy, dstate_n):
+    x, w_ih, w_hh = data["x"], data["w_ih"], data["w_hh"]
+    lengths, reverse = data["lengths"], data["reverse"]
+    T, B, I = x.shape
+    GH, H = w_hh.shape
+    dtype = x.dtype
+    # the kernels update the state gradients in place: give them their own copies
+    sizes = (H, GH // 4) if cell == "lstm" else (H,)     # h (P with a projection), c
+    dstate = [np.zeros((B, n), dtype) if d is None else d.copy()
+              for d, n in zip(dstate_n, sizes)]
+    dx = np.empty_like(x)
+    dw_ih = np.empty_like(w_ih)
+    dw_hh = np.empty_like(w_hh)
+    db_ih = np.empty(GH, dtype)
+    db_hh = np.empty(GH, dtype)
+    dg = np.empty((T, B, GH), dtype)
+    has_dy = dy is not None
+    head = (_in(x), _in(w_ih), _in(w_hh))
+    tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),
+            T, B, I, H, reverse)
+    grads = tuple(_out(a) for a in (dx, dw_ih, dw_hh, db_ih, db_hh))
+    if cell == "lstm" and "w_hr" in data:
+        HC = GH // 4
+        w_hr = data["w_hr"]
+        dw_hr = np.empty_like(w_hr)
+        _k.lstm_projected_backward(*head, _in(w_hr), _in(data["gates"]), _in(data["hs"]),
+                                   _in(data["cs"]), _in(data["m"]), tail[0], has_dy, tail[2],
+                                   T, B, I, HC, H, reverse, _out(dstate[0]), _out(dstate[1]),
+                                   _out(dg), _out(np.empty((T, B, H), dtype)),
+                                   _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr))
+        return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
+    if cell == "lstm":
+        _k.lstm_backward(*head, _in(data["gates"]), _in(data["hs"]), _in(data["cs"]), *tail,
+                         _out(dstate[0]), _out(dstate[1]), _out(dg), *grads)
+    elif cell == "gru":
+        dg_h = np.empty((T, B, GH), dtype)
+        _k.gru_backward(*head, _in(data["gates"]), _in(data["ghn"]), _in(data["hs"]), *tail,
+                        _out(dstate[0]), _out(dg), _out(dg_h), *grads)
+    else:
+        _k.rnn_backward(*head, _in(data["hs"]), *tail, cell == "rnn_relu",
+                        _out(dstate[0]), _out(dg), *grads)
+    return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh)
