@@ -1,15 +1,18 @@
 """The Cython kernels behind the backend interface (see ``_backends``).
 
 Python owns all memory: this module allocates outputs, the workspace and the
-scratch, transposes the weights once per call into the layout the per-step GEMM
-reads fastest ((K, G*H), K-major), and hands everything to ``fastrnn._ext``,
-whose kernels allocate nothing and run without the GIL.
+scratch and hands everything to ``fastrnn._ext``, whose kernels allocate
+nothing and run without the GIL. Weights stay in PyTorch's layout (BLAS reads
+them through its transpose flag), so a short call copies no weight matrix. A
+call of ``PREPARE_MIN_T`` steps or more prepares W_hh once for its per-step
+product: packed panels for small float32 batches, else a K-major copy W_hh^T,
+which OpenBLAS multiplies faster than through the transpose flag.
 
 Buffers (T steps, B sequences, H hidden units, G gates)
 ------------------------------------------------------
 ``hs``, ``cs`` : (T+1, B, H) in training, the state entering and leaving each
-    step (time-aligned slots, see ``src_ext/_rnn_common.pxd``); (1, B, H) in
-    inference, overwritten in place.
+    step (time-aligned slots, see ``src_ext/_rnn_common.pxd``); (2, B, H) in
+    inference, the slot numbers taken modulo 2.
 ``gates`` : (T, B, G*H) activated gates in training (LSTM, GRU); in inference,
     and for the RNN always, (chunk, B, G*H) scratch for the input projection of
     ``chunk`` steps at a time, so inference memory does not grow with T.
@@ -21,10 +24,13 @@ input of the projection: (T, B, H) in training (for dW_hr), (1, B, H) scratch
 in inference. Backward adds ``dh_total`` (T, B, P), the gradient reaching each
 h_t, so that dW_hr is one GEMM over all T*B rows, and ``dm`` (B, H) scratch.
 """
+import os
+
 import numpy as np
 
 from ._ext import gru as _gru
 from ._ext import lstm as _lstm
+from ._ext import packing as _packing
 from ._ext import rnn as _rnn
 
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
@@ -34,20 +40,56 @@ PROJECTION = True
 CHUNK_ROWS = 256
 
 
+#: float32 batches up to this size multiply by W_hh with the packed-panel
+#: kernel (src_ext/_packed_gemm.h) instead of BLAS, which repacks W_hh on every
+#: call. Measured (interleaved, 2 cores): packed beats 2-thread OpenBLAS at
+#: B = 1, 16, 32 and loses at B = 64 (LSTM large inference 433 vs 351 ms).
+PACKED_MAX_B = 32
+#: preparing W_hh costs about one step's product: not worth it for fewer steps
+PREPARE_MIN_T = 4
+#: multiply-adds per step from which the packed panels are split over OpenMP
+#: threads. None (off): with OpenBLAS's worker threads spinning on the same two
+#: cores it was 1.5-30x slower than one thread on every grid shape measured;
+#: worth revisiting with BLAS pinned to one thread.
+PARALLEL_MIN_MACS = None
+
+
 def _chunk(T, B):
     return max(1, min(T, CHUNK_ROWS // B))
 
 
+def _cores():
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _recurrent(dtype, T, B, K, N, w_hh=None):
+    """Keyword arguments that choose how a kernel multiplies by op(W_hh) (K, N).
+
+    ``w_hh`` (forward only, where op(W_hh) = W_hh^T) may be copied K-major.
+    """
+    if T < PREPARE_MIN_T:
+        return {}
+    if dtype == np.float32 and B <= PACKED_MAX_B:
+        parallel = PARALLEL_MIN_MACS is not None and B * K * N >= PARALLEL_MIN_MACS
+        return dict(packed=np.empty(_packing.packed_size(K, N), np.float32),
+                    n_threads=_cores() if parallel else 1)
+    if w_hh is not None:
+        return dict(w_hh_t=np.ascontiguousarray(w_hh.T))
+    return {}
+
+
 def _state_slots(T, B, H, dtype, training, reverse, initial):
     """State buffer with ``initial`` in the slot the first step reads."""
-    slots = np.empty((T + 1 if training else 1, B, H), dtype)
-    slots[T if (training and reverse) else 0] = initial
+    slots = np.empty((T + 1 if training else 2, B, H), dtype)
+    slots[(T if reverse else 0) % slots.shape[0]] = initial
     return slots
 
 
-def _final(slots, reverse):
+def _final(slots, T, reverse):
     """Copy of the state the last step left (slot 0 going in reverse)."""
-    return slots[0 if reverse or slots.shape[0] == 1 else -1].copy()
+    return slots[(0 if reverse else T) % slots.shape[0]].copy()
 
 
 def forward(cell, x, state0, params, lengths, reverse, training):
@@ -57,8 +99,7 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     H = w_hh.shape[1]               # the size of h: P with a projection
     GH = w_hh.shape[0]
     dtype = x.dtype
-    w_ih_t = np.ascontiguousarray(w_ih.T)
-    w_hh_t = np.ascontiguousarray(w_hh.T)
+    rec = _recurrent(dtype, T, B, H, GH, w_hh)
     hs = _state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
@@ -69,11 +110,10 @@ def forward(cell, x, state0, params, lengths, reverse, training):
         cs = _state_slots(T, B, HC, dtype, training, reverse, state0[1])
         proj = {}
         if w_hr is not None:
-            proj = dict(w_hr_t=np.ascontiguousarray(w_hr.T),
-                        m=np.empty((T if training else 1, B, HC), dtype))
-        _lstm.forward(x, w_ih_t, w_hh_t, b_ih + b_hh, lengths, reverse, gates, hs, cs, y,
-                      **proj)
-        state_n = (_final(hs, reverse), _final(cs, reverse))
+            proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
+        _lstm.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, hs, cs, y,
+                      **proj, **rec)
+        state_n = (_final(hs, T, reverse), _final(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
             if w_hr is not None:
@@ -84,15 +124,15 @@ def forward(cell, x, state0, params, lengths, reverse, training):
         bias[:2 * H] += b_hh[:2 * H]
         ghn = np.empty((T, B, H), dtype) if training else None
         gh = np.empty((B, GH), dtype)
-        _gru.forward(x, w_ih_t, w_hh_t, bias, b_hh[2 * H:], lengths, reverse,
-                     gates, gh, ghn, hs, y)
-        state_n = (_final(hs, reverse),)
+        _gru.forward(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
+                     gates, gh, ghn, hs, y, **rec)
+        state_n = (_final(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
-        _rnn.forward(x, w_ih_t, w_hh_t, b_ih + b_hh, lengths, reverse,
-                     cell == "rnn_relu", gates, hs, y)
-        state_n = (_final(hs, reverse),)
+        _rnn.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse,
+                     cell == "rnn_relu", gates, hs, y, **rec)
+        state_n = (_final(hs, T, reverse),)
         if training:
             data = dict(hs=hs)
     if training:
@@ -117,22 +157,23 @@ def backward(cell, data, dy, dstate_n):
     db_hh = np.empty(GH, dtype)
     dg = np.empty((T, B, GH), dtype)
     grads = (dx, dw_ih, dw_hh, db_ih, db_hh)
+    rec = _recurrent(dtype, T, B, GH, H)
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)
         _lstm.backward(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
                        lengths, reverse, dstate[0], dstate[1], dg, *grads,
                        w_hr=w_hr, m=data["m"], dh_total=np.empty((T, B, H), dtype),
-                       dm=np.empty((B, GH // 4), dtype), dw_hr=dw_hr)
+                       dm=np.empty((B, GH // 4), dtype), dw_hr=dw_hr, **rec)
         return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
     if cell == "lstm":
         _lstm.backward(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
-                       lengths, reverse, dstate[0], dstate[1], dg, *grads)
+                       lengths, reverse, dstate[0], dstate[1], dg, *grads, **rec)
     elif cell == "gru":
         dg_h = np.empty((T, B, GH), dtype)
         _gru.backward(x, w_ih, w_hh, data["gates"], data["ghn"], data["hs"], dy,
-                      lengths, reverse, dstate[0], dg, dg_h, *grads)
+                      lengths, reverse, dstate[0], dg, dg_h, *grads, **rec)
     else:
         _rnn.backward(x, w_ih, w_hh, data["hs"], dy, lengths, reverse,
-                      cell == "rnn_relu", dstate[0], dg, *grads)
+                      cell == "rnn_relu", dstate[0], dg, *grads, **rec)
     return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh)

@@ -2,10 +2,12 @@
 """Pieces every cell's kernel shares: time order, masking, and the big GEMMs
 before and after the time loop.
 
-States live in a buffer of slots, ``state_stride`` elements apart. Training
-keeps every step (``T + 1`` slots, stride ``B*H``) so backward can read the
-state that entered each step; inference overwrites one slot (stride 0). The
-slots are time-aligned: the state entering step ``t`` sits in slot ``t`` going
+States live in a buffer of ``n_slots`` slots of B*H values, slot ``s`` at
+``(s % n_slots) * B*H``. Training keeps every step (``T + 1`` slots) so backward
+can read the state that entered each step; inference alternates between two.
+(One slot updated in place would do, but then the fused loop reads and writes
+the same row, the compiler's runtime alias check fails, and the loop runs
+scalar instead of vectorised.) The slots are time-aligned: the state entering step ``t`` sits in slot ``t`` going
 forward and in slot ``t + 1`` going in reverse, so the states that fed steps
 ``0 .. T-1`` are one contiguous ``(T*B, H)`` block for the dW_hh GEMM.
 """
@@ -34,17 +36,17 @@ cdef inline bint is_valid(const Py_ssize_t* lengths, Py_ssize_t b, Py_ssize_t t)
 
 
 cdef inline void project_inputs(const floating* x,       # IN  (rows, I)
-                                const floating* w_ih_t,  # IN  (I, G)
+                                const floating* w_ih,    # IN  (G, I), PyTorch's layout
                                 const floating* bias,    # IN  (G,)
                                 floating* gates,         # OUT (rows, G)
                                 Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G) noexcept nogil:
-    """gates := x @ w_ih_t + bias, for many steps at once (one large GEMM)."""
+    """gates := x @ w_ih^T + bias, for many steps at once (one large GEMM)."""
     cdef Py_ssize_t r, j
     for r in range(rows):
         for j in range(G):
             gates[r * G + j] = bias[j]
-    gemm(False, False, <int> rows, <int> G, <int> I, <floating> 1, x, <int> I,
-         w_ih_t, <int> G, <floating> 1, gates, <int> G)
+    gemm(False, True, <int> rows, <int> G, <int> I, <floating> 1, x, <int> I,
+         w_ih, <int> I, <floating> 1, gates, <int> G)
 
 
 cdef inline void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
@@ -82,7 +84,7 @@ cdef inline void input_and_weight_gradients(
 
 
 cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
-                                 const floating* w_ih_t,  # IN  (I, G)
+                                 const floating* w_ih,    # IN  (G, I)
                                  const floating* bias,    # IN  (G,)
                                  floating* gates,         # OUT (chunk, B, G)
                                  Py_ssize_t s, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
@@ -96,7 +98,7 @@ cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
     cdef Py_ssize_t n = min(chunk, T - first)
     cdef Py_ssize_t t_low = T - first - n if reverse else first   # earliest time in the chunk
     if s == first:
-        project_inputs(x + t_low * B * I, w_ih_t, bias, gates, n * B, I, G)
+        project_inputs(x + t_low * B * I, w_ih, bias, gates, n * B, I, G)
     return gates + (time_at(s, T, reverse) - t_low) * B * G
 
 

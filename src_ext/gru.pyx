@@ -8,15 +8,15 @@ b_hz are folded into the input projection's bias; only b_hn stays apart.
 """
 from cython cimport floating
 from _activations cimport sigmoid, tanh_
-from _blas cimport gemm
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients)
 
 
 cdef void gru_forward_kernel(
         const floating* x,          # IN    (T, B, I)
-        const floating* w_ih_t,     # IN    (I, 3H)
-        const floating* w_hh_t,     # IN    (H, 3H)
+        const floating* w_ih,       # IN    (3H, I)
+        const Recurrent* rec,       # IN    W_hh^T (H, 3H)
         const floating* bias,       # IN    (3H,) b_ih + (b_hr, b_hz, 0)
         const floating* b_hn,       # IN    (H,)
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
@@ -27,7 +27,7 @@ cdef void gru_forward_kernel(
         floating* gh,               # SCRATCH (B, 3H) h @ W_hh^T
         floating* ghn,              # OUT   (T, B, H) W_hn h + b_hn, or NULL (inference)
         floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
-        Py_ssize_t state_stride,    # B*H keeps every state, 0 overwrites one slot
+        Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* y,                # OUT   (T, B, H)
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
@@ -39,12 +39,11 @@ cdef void gru_forward_kernel(
     cdef floating r_, z_, n_, hn_, h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
-        h_in = hs + slot_in(t, reverse) * state_stride
-        h_out = hs + slot_out(t, reverse) * state_stride
+        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse)
+        h_in = hs + slot_in(t, reverse) % n_slots * B * H
+        h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * H
-        gemm(False, False, <int> B, <int> G, <int> H, <floating> 1, h_in, <int> H,
-             w_hh_t, <int> G, <floating> 0, gh, <int> G)
+        recurrent_product(rec, B, h_in, 0, gh)
         for b in range(B):
             if not is_valid(lengths, b, t):
                 carry_row(h_in + b * H, h_out + b * H, H)
@@ -69,7 +68,7 @@ cdef void gru_backward_kernel(
         const floating* gates,      # IN    (T, B, 3H) activated r, z, n
         const floating* ghn,        # IN    (T, B, H) W_hn h + b_hn
         const floating* hs,         # IN    (T+1, B, H) state slots
-        const floating* w_hh,       # IN    (3H, H)
+        const Recurrent* rec,       # IN    W_hh (3H, H)
         const floating* dy,         # IN    (T, B, H) or NULL
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
@@ -114,13 +113,12 @@ cdef void gru_backward_kernel(
                 dht[b * G + H + j] = dz
                 dht[b * G + 2 * H + j] = dn * r_
                 dh[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
-        gemm(False, False, <int> B, <int> H, <int> G, <floating> 1, dht, <int> G,
-             w_hh, <int> H, <floating> 1, dh, <int> H)
+        recurrent_product(rec, B, dht, 1, dh)
 
 
 def forward(const floating[:, :, ::1] x,
-            const floating[:, ::1] w_ih_t,
-            const floating[:, ::1] w_hh_t,
+            const floating[:, ::1] w_ih,
+            const floating[:, ::1] w_hh,
             const floating[::1] bias,
             const floating[::1] b_hn,
             const Py_ssize_t[::1] lengths,
@@ -129,16 +127,25 @@ def forward(const floating[:, :, ::1] x,
             floating[:, ::1] gh,
             floating[:, :, ::1] ghn,
             floating[:, :, ::1] hs,
-            floating[:, :, ::1] y):
+            floating[:, :, ::1] y,
+            float[::1] packed=None,
+            int n_threads=1,
+            const floating[:, ::1] w_hh_t=None):
     """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
-    cdef Py_ssize_t stride = B * H if hs.shape[0] > 1 else 0
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
+    cdef float* packed_ = check_packed(packed, H, 3 * H)
+    cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
+    cdef Recurrent rec
     with nogil:
-        gru_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], &b_hn[0],
+        if w_hh_t_ != NULL:
+            rec = recurrent(w_hh_t_, False, H, 3 * H, <float*> NULL, 1)
+        else:
+            rec = recurrent(&w_hh[0, 0], True, H, 3 * H, packed_, n_threads)
+        gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], &b_hn[0],
                            lens, T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                           &gh[0, 0], ghn_, &hs[0, 0, 0], stride, &y[0, 0, 0])
+                           &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0])
 
 
 def backward(const floating[:, :, ::1] x,
@@ -157,13 +164,18 @@ def backward(const floating[:, :, ::1] x,
              floating[:, ::1] dw_ih,
              floating[:, ::1] dw_hh,
              floating[::1] db_ih,
-             floating[::1] db_hh):
+             floating[::1] db_hh,
+             float[::1] packed=None,
+             int n_threads=1):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    cdef float* packed_ = check_packed(packed, 3 * H, H)
+    cdef Recurrent rec
     with nogil:
-        gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &w_hh[0, 0], dy_,
+        rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
+        gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
                             lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0])
         input_and_weight_gradients(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
                                    &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],

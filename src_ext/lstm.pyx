@@ -16,6 +16,7 @@ projection P = H and the kernels do exactly what they did before.
 from cython cimport floating
 from _activations cimport sigmoid, tanh_
 from _blas cimport gemm
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients)
 
@@ -59,9 +60,9 @@ cdef inline floating cell_unit_backward(const floating* g, floating* dg,
 
 cdef void lstm_forward_kernel(
         const floating* x,          # IN    (T, B, I)
-        const floating* w_ih_t,     # IN    (I, 4H)
-        const floating* w_hh_t,     # IN    (P, 4H)
-        const floating* w_hr_t,     # IN    (H, P), or NULL: no projection (P = H)
+        const floating* w_ih,       # IN    (4H, I)
+        const Recurrent* rec,       # IN    W_hh^T (P, 4H)
+        const floating* w_hr,       # IN    (P, H), or NULL: no projection (P = H)
         const floating* bias,       # IN    (4H,)  b_ih + b_hh
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t P,
@@ -70,14 +71,13 @@ cdef void lstm_forward_kernel(
         floating* gates,            # OUT   (chunk, B, 4H) activated i, f, g, o
         floating* hs,               # INOUT (B, P) state slots (see _rnn_common), h0 in the first
         floating* cs,               # INOUT (B, H) same for c
-        bint keep_states,           # keep every state (training) or overwrite one slot
+        Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* m,                # OUT   projection only: (T, B, H) o*tanh(c) if
-                                    #       keep_states, else (B, H) scratch
+                                    #       keep_m, else (B, H) scratch
+        bint keep_m,
         floating* y,                # OUT   (T, B, P)
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
-    cdef Py_ssize_t h_stride = B * P if keep_states else 0
-    cdef Py_ssize_t c_stride = B * H if keep_states else 0
     cdef Py_ssize_t s, t, b, j
     cdef floating *g
     cdef floating *h_in
@@ -89,15 +89,14 @@ cdef void lstm_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
-        h_in = hs + slot_in(t, reverse) * h_stride
-        c_in = cs + slot_in(t, reverse) * c_stride
-        h_out = hs + slot_out(t, reverse) * h_stride
-        c_out = cs + slot_out(t, reverse) * c_stride
+        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse)
+        h_in = hs + slot_in(t, reverse) % n_slots * B * P
+        c_in = cs + slot_in(t, reverse) % n_slots * B * H
+        h_out = hs + slot_out(t, reverse) % n_slots * B * P
+        c_out = cs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * P
-        gemm(False, False, <int> B, <int> G, <int> P, <floating> 1, h_in, <int> P,
-             w_hh_t, <int> G, <floating> 1, g, <int> G)
-        if w_hr_t == NULL:
+        recurrent_product(rec, B, h_in, 1, g)
+        if w_hr == NULL:
             for b in range(B):
                 if not is_valid(lengths, b, t):
                     carry_row(h_in + b * H, h_out + b * H, H)
@@ -110,7 +109,7 @@ cdef void lstm_forward_kernel(
                     yt[b * H + j] = h_
             continue
         # projection: the fused pass writes m_t, one GEMM projects it to y_t
-        mt = m + (t * B * H if keep_states else 0)
+        mt = m + (t * B * H if keep_m else 0)
         for b in range(B):
             if not is_valid(lengths, b, t):
                 carry_row(c_in + b * H, c_out + b * H, H)
@@ -118,8 +117,8 @@ cdef void lstm_forward_kernel(
                 continue
             for j in range(H):
                 mt[b * H + j] = cell_unit(g + b * G, c_in + b * H, c_out + b * H, j, H)
-        gemm(False, False, <int> B, <int> P, <int> H, <floating> 1, mt, <int> H,
-             w_hr_t, <int> P, <floating> 0, yt, <int> P)
+        gemm(False, True, <int> B, <int> P, <int> H, <floating> 1, mt, <int> H,
+             w_hr, <int> H, <floating> 0, yt, <int> P)
         for b in range(B):
             if is_valid(lengths, b, t):
                 carry_row(yt + b * P, h_out + b * P, P)
@@ -131,7 +130,7 @@ cdef void lstm_forward_kernel(
 cdef void lstm_backward_kernel(
         const floating* gates,      # IN    (T, B, 4H) activated i, f, g, o
         const floating* cs,         # IN    (T+1, B, H) cell-state slots
-        const floating* w_hh,       # IN    (4H, P)
+        const Recurrent* rec,       # IN    W_hh (4H, P)
         const floating* w_hr,       # IN    (P, H), or NULL: no projection (P = H)
         const floating* dy,         # IN    (T, B, P) or NULL
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
@@ -192,13 +191,12 @@ cdef void lstm_backward_kernel(
                                                    c_in[b * H + j], c_out[b * H + j],
                                                    dh_, dc[b * H + j], j, H)
                 dh[b * H + j] = 0        # h reaches the past only through the gates
-        gemm(False, False, <int> B, <int> P, <int> G, <floating> 1, dgt, <int> G,
-             w_hh, <int> P, <floating> 1, dh, <int> P)
+        recurrent_product(rec, B, dgt, 1, dh)
 
 
 def forward(const floating[:, :, ::1] x,
-            const floating[:, ::1] w_ih_t,
-            const floating[:, ::1] w_hh_t,
+            const floating[:, ::1] w_ih,
+            const floating[:, ::1] w_hh,
             const floating[::1] bias,
             const Py_ssize_t[::1] lengths,
             bint reverse,
@@ -206,31 +204,43 @@ def forward(const floating[:, :, ::1] x,
             floating[:, :, ::1] hs,
             floating[:, :, ::1] cs,
             floating[:, :, ::1] y,
-            const floating[:, ::1] w_hr_t=None,
-            floating[:, :, ::1] m=None):
+            const floating[:, ::1] w_hr=None,
+            floating[:, :, ::1] m=None,
+            float[::1] packed=None,
+            int n_threads=1,
+            const floating[:, ::1] w_hh_t=None):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
-    ``hs``/``cs`` have T+1 slots (training: every state kept) or 1 slot
-    (inference); the slot holding h0/c0 must be filled by the caller. With a
-    projection, ``w_hr_t`` is W_hr^T (H, P) and ``m`` has as many slots as
-    ``hs`` less one (T or 1).
+    ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
+    (inference, alternating); the caller fills the slot the first step reads. With a
+    projection, ``w_hr`` is (P, H) and ``m`` has as many slots as ``hs`` less
+    one (T or 1). Weights are in PyTorch's layout. ``packed`` (float32 only,
+    ``packing.packed_size(P, 4H)`` floats) selects the packed recurrent product.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
-    cdef const floating* w_hr_t_ = NULL
+    cdef const floating* w_hr_ = NULL
     cdef floating* m_ = NULL
-    if w_hr_t is not None:
-        if m is None or w_hr_t.shape[0] != H or w_hr_t.shape[1] != P:
-            raise ValueError("a projection needs w_hr_t (H, P) and the m buffer")
-        w_hr_t_ = &w_hr_t[0, 0]
+    cdef float* packed_ = check_packed(packed, P, 4 * H)
+    cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
+    cdef Recurrent rec
+    if w_hr is not None:
+        if m is None or w_hr.shape[0] != P or w_hr.shape[1] != H:
+            raise ValueError("a projection needs w_hr (P, H) and the m buffer")
+        w_hr_ = &w_hr[0, 0]
         m_ = &m[0, 0, 0]
     elif P != H:
         raise ValueError("h and c differ in size but there is no projection")
     with nogil:
-        lstm_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], w_hr_t_, &bias[0], lens,
+        if w_hh_t_ != NULL:
+            rec = recurrent(w_hh_t_, False, P, 4 * H, <float*> NULL, 1)
+        else:
+            rec = recurrent(&w_hh[0, 0], True, P, 4 * H, packed_, n_threads)
+        lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, w_hr_, &bias[0], lens,
                             T, B, I, H, P, reverse, gates.shape[0], &gates[0, 0, 0],
-                            &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0] > 1, m_, &y[0, 0, 0])
+                            &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
+                            m is not None and m.shape[0] > 1, &y[0, 0, 0])
 
 
 def backward(const floating[:, :, ::1] x,
@@ -254,11 +264,14 @@ def backward(const floating[:, :, ::1] x,
              const floating[:, :, ::1] m=None,
              floating[:, :, ::1] dh_total=None,
              floating[:, ::1] dm=None,
-             floating[:, ::1] dw_hr=None):
+             floating[:, ::1] dw_hr=None,
+             float[::1] packed=None,
+             int n_threads=1):
     """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
     ``dh_total`` (T, B, P) and ``dm`` (B, H), and the output ``dw_hr`` (P, H).
+    ``packed``: as in ``forward``, ``packing.packed_size(4H, P)`` floats.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]
@@ -267,6 +280,8 @@ def backward(const floating[:, :, ::1] x,
     cdef const floating* w_hr_ = NULL
     cdef floating* dh_total_ = NULL
     cdef floating* dm_ = NULL
+    cdef float* packed_ = check_packed(packed, 4 * H, P)
+    cdef Recurrent rec
     if w_hr is not None:
         if m is None or dh_total is None or dm is None or dw_hr is None:
             raise ValueError("a projection needs m, dh_total, dm and dw_hr")
@@ -276,7 +291,8 @@ def backward(const floating[:, :, ::1] x,
     elif P != H:
         raise ValueError("h and c differ in size but there is no projection")
     with nogil:
-        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &w_hh[0, 0], w_hr_, dy_, lens,
+        rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
+        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, lens,
                              T, B, H, P, reverse, &dh[0, 0], &dc[0, 0], &dg[0, 0, 0],
                              dh_total_, dm_)
         input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],

@@ -6,15 +6,15 @@ output), so training keeps the state slots and nothing else.
 """
 from cython cimport floating
 from _activations cimport tanh_
-from _blas cimport gemm
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients)
 
 
 cdef void rnn_forward_kernel(
         const floating* x,          # IN    (T, B, I)
-        const floating* w_ih_t,     # IN    (I, H)
-        const floating* w_hh_t,     # IN    (H, H)
+        const floating* w_ih,       # IN    (H, I)
+        const Recurrent* rec,       # IN    W_hh^T (H, H)
         const floating* bias,       # IN    (H,) b_ih + b_hh
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
@@ -22,7 +22,7 @@ cdef void rnn_forward_kernel(
         Py_ssize_t chunk,           # steps projected per input GEMM
         floating* pre,              # SCRATCH (chunk, B, H) pre-activations
         floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
-        Py_ssize_t state_stride,    # B*H keeps every state, 0 overwrites one slot
+        Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* y,                # OUT   (T, B, H)
 ) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
@@ -33,12 +33,11 @@ cdef void rnn_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        p = step_gates(x, w_ih_t, bias, pre, s, T, B, I, H, chunk, reverse)
-        h_in = hs + slot_in(t, reverse) * state_stride
-        h_out = hs + slot_out(t, reverse) * state_stride
+        p = step_gates(x, w_ih, bias, pre, s, T, B, I, H, chunk, reverse)
+        h_in = hs + slot_in(t, reverse) % n_slots * B * H
+        h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * H
-        gemm(False, False, <int> B, <int> H, <int> H, <floating> 1, h_in, <int> H,
-             w_hh_t, <int> H, <floating> 1, p, <int> H)
+        recurrent_product(rec, B, h_in, 1, p)
         for b in range(B):
             if not is_valid(lengths, b, t):
                 carry_row(h_in + b * H, h_out + b * H, H)
@@ -56,7 +55,7 @@ cdef void rnn_forward_kernel(
 
 cdef void rnn_backward_kernel(
         const floating* hs,         # IN    (T+1, B, H) state slots
-        const floating* w_hh,       # IN    (H, H)
+        const Recurrent* rec,       # IN    W_hh (H, H)
         const floating* dy,         # IN    (T, B, H) or NULL
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
@@ -87,28 +86,36 @@ cdef void rnn_backward_kernel(
                 else:
                     dgt[b * H + j] = dh_ * (1 - h_ * h_)
                 dh[b * H + j] = 0        # h reaches the past only through W_hh
-        gemm(False, False, <int> B, <int> H, <int> H, <floating> 1, dgt, <int> H,
-             w_hh, <int> H, <floating> 1, dh, <int> H)
+        recurrent_product(rec, B, dgt, 1, dh)
 
 
 def forward(const floating[:, :, ::1] x,
-            const floating[:, ::1] w_ih_t,
-            const floating[:, ::1] w_hh_t,
+            const floating[:, ::1] w_ih,
+            const floating[:, ::1] w_hh,
             const floating[::1] bias,
             const Py_ssize_t[::1] lengths,
             bint reverse,
             bint relu,
             floating[:, :, ::1] pre,
             floating[:, :, ::1] hs,
-            floating[:, :, ::1] y):
+            floating[:, :, ::1] y,
+            float[::1] packed=None,
+            int n_threads=1,
+            const floating[:, ::1] w_hh_t=None):
     """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
-    cdef Py_ssize_t stride = B * H if hs.shape[0] > 1 else 0
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
+    cdef float* packed_ = check_packed(packed, H, H)
+    cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
+    cdef Recurrent rec
     with nogil:
-        rnn_forward_kernel(&x[0, 0, 0], &w_ih_t[0, 0], &w_hh_t[0, 0], &bias[0], lens,
+        if w_hh_t_ != NULL:
+            rec = recurrent(w_hh_t_, False, H, H, <float*> NULL, 1)
+        else:
+            rec = recurrent(&w_hh[0, 0], True, H, H, packed_, n_threads)
+        rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], lens,
                            T, B, I, H, reverse, relu, pre.shape[0], &pre[0, 0, 0],
-                           &hs[0, 0, 0], stride, &y[0, 0, 0])
+                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0])
 
 
 def backward(const floating[:, :, ::1] x,
@@ -125,13 +132,18 @@ def backward(const floating[:, :, ::1] x,
              floating[:, ::1] dw_ih,
              floating[:, ::1] dw_hh,
              floating[::1] db_ih,
-             floating[::1] db_hh):
+             floating[::1] db_hh,
+             float[::1] packed=None,
+             int n_threads=1):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    cdef float* packed_ = check_packed(packed, H, H)
+    cdef Recurrent rec
     with nogil:
-        rnn_backward_kernel(&hs[0, 0, 0], &w_hh[0, 0], dy_, lens, T, B, H, reverse, relu,
+        rec = recurrent(&w_hh[0, 0], False, H, H, packed_, n_threads)
+        rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, lens, T, B, H, reverse, relu,
                             &dh[0, 0], &dg[0, 0, 0])
         input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
                                    &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],

@@ -1,0 +1,99 @@
+/* Small-batch recurrent product for float32: C[B, N] += A[B, K] @ W[K, N].
+ *
+ * Why not BLAS: each step multiplies a few rows of h by the same W_hh, and
+ * OpenBLAS repacks all of W_hh on every call (sgemm_itcopy dominated the
+ * profile at B <= 16). Here W is packed once per kernel call into column panels
+ * of FR_PANEL floats, each panel K x FR_PANEL contiguous, so every step streams
+ * W exactly once, in order, and each W vector feeds 4 rows of A.
+ *
+ * Panels are independent, so threads split them (fr_gemm_packed takes a panel
+ * range). The x86-64-v3 (AVX2 + FMA) clone is chosen at load time where the
+ * compiler and the C library support it; elsewhere the generic build runs.
+ */
+#ifndef FASTRNN_PACKED_GEMM_H
+#define FASTRNN_PACKED_GEMM_H
+#include <stddef.h>
+
+#define FR_PANEL 16
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#define FR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define FR_CLONES
+#endif
+
+#if defined(__GNUC__)
+typedef float fr_v8 __attribute__((vector_size(32), aligned(4)));
+#define FR_VECTOR_EXT 1
+#endif
+
+static inline ptrdiff_t fr_n_panels(ptrdiff_t N) { return (N + FR_PANEL - 1) / FR_PANEL; }
+
+/* Size in floats of the packed copy of a (K, N) matrix. */
+static inline ptrdiff_t fr_packed_size(ptrdiff_t K, ptrdiff_t N) { return fr_n_panels(N) * K * FR_PANEL; }
+
+/* packed[p][k][j] = W(k, p*FR_PANEL + j), zero past column N, where W(k, n)
+ * is w[k * k_stride + n * n_stride]: (1, K) strides pack W^T of a row-major
+ * (N, K) array, i.e. PyTorch's weight layout, without a transposed copy. */
+static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k_stride,
+                           ptrdiff_t n_stride, float* packed)
+{
+    for (ptrdiff_t p = 0; p < fr_n_panels(N); p++)
+        for (ptrdiff_t k = 0; k < K; k++)
+            for (ptrdiff_t j = 0; j < FR_PANEL; j++) {
+                ptrdiff_t n = p * FR_PANEL + j;
+                packed[(p * K + k) * FR_PANEL + j] = n < N ? w[k * k_stride + n * n_stride] : 0.0f;
+            }
+}
+
+/* c[r][0:FR_PANEL] += sum_k a[r][k] * w[k][0:FR_PANEL] for ROWS rows of a; w one packed panel. */
+#define FR_PANEL_ROWS(ROWS)                                                           \
+    static inline void fr_panel_rows_##ROWS(ptrdiff_t K, const float* a, ptrdiff_t lda,\
+                                            const float* w, float* acc)               \
+    {                                                                                 \
+        fr_v8 lo[ROWS], hi[ROWS];                                                     \
+        for (int r = 0; r < ROWS; r++) { lo[r] = (fr_v8){0}; hi[r] = (fr_v8){0}; }    \
+        for (ptrdiff_t k = 0; k < K; k++) {                                           \
+            fr_v8 w0 = *(const fr_v8*)(w + k * FR_PANEL);                             \
+            fr_v8 w1 = *(const fr_v8*)(w + k * FR_PANEL + 8);                         \
+            for (int r = 0; r < ROWS; r++) {                                          \
+                float s = a[r * lda + k];                                             \
+                lo[r] += s * w0;                                                      \
+                hi[r] += s * w1;                                                      \
+            }                                                                         \
+        }                                                                             \
+        for (int r = 0; r < ROWS; r++) {                                              \
+            *(fr_v8*)(acc + r * FR_PANEL) = lo[r];                                    \
+            *(fr_v8*)(acc + r * FR_PANEL + 8) = hi[r];                                \
+        }                                                                             \
+    }
+FR_PANEL_ROWS(4)
+FR_PANEL_ROWS(1)
+
+/* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1. */
+FR_CLONES
+static void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
+                           const float* packed, float beta, float* C, ptrdiff_t ldc,
+                           ptrdiff_t p0, ptrdiff_t p1)
+{
+    float acc[4 * FR_PANEL];
+    for (ptrdiff_t p = p0; p < p1; p++) {
+        const float* w = packed + p * K * FR_PANEL;
+        ptrdiff_t n0 = p * FR_PANEL;
+        ptrdiff_t width = N - n0 < FR_PANEL ? N - n0 : FR_PANEL;
+        for (ptrdiff_t b = 0; b < B;) {
+            int rows = B - b >= 4 ? 4 : 1;
+            if (rows == 4)
+                fr_panel_rows_4(K, A + b * lda, lda, w, acc);
+            else
+                fr_panel_rows_1(K, A + b * lda, lda, w, acc);
+            for (int r = 0; r < rows; r++)
+                for (ptrdiff_t j = 0; j < width; j++) {
+                    float* c = C + (b + r) * ldc + n0 + j;
+                    *c = beta == 0.0f ? acc[r * FR_PANEL + j] : *c + acc[r * FR_PANEL + j];
+                }
+            b += rows;
+        }
+    }
+}
+#endif

@@ -1,0 +1,77 @@
+"""The per-step recurrent product (src_ext/_recurrent.pxd) on both of its paths.
+
+float32 small batches use the packed-panel kernel (_packed_gemm.h), possibly
+split over threads; everything else uses BLAS. Both must equal a float64
+product to float32 accuracy: |error| <= K * eps32 * sum|h||W| bounds the
+rounding of a K-term dot product, and 4 * eps32 * sqrt(K) * scale is a
+comfortable practical margin below that worst case.
+"""
+import numpy as np
+import pytest
+
+packing = pytest.importorskip("fastrnn._ext.packing", reason="the Cython extension is not built")
+
+from conftest import (RTOL, STATE_NAMES, assert_results_equal, cast, make_params,  # noqa: E402
+                      make_states, make_x, run_backward, run_forward)
+
+SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 17), (4, 16, 16), (5, 33, 13), (9, 64, 100), (17, 40, 129)]
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "blas"])
+@pytest.mark.parametrize("B,K,N", SHAPES)
+def test_product_matches_float64(B, K, N, packed, trans, beta, n_threads):
+    rng = np.random.default_rng(B * 1000 + K * 10 + N)
+    h = rng.standard_normal((B, K)).astype(np.float32)
+    w = rng.standard_normal((N, K) if trans else (K, N)).astype(np.float32)
+    out = rng.standard_normal((B, N)).astype(np.float32)
+    op_w = w.T.astype(np.float64) if trans else w.astype(np.float64)
+    expected = h.astype(np.float64) @ op_w + beta * out.astype(np.float64)
+    buf = np.empty(packing.packed_size(K, N), np.float32) if packed else None
+    packing.product(h, w, trans, np.float32(beta), out, packed=buf, n_threads=n_threads)
+    scale = np.abs(h).astype(np.float64) @ np.abs(op_w) + np.abs(expected)
+    assert np.all(np.abs(out - expected) <= 4 * np.finfo(np.float32).eps * np.sqrt(K) * scale)
+
+
+def test_packed_buffer_too_small_is_an_error():
+    h = np.ones((2, 8), np.float32)
+    w = np.ones((8, 20), np.float32)
+    out = np.zeros((2, 20), np.float32)
+    with pytest.raises(ValueError, match="packed must hold at least"):
+        packing.product(h, w, False, np.float32(0), out,
+                        packed=np.empty(packing.packed_size(8, 20) - 1, np.float32))
+
+
+PATHS = {   # _cython_backend settings that force each way of multiplying by W_hh
+    "packed": dict(PACKED_MAX_B=10**9, PREPARE_MIN_T=1, PARALLEL_MIN_MACS=None),
+    "packed-threads": dict(PACKED_MAX_B=10**9, PREPARE_MIN_T=1, PARALLEL_MIN_MACS=0),
+    "kmajor-copy": dict(PACKED_MAX_B=0, PREPARE_MIN_T=1),
+    "transpose-flag": dict(PREPARE_MIN_T=10**9),
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_every_recurrent_path_matches_the_reference(monkeypatch, cell, reverse, path):
+    """Each way the Cython backend can multiply by W_hh, forced in turn, in
+    float32 with lengths, against the float64 reference."""
+    cython_backend = pytest.importorskip("fastrnn._cython_backend")
+    for name, value in PATHS[path].items():
+        monkeypatch.setattr(cython_backend, name, value)
+    T, B, I, H = 6, 24, 9, 40
+    x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(0, T + 1, B)
+    dy = rng.standard_normal((T, B, H))
+    dstates = tuple(rng.standard_normal((B, H)) for _ in STATE_NAMES[cell])
+    results = {}
+    for dtype, name in [(np.float32, "cython"), (np.float64, "reference")]:
+        out = run_forward(cell, name, cast((x,), dtype)[0], cast(states, dtype),
+                          cast(params, dtype), lengths=lengths, reverse=reverse, training=True)
+        results[dtype] = out, run_backward(cell, out.workspace, cast((dy,), dtype)[0],
+                                           cast(dstates, dtype))
+    for got, expected in zip(results[np.float32], results[np.float64]):
+        assert_results_equal(got, expected, exact=False, rtol=RTOL[np.dtype(np.float32)])
