@@ -28,6 +28,7 @@ import os
 
 import numpy as np
 
+from . import _buffers
 from ._ext import gru as _gru
 from ._ext import lstm as _lstm
 from ._ext import packing as _packing
@@ -36,8 +37,6 @@ from ._ext import rnn as _rnn
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True
 
-#: rows (steps * batch) per input-projection GEMM in inference
-CHUNK_ROWS = 256
 
 
 #: float32 batches up to this size multiply by W_hh with the packed-panel
@@ -53,9 +52,6 @@ PREPARE_MIN_T = 4
 #: worth revisiting with BLAS pinned to one thread.
 PARALLEL_MIN_MACS = None
 
-
-def _chunk(T, B):
-    return max(1, min(T, CHUNK_ROWS // B))
 
 
 def _cores():
@@ -80,16 +76,6 @@ def _recurrent(dtype, T, B, K, N, w_hh=None):
     return {}
 
 
-def _state_slots(T, B, H, dtype, training, reverse, initial):
-    """State buffer with ``initial`` in the slot the first step reads."""
-    slots = np.empty((T + 1 if training else 2, B, H), dtype)
-    slots[(T if reverse else 0) % slots.shape[0]] = initial
-    return slots
-
-
-def _final(slots, T, reverse):
-    """Copy of the state the last step left (slot 0 going in reverse)."""
-    return slots[(0 if reverse else T) % slots.shape[0]].copy()
 
 
 def forward(cell, x, state0, params, lengths, reverse, training):
@@ -100,20 +86,20 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     GH = w_hh.shape[0]
     dtype = x.dtype
     rec = _recurrent(dtype, T, B, H, GH, w_hh)
-    hs = _state_slots(T, B, H, dtype, training, reverse, state0[0])
+    hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
-    gates = np.empty((T if keep_gates else _chunk(T, B), B, GH), dtype)
+    gates = np.empty((T if keep_gates else _buffers.chunk(T, B), B, GH), dtype)
     data = None
     if cell == "lstm":
         HC = GH // 4                # the size of c
-        cs = _state_slots(T, B, HC, dtype, training, reverse, state0[1])
+        cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
         proj = {}
         if w_hr is not None:
             proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
         _lstm.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, hs, cs, y,
                       **proj, **rec)
-        state_n = (_final(hs, T, reverse), _final(cs, T, reverse))
+        state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
             if w_hr is not None:
@@ -126,13 +112,13 @@ def forward(cell, x, state0, params, lengths, reverse, training):
         gh = np.empty((B, GH), dtype)
         _gru.forward(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
                      gates, gh, ghn, hs, y, **rec)
-        state_n = (_final(hs, T, reverse),)
+        state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
         _rnn.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse,
                      cell == "rnn_relu", gates, hs, y, **rec)
-        state_n = (_final(hs, T, reverse),)
+        state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(hs=hs)
     if training:
@@ -146,16 +132,9 @@ def backward(cell, data, dy, dstate_n):
     T, B, _ = x.shape
     GH, H = w_hh.shape
     dtype = x.dtype
-    # the kernels update the state gradients in place: give them their own copies
-    sizes = (H, GH // 4) if cell == "lstm" else (H,)     # h (P with a projection), c
-    dstate = [np.zeros((B, n), dtype) if d is None else d.copy()
-              for d, n in zip(dstate_n, sizes)]
-    dx = np.empty_like(x)
-    dw_ih = np.empty_like(w_ih)
-    dw_hh = np.empty_like(w_hh)
-    db_ih = np.empty(GH, dtype)
-    db_hh = np.empty(GH, dtype)
-    dg = np.empty((T, B, GH), dtype)
+    out = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
+    dstate, dg = out["dstate"], out["dg"]
+    dx, dw_ih, dw_hh, db_ih, db_hh = (out[k] for k in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))
     grads = (dx, dw_ih, dw_hh, db_ih, db_hh)
     rec = _recurrent(dtype, T, B, GH, H)
     if cell == "lstm" and "w_hr" in data:

@@ -1,17 +1,17 @@
 """The Numba kernels behind the backend interface (see ``_backends``).
 
-The same contract, buffers and memory ownership as ``_cython_backend``:
-Python allocates outputs, the workspace and the scratch, transposes the
-weights once per call into the layout the per-step GEMM reads fastest
-((K, G*H), K-major), and hands everything to ``fastrnn._numba.kernels``, whose
-compiled kernels run the whole time loop, allocate nothing and release the GIL.
+The same contract, buffers (``_buffers``) and memory ownership as
+``_cython_backend``: Python allocates outputs, the workspace and the scratch,
+transposes the weights once per call into the layout the per-step GEMM reads
+fastest ((K, G*H), K-major), and hands everything to ``fastrnn._numba.kernels``,
+whose compiled kernels run the whole time loop, allocate nothing and release
+the GIL. (Unlike Cython, it has no packed small-batch product yet.)
 
 Buffers (T steps, B sequences, H hidden units, G gates)
 -------------------------------------------------------
 ``hs``, ``cs`` : (T+1, B, H) in training, the state entering and leaving each
     step (time-aligned slots, see ``src_ext/_rnn_common.pxd``); (2, B, H) in
-    inference, the slot numbers taken modulo 2 (Cython: one slot overwritten in
-    place; see ``fastrnn._numba.kernels.slot_in`` for why two).
+    inference, the slot numbers taken modulo 2 (see ``fastrnn._buffers``).
 ``gates`` : (T, B, G*H) activated gates in training (LSTM, GRU); in inference,
     and for the RNN always, (chunk, B, G*H) scratch for the input projection of
     ``chunk`` steps at a time, so inference memory does not grow with T.
@@ -38,29 +38,15 @@ in a new process, plus about 0.6 s to import Numba itself.
 """
 import numpy as np
 
+from . import _buffers
 from ._numba import kernels as _k
 
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True
 
-#: rows (steps * batch) per input-projection GEMM in inference
-CHUNK_ROWS = 256
 
 
-def _chunk(T, B):
-    return max(1, min(T, CHUNK_ROWS // B))
 
-
-def _state_slots(T, B, H, dtype, training, reverse, initial):
-    """State buffer with ``initial`` in the slot the first step reads."""
-    slots = np.empty((T + 1 if training else 2, B, H), dtype)
-    slots[(T if reverse else 0) % slots.shape[0]] = initial
-    return slots
-
-
-def _final(slots, T, reverse):
-    """Copy of the state the last step left (slot 0 going in reverse)."""
-    return slots[(0 if reverse else T) % slots.shape[0]].copy()
 
 
 def _in(a):
@@ -88,10 +74,10 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     dtype = x.dtype
     w_ih_t = np.ascontiguousarray(w_ih.T)
     w_hh_t = np.ascontiguousarray(w_hh.T)
-    hs = _state_slots(T, B, H, dtype, training, reverse, state0[0])
+    hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
-    gates = np.empty((T if keep_gates else _chunk(T, B), B, GH), dtype)
+    gates = np.empty((T if keep_gates else _buffers.chunk(T, B), B, GH), dtype)
     chunk = gates.shape[0]
     n_slots = hs.shape[0]
     lens = _lengths(lengths, T, B)
@@ -99,19 +85,19 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     data = None
     if cell == "lstm" and w_hr is not None:
         HC = GH // 4                # the size of c
-        cs = _state_slots(T, B, HC, dtype, training, reverse, state0[1])
+        cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
         m = np.empty((T if training else 1, B, HC), dtype)
         _k.lstm_projected_forward(*common, _in(np.ascontiguousarray(w_hr.T)), _in(b_ih + b_hh),
                                   lens, T, B, I, HC, H, reverse, chunk, _out(gates), _out(hs),
                                   _out(cs), n_slots, _out(m), training, _out(y))
-        state_n = (_final(hs, T, reverse), _final(cs, T, reverse))
+        state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs, w_hr=w_hr, m=m)
     elif cell == "lstm":
-        cs = _state_slots(T, B, H, dtype, training, reverse, state0[1])
+        cs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[1])
         _k.lstm_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse, chunk,
                         _out(gates), _out(hs), _out(cs), n_slots, _out(y))
-        state_n = (_final(hs, T, reverse), _final(cs, T, reverse))
+        state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
     elif cell == "gru":
@@ -123,13 +109,13 @@ def forward(cell, x, state0, params, lengths, reverse, training):
         _k.gru_forward(*common, _in(bias), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
                        chunk, _out(gates), _out(gh), _out(ghn), training, _out(hs), n_slots,
                        _out(y))
-        state_n = (_final(hs, T, reverse),)
+        state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
         _k.rnn_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse,
                        cell == "rnn_relu", chunk, _out(gates), _out(hs), n_slots, _out(y))
-        state_n = (_final(hs, T, reverse),)
+        state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(hs=hs)
     if training:
@@ -143,16 +129,9 @@ def backward(cell, data, dy, dstate_n):
     T, B, I = x.shape
     GH, H = w_hh.shape
     dtype = x.dtype
-    # the kernels update the state gradients in place: give them their own copies
-    sizes = (H, GH // 4) if cell == "lstm" else (H,)     # h (P with a projection), c
-    dstate = [np.zeros((B, n), dtype) if d is None else d.copy()
-              for d, n in zip(dstate_n, sizes)]
-    dx = np.empty_like(x)
-    dw_ih = np.empty_like(w_ih)
-    dw_hh = np.empty_like(w_hh)
-    db_ih = np.empty(GH, dtype)
-    db_hh = np.empty(GH, dtype)
-    dg = np.empty((T, B, GH), dtype)
+    out = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
+    dstate, dg = out["dstate"], out["dg"]
+    dx, dw_ih, dw_hh, db_ih, db_hh = (out[k] for k in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))
     has_dy = dy is not None
     head = (_in(x), _in(w_ih), _in(w_hh))
     tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),

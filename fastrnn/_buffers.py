@@ -1,0 +1,49 @@
+"""Buffers shared by the native backends (Cython and Numba).
+
+Both backends lay out their outputs, workspace and scratch the same way (see
+``fastrnn._cython_backend``); the allocation lives here once.
+"""
+import numpy as np
+
+#: rows (steps * batch) per input-projection GEMM in inference
+CHUNK_ROWS = 256
+
+
+def chunk(T, B):
+    """Steps whose inputs one inference GEMM projects: memory stays O(B), not O(T)."""
+    return max(1, min(T, CHUNK_ROWS // B))
+
+
+def state_slots(T, B, H, dtype, training, reverse, initial):
+    """State buffer with ``initial`` in the slot the first step reads.
+
+    Training keeps all T+1 states; inference alternates between two slots (one
+    slot updated in place would defeat the compilers' runtime alias checks).
+    """
+    slots = np.empty((T + 1 if training else 2, B, H), dtype)
+    slots[(T if reverse else 0) % slots.shape[0]] = initial
+    return slots
+
+
+def final_state(slots, T, reverse):
+    """Copy of the state the last step left (slot 0 going in reverse)."""
+    return slots[(0 if reverse else T) % slots.shape[0]].copy()
+
+
+def backward_outputs(cell, x, w_ih, w_hh, dstate_n):
+    """Arrays a backward kernel fills, as a dict.
+
+    ``dstate``: the incoming state gradients (copies, zeros for None), which the
+    kernels update in place into dh0 (and dc0); ``dx``, ``dw_ih``, ``dw_hh``,
+    ``db_ih``, ``db_hh``; ``dg``, the (T, B, G*H) gradient of the pre-activations.
+    """
+    T, B, _ = x.shape
+    GH, H = w_hh.shape
+    dtype = x.dtype
+    sizes = (H, GH // 4) if cell == "lstm" else (H,)     # h (P with a projection), c
+    return dict(
+        dstate=[np.zeros((B, n), dtype) if d is None else d.copy()
+                for d, n in zip(dstate_n, sizes)],
+        dx=np.empty_like(x), dw_ih=np.empty_like(w_ih), dw_hh=np.empty_like(w_hh),
+        db_ih=np.empty(GH, dtype), db_hh=np.empty(GH, dtype),
+        dg=np.empty((T, B, GH), dtype))
