@@ -44,6 +44,9 @@ from ._numba import kernels as _k
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True
 
+#: calls of at least this many steps copy the weights K-major (as Cython's PREPARE_MIN_T)
+COPY_MIN_T = 4
+
 
 
 
@@ -72,8 +75,11 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     H = w_hh.shape[1]               # the size of h: P with a projection
     GH = w_hh.shape[0]
     dtype = x.dtype
-    w_ih_t = np.ascontiguousarray(w_ih.T)
-    w_hh_t = np.ascontiguousarray(w_hh.T)
+    # a short call (streaming) reads PyTorch's layout through BLAS's transpose
+    # flag; a longer one copies the weights K-major once, which BLAS multiplies faster
+    trans = T < COPY_MIN_T
+    w_ih_t, w_hh_t = (w_ih, w_hh) if trans else (np.ascontiguousarray(w_ih.T),
+                                                 np.ascontiguousarray(w_hh.T))
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
@@ -81,13 +87,13 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     chunk = gates.shape[0]
     n_slots = hs.shape[0]
     lens = _lengths(lengths, T, B)
-    common = (_in(x), _in(w_ih_t), _in(w_hh_t))
+    common = (_in(x), _in(w_ih_t), _in(w_hh_t), trans)
     data = None
     if cell == "lstm" and w_hr is not None:
         HC = GH // 4                # the size of c
         cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
         m = np.empty((T if training else 1, B, HC), dtype)
-        _k.lstm_projected_forward(*common, _in(np.ascontiguousarray(w_hr.T)), _in(b_ih + b_hh),
+        _k.lstm_projected_forward(*common, _in(w_hr if trans else np.ascontiguousarray(w_hr.T)), _in(b_ih + b_hh),
                                   lens, T, B, I, HC, H, reverse, chunk, _out(gates), _out(hs),
                                   _out(cs), n_slots, _out(m), training, _out(y))
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))

@@ -410,20 +410,21 @@ def slot_out(t, reverse):
 
 
 @_inline
-def project_inputs(x, w_ih_t, bias, gates, rows, I, G):
+def project_inputs(x, w_ih_t, bias, gates, rows, I, G, trans):
     """gates := x @ w_ih_t + bias for ``rows`` rows at once (one large GEMM).
 
-    x (rows, I), w_ih_t (I, G), bias (G,), gates (rows, G): pointers.
+    x (rows, I), w_ih_t (I, G) or, when ``trans``, W_ih itself (G, I),
+    bias (G,), gates (rows, G): pointers.
     """
     for r in range(rows):
         for j in range(G):
             gates[r * G + j] = bias[j]
     one = one_of(gates)
-    gemm(False, False, rows, G, I, one, x, I, w_ih_t, G, one, gates, G)
+    gemm(False, trans, rows, G, I, one, x, I, w_ih_t, I if trans else G, one, gates, G)
 
 
 @_inline
-def step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse):
+def step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans):
     """Pointer to the gate rows of the s-th visited step.
 
     Steps are projected ``chunk`` at a time: the first step of a chunk runs one
@@ -434,7 +435,7 @@ def step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse):
     t_low = T - first - n if reverse else first   # earliest time in the chunk
     if s == first:
         project_inputs(ptr(x, t_low * B * I), ptr(w_ih_t, 0), ptr(bias, 0), ptr(gates, 0),
-                       n * B, I, G)
+                       n * B, I, G, trans)
     return ptr(gates, (time_at(s, T, reverse) - t_low) * B * G)
 
 
@@ -530,6 +531,7 @@ def lstm_unit_backward(g, dg, c_in, c_out, dh_, dc_, j, H):
 def lstm_forward(x,            # IN    (T*B*I,)
                  w_ih_t,       # IN    (I*4H,)
                  w_hh_t,       # IN    (H*4H,)
+                 trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                  bias,         # IN    (4H,)  b_ih + b_hh
                  lengths,      # IN    (B,)   steps per sequence (T if not given)
                  T, B, I, H, reverse,
@@ -544,13 +546,13 @@ def lstm_forward(x,            # IN    (T*B*I,)
     w_hh_p = ptr(w_hh_t, 0)
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         c_in = ptr(cs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        gemm(False, False, B, G, H, one, h_in, H, w_hh_p, G, one, g, G)
+        gemm(False, trans, B, G, H, one, h_in, H, w_hh_p, H if trans else G, one, g, G)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -616,6 +618,7 @@ def lstm_backward(x,           # IN    (T*B*I,)
 def lstm_projected_forward(x,          # IN    (T*B*I,)
                            w_ih_t,     # IN    (I*4H,)
                            w_hh_t,     # IN    (P*4H,)
+                           trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                            w_hr_t,     # IN    (H*P,)
                            bias,       # IN    (4H,)  b_ih + b_hh
                            lengths,    # IN    (B,)
@@ -633,14 +636,14 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
     w_hh_p, w_hr_p = ptr(w_hh_t, 0), ptr(w_hr_t, 0)
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * P)
         c_in = ptr(cs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * P)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * P)
         mt = ptr(m, t * B * H if keep_m else 0)
-        gemm(False, False, B, G, P, one, h_in, P, w_hh_p, G, one, g, G)
+        gemm(False, trans, B, G, P, one, h_in, P, w_hh_p, P if trans else G, one, g, G)
         # the fused pass writes m_t, one GEMM projects it to y_t
         for b in range(B):
             if t >= lengths[b]:
@@ -651,7 +654,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
             c_in_b, c_out_b = ptr(c_in, b * H), ptr(c_out, b * H)
             for j in range(H):
                 mt[b * H + j] = lstm_unit(gb, c_in_b, c_out_b, j, H)
-        gemm(False, False, B, P, H, one, mt, H, w_hr_p, P, zero, yt, P)
+        gemm(False, trans, B, P, H, one, mt, H, w_hr_p, H if trans else P, zero, yt, P)
         for b in range(B):
             if t < lengths[b]:
                 carry_row(ptr(yt, b * P), ptr(h_out, b * P), P)
@@ -735,6 +738,7 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
 def gru_forward(x,             # IN    (T*B*I,)
                 w_ih_t,        # IN    (I*3H,)
                 w_hh_t,        # IN    (H*3H,)
+                trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                 bias,          # IN    (3H,) b_ih + (b_hr, b_hz, 0)
                 b_hn,          # IN    (H,)
                 lengths,       # IN    (B,)
@@ -752,12 +756,12 @@ def gru_forward(x,             # IN    (T*B*I,)
     w_hh_p, gh_p = ptr(w_hh_t, 0), ptr(gh, 0)
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse)
+        g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
         ghn_t = ptr(ghn, t * B * H if keep_ghn else 0)
-        gemm(False, False, B, G, H, one, h_in, H, w_hh_p, G, zero, gh_p, G)
+        gemm(False, trans, B, G, H, one, h_in, H, w_hh_p, H if trans else G, zero, gh_p, G)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -847,6 +851,7 @@ def gru_backward(x,            # IN    (T*B*I,)
 def rnn_forward(x,             # IN    (T*B*I,)
                 w_ih_t,        # IN    (I*H,)
                 w_hh_t,        # IN    (H*H,)
+                trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                 bias,          # IN    (H,) b_ih + b_hh
                 lengths,       # IN    (B,)
                 T, B, I, H, reverse, relu,
@@ -859,11 +864,11 @@ def rnn_forward(x,             # IN    (T*B*I,)
     w_hh_p = ptr(w_hh_t, 0)
     for s in range(T):
         t = time_at(s, T, reverse)
-        p = step_gates(x, w_ih_t, bias, pre, s, T, B, I, H, chunk, reverse)
+        p = step_gates(x, w_ih_t, bias, pre, s, T, B, I, H, chunk, reverse, trans)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        gemm(False, False, B, H, H, one, h_in, H, w_hh_p, H, one, p, H)
+        gemm(False, trans, B, H, H, one, h_in, H, w_hh_p, H, one, p, H)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
