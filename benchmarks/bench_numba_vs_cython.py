@@ -34,47 +34,11 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-#: name -> (B, T, I, H)
-SHAPES = {
-    "latency": (1, 100, 128, 128),
-    "small": (16, 25, 512, 512),
-    "medium": (32, 50, 256, 256),
-    "large": (64, 100, 512, 512),
-    "long": (8, 1000, 64, 64),
-}
-CELLS = ("rnn_tanh", "lstm", "gru")
-MODES = ("inference", "training")
-N_GATES = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 4, "gru": 3}
-
-
-def make_case(cell, shape, dtype, seed=0):
-    B, T, I, H = shape
-    G = N_GATES[cell]
-    rng = np.random.default_rng(seed)
-    k = 1 / np.sqrt(H)
-    params = tuple(rng.uniform(-k, k, s).astype(dtype)
-                   for s in [(G * H, I), (G * H, H), (G * H,), (G * H,)])
-    x = rng.standard_normal((T, B, I)).astype(dtype)
-    dy = rng.standard_normal((T, B, H)).astype(dtype)
-    return x, params, dy
-
-
-def runner(cell, backend, x, params, dy, mode):
-    import fastrnn
-    if cell == "lstm":
-        fwd, bwd, states, kw = fastrnn.lstm_forward, fastrnn.lstm_backward, (None, None), {}
-    elif cell == "gru":
-        fwd, bwd, states, kw = fastrnn.gru_forward, fastrnn.gru_backward, (None,), {}
-    else:
-        fwd, bwd, states = fastrnn.rnn_forward, fastrnn.rnn_backward, (None,)
-        kw = {"nonlinearity": cell[len("rnn_"):]}
-    if mode == "inference":
-        return lambda: fwd(x, *states, *params, backend=backend, **kw)
-
-    def train():
-        out = fwd(x, *states, *params, training=True, backend=backend, **kw)
-        return bwd(out.workspace, dy)
-    return train
+def _peers():
+    """fastrnn's benchmark workloads (the grid, the cases, the runners); imported
+    late so that the child process can time ``import fastrnn`` itself."""
+    from fastrnn import _peers
+    return _peers
 
 
 # -------------------------------------------------------------- compile times
@@ -90,10 +54,10 @@ def _child(cell):
     if not ok:
         print(json.dumps({"error": _backends._errors.get("numba")}))
         return
-    x, params, dy = make_case(cell, (2, 3, 4, 5), np.float32)
+    case = _peers().make_case(cell, (2, 3, 4, 5), np.float32)
     t3 = time.perf_counter()
-    runner(cell, "numba", x, params, dy, "inference")()
-    runner(cell, "numba", x, params, dy, "training")()
+    _peers().fastrnn_runner(case, "inference", "numba")()
+    _peers().fastrnn_runner(case, "training", "numba")()
     t4 = time.perf_counter()
     from fastrnn._numba import kernels
     base = "rnn" if cell.startswith("rnn") else cell
@@ -143,10 +107,10 @@ def speed(cells, shapes, modes, dtype, min_rounds, budget):
     worst = 0.0
     for cell in cells:
         for shape_name in shapes:
-            shape = SHAPES[shape_name]
-            x, params, dy = make_case(cell, shape, dtype)
+            shape = _peers().SHAPES[shape_name]
+            case = _peers().make_case(cell, shape, dtype)
             for mode in modes:
-                runs = {b: runner(cell, b, x, params, dy, mode) for b in ("cython", "numba")}
+                runs = {b: _peers().fastrnn_runner(case, mode, b) for b in ("cython", "numba")}
                 for run in runs.values():       # warm-up: compilation, first touch
                     run()
                 times = {b: [] for b in runs}
@@ -179,9 +143,9 @@ def _cpu():
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2, help="BLAS threads (default 2)")
-    p.add_argument("--cells", default=",".join(CELLS))
-    p.add_argument("--shapes", default=",".join(SHAPES))
-    p.add_argument("--modes", default=",".join(MODES))
+    p.add_argument("--cells", default="rnn_tanh,lstm,gru")
+    p.add_argument("--shapes", default="latency,small,medium,large,long")
+    p.add_argument("--modes", default="inference,training")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     p.add_argument("--min-rounds", type=int, default=7)
     p.add_argument("--budget", type=float, default=3.0,

@@ -31,19 +31,18 @@ def final_state(slots, T, reverse):
 
 
 def backward_outputs(cell, x, w_ih, w_hh, dstate_n):
-    """Arrays a backward kernel fills, as a dict.
+    """Arrays a backward kernel fills: ``(dstate, dg, (dx, dw_ih, dw_hh, db_ih, db_hh))``.
 
     ``dstate``: the incoming state gradients (copies, zeros for None), which the
-    kernels update in place into dh0 (and dc0); ``dx``, ``dw_ih``, ``dw_hh``,
-    ``db_ih``, ``db_hh``; ``dg``, the (T, B, G*H) gradient of the pre-activations.
+    kernels update in place into dh0 (and dc0); ``dg``: the (T, B, G*H) gradient
+    of the pre-activations.
     """
     T, B, _ = x.shape
     GH, H = w_hh.shape
     dtype = x.dtype
     sizes = (H, GH // 4) if cell == "lstm" else (H,)     # h (P with a projection), c
-    return dict(
-        dstate=[np.zeros((B, n), dtype) if d is None else d.copy()
-                for d, n in zip(dstate_n, sizes)],
-        dx=np.empty_like(x), dw_ih=np.empty_like(w_ih), dw_hh=np.empty_like(w_hh),
-        db_ih=np.empty(GH, dtype), db_hh=np.empty(GH, dtype),
-        dg=np.empty((T, B, GH), dtype))
+    dstate = [np.zeros((B, n), dtype) if d is None else d.copy()
+              for d, n in zip(dstate_n, sizes)]
+    grads = (np.empty_like(x), np.empty_like(w_ih), np.empty_like(w_hh),
+             np.empty(GH, dtype), np.empty(GH, dtype))
+    return dstate, np.empty((T, B, GH), dtype), grads

@@ -132,10 +132,8 @@ def backward(cell, data, dy, dstate_n):
     T, B, _ = x.shape
     GH, H = w_hh.shape
     dtype = x.dtype
-    out = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
-    dstate, dg = out["dstate"], out["dg"]
-    dx, dw_ih, dw_hh, db_ih, db_hh = (out[k] for k in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))
-    grads = (dx, dw_ih, dw_hh, db_ih, db_hh)
+    dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
+    dx, dw_ih, dw_hh, db_ih, db_hh = grads
     rec = _recurrent(dtype, T, B, GH, H)
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]

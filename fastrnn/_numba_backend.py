@@ -135,9 +135,8 @@ def backward(cell, data, dy, dstate_n):
     T, B, I = x.shape
     GH, H = w_hh.shape
     dtype = x.dtype
-    out = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
-    dstate, dg = out["dstate"], out["dg"]
-    dx, dw_ih, dw_hh, db_ih, db_hh = (out[k] for k in ("dx", "dw_ih", "dw_hh", "db_ih", "db_hh"))
+    dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
+    dx, dw_ih, dw_hh, db_ih, db_hh = grads
     has_dy = dy is not None
     head = (_in(x), _in(w_ih), _in(w_hh))
     tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),

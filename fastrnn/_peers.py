@@ -117,7 +117,6 @@ def torch_runner(case, mode, threads=None):
 
 def onnx_model(case):
     """The case as a one-node ONNX model (LSTM / GRU with linear_before_reset=1 / RNN)."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
     T, B, I = case.x.shape
     H = case.params[1].shape[1]

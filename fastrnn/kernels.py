@@ -196,7 +196,7 @@ def _backward(cell, ws, dy, dstate_n):
     T, B, _ = ws.x_shape
     H, P = ws.hidden_size, ws.proj_size
     dy = v.gradient("dy", dy, (T, B, ws.output_size), ws.dtype,
-                    "" if P is None else f" = (T, B, P), like y")
+                    "" if P is None else " = (T, B, P), like y")
     dstate_n = tuple(_final_state_gradient(name, d, B, H, P, ws.dtype)
                      for name, d in zip(STATE_NAMES[ws.cell], dstate_n))
     module = _backends.get(ws.backend)

@@ -196,3 +196,21 @@ def finite_difference_gradient(f, a, eps):
         a[idx] = old
         grad[idx] = (up - down) / (2 * eps)
     return grad
+
+
+# ------------------------------------------------------------------ layers
+
+def make_layer(cell, *args, **kw):
+    """``fastrnn.RNN``/``LSTM``/``GRU`` for a cell name of conftest's CELLS."""
+    if cell.startswith("rnn_"):
+        return fastrnn.RNN(*args, nonlinearity=cell[4:], **kw)
+    return {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU}[cell](*args, **kw)
+
+
+def states_of(h, cell):
+    """``h_n``/``hx``-like value as a tuple of arrays."""
+    return tuple(h) if cell == "lstm" else (h,)
+
+
+def as_hx(states, cell):
+    return tuple(states) if cell == "lstm" else states[0]

@@ -12,25 +12,11 @@ import pytest
 
 import fastrnn
 from fastrnn import interop
-from conftest import assert_close
+from conftest import as_hx, assert_close, make_layer, states_of
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
-
-
-def make_layer(cell, *args, **kw):
-    if cell.startswith("rnn_"):
-        return fastrnn.RNN(*args, nonlinearity=cell[4:], **kw)
-    return {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU}[cell](*args, **kw)
-
-
-def states_of(h, cell):
-    return tuple(h) if cell == "lstm" else (h,)
-
-
-def as_hx(states, cell):
-    return tuple(states) if cell == "lstm" else states[0]
 
 
 @pytest.fixture

@@ -14,28 +14,13 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import RTOL, assert_close
+from conftest import (RTOL, as_hx, assert_close, finite_difference_gradient,  # noqa: E402
+                      make_layer, states_of)
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 DTYPES = (np.float32, np.float64)
 
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
-
-
-def make_layer(cell, *args, **kw):
-    """``fastrnn.RNN``/``LSTM``/``GRU`` for a cell name of conftest's CELLS."""
-    if cell.startswith("rnn_"):
-        return fastrnn.RNN(*args, nonlinearity=cell[4:], **kw)
-    return {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU}[cell](*args, **kw)
-
-
-def states_of(h, cell):
-    """``h_n``/``hx``-like value as a tuple of arrays."""
-    return tuple(h) if cell == "lstm" else (h,)
-
-
-def as_hx(states, cell):
-    return tuple(states) if cell == "lstm" else states[0]
 
 
 def random_hx(layer, B, dtype, rng, unbatched=False):
@@ -581,27 +566,9 @@ def test_gradient_with_dropout_by_finite_differences():
     g = layer.backward(ctx, w_y, w_h)
     eps = 1e-6
     for name in ("weight_ih_l1", "weight_hh_l0_reverse", "bias_hh_l0"):
-        p = getattr(layer, name)
-        num = np.zeros_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + eps
-            up = loss()
-            p[i] = old - eps
-            down = loss()
-            p[i] = old
-            num[i] = (up - down) / (2 * eps)
+        num = finite_difference_gradient(loss, getattr(layer, name), eps)
         assert_close(g.dparams[name], num, 1e-7, name)
-    num = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = loss()
-        x[i] = old - eps
-        down = loss()
-        x[i] = old
-        num[i] = (up - down) / (2 * eps)
-    assert_close(g.dx, num, 1e-7, "dx")
+    assert_close(g.dx, finite_difference_gradient(loss, x, eps), 1e-7, "dx")
 
 
 def test_options_after_construction():
