@@ -1,9 +1,13 @@
-"""``python -m fastrnn [check]``: prove the kernels on this machine.
+"""``python -m fastrnn [check | bench | demo]``.
 
-Runs every cell forward and backward on every available backend, prints the
-largest difference from the NumPy reference (float64, so it shows the kernels'
-own error) and the median time of each backend next to the reference's.
+- ``check`` (the default) proves the kernels on this machine: it runs every
+  cell forward and backward on every available backend, prints the largest
+  difference from the NumPy reference (float64, so it shows the kernels' own
+  error) and the median time of each backend next to the reference's.
+- ``bench`` measures fastrnn against its peers (``fastrnn/bench.py``).
+- ``demo`` trains the lesson's sequence models on real data (``fastrnn/demo.py``).
 """
+import importlib
 import argparse
 import sys
 import time
@@ -66,10 +70,20 @@ def check(T, B, I, H, repeats, out=sys.stdout):
     return ok
 
 
+#: subcommands with their own module and argument parser: name -> module
+SUBCOMMANDS = {"bench": ".bench", "demo": ".demo"}
+
+
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in SUBCOMMANDS:
+        module = importlib.import_module(SUBCOMMANDS[argv[0]], __package__)
+        return module.main(argv[1:])
     parser = argparse.ArgumentParser(prog="python -m fastrnn", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command")
     c = sub.add_parser("check", help="compare every backend with the reference (default)")
+    for name, module in SUBCOMMANDS.items():
+        sub.add_parser(name, help=f"see python -m fastrnn {name} --help", add_help=False)
     for p in (parser, c):
         p.add_argument("--shape", type=int, nargs=4, default=(50, 16, 64, 128),
                        metavar=("T", "B", "I", "H"))
