@@ -25,7 +25,11 @@ class Workspace:
     backend : str
         The backend that produced it; the backward runs on the same one.
     nbytes : int
-        Memory held by the workspace's arrays.
+        Memory of the arrays saved for the backward (gate activations and
+        states), not counting the input and weights it refers to. Per step and
+        batch row that is 6H values for an LSTM (gates 4H, h, c; with a
+        projection, 5H + P + H: h has P values and the unprojected output H), 5H for a GRU (gates, W_hn h + b_hn, h) and H for a vanilla
+        RNN (h): what the backward needs, nothing recomputed.
     proj_size : int or None
         P of an LSTM with a projection (``weight_hr``), else None.
     """
@@ -50,13 +54,20 @@ class Workspace:
 
     @property
     def nbytes(self):
-        return _nbytes(self.data)
+        data = self.data
+        if isinstance(data, dict):      # the native backends' layout
+            data = {k: v for k, v in data.items() if k not in _REFERENCED}
+        return _nbytes(data)
 
     def __repr__(self):
         T, B, I = self.x_shape
         P = "" if self.proj_size is None else f" P={self.proj_size}"
         return (f"<fastrnn.Workspace {self.cell} {self.backend} {self.dtype} "
                 f"T={T} B={B} I={I} H={self.hidden_size}{P} {self.nbytes} bytes>")
+
+
+#: workspace entries that are the caller's own arrays, kept only by reference
+_REFERENCED = ("x", "w_ih", "w_hh", "w_hr", "lengths")
 
 
 def _nbytes(obj):

@@ -1,0 +1,106 @@
+"""``python -m fastrnn bench``: its report, its arguments and the workspace sizes it quotes.
+
+Only what the benchmark computes is checked here; how fast anything runs is
+never asserted (that is what the benchmark is for).
+"""
+import contextlib
+import io
+import json
+
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn import _peers, bench, kernels
+
+TINY = "3,5,7,6"
+#: the reference keeps its own Python objects; workspace sizes are the kernels'
+NATIVE = [b for b in fastrnn.available_backends() if b != "reference"]
+
+
+def run_bench(tmp_path, *args):
+    path = tmp_path / "report.json"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = bench.main(["--shapes", TINY, "--repeats", "2", "--peers", "none", "--quiet",
+                           "--json", str(path), *args])
+    assert code == 0
+    return json.loads(path.read_text()), out.getvalue()
+
+
+def test_report_rows_cover_the_grid(tmp_path):
+    report, text = run_bench(tmp_path, "--cells", "lstm,gru", "--modes", "inference,training",
+                             "--backends", "reference")
+    rows = report["rows"]
+    assert [(r["cell"], r["mode"]) for r in rows] == [
+        ("lstm", "inference"), ("lstm", "training"), ("gru", "inference"), ("gru", "training")]
+    for r in rows:
+        assert (r["B"], r["T"], r["I"], r["H"]) == (3, 5, 7, 6)
+        assert r["best_fastrnn"] == "reference"
+        assert r["median_ms"]["reference"] > 0
+        # GFLOP/s and the fraction of the limit follow from the median and the FLOP count
+        assert r["gflops"] == pytest.approx(r["flops"] / (r["median_ms"]["reference"] / 1e3) / 1e9)
+        assert r["fraction_of_limit"] == pytest.approx(r["gflops"] / report["gemm_limit_gflops"])
+        assert r["speedup"] == {}
+    assert report["gemm_limit_gflops"] > 0
+    assert report["dtype"] == "float32" and report["rounds"] == 2
+    # the table printed on stdout has one line per row
+    assert sum(line.startswith("| lstm |") or line.startswith("| gru |")
+               for line in text.splitlines()) == 4 + 2      # 4 timing rows, 2 memory rows
+
+
+def test_flop_count_matches_the_gemms():
+    case = _peers.make_case("gru", (3, 5, 7, 6))
+    # input and recurrent products: 2 * T * B * (I + H) * 3H multiply-adds, x3 in training
+    assert case.flops("inference") == 2 * 5 * 3 * (7 + 6) * 18
+    assert case.flops("training") == 3 * case.flops("inference")
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("cell, values_per_row", [("lstm", 6), ("gru", 5), ("rnn_tanh", 1)])
+def test_workspace_holds_what_the_backward_needs(backend, cell, values_per_row):
+    """The documented size: per step and batch row, 6H (LSTM), 5H (GRU), H (RNN) values.
+
+    The native backends keep T+1 states (the initial one too), so one more
+    state row of H (and c for an LSTM) per sequence.
+    """
+    B, T, I, H = 3, 5, 7, 6
+    case = _peers.make_case(cell, (B, T, I, H), dtype=np.float64)
+    held, peak = bench.workspace_memory(case, backend)
+    n_states = 2 if cell == "lstm" else 1
+    assert held == 8 * B * H * (T * values_per_row + n_states)
+    assert peak >= held
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_workspace_size_excludes_the_callers_arrays(backend):
+    case = _peers.make_case("rnn_tanh", (2, 4, 300, 3), dtype=np.float64)
+    out = kernels.rnn_forward(case.x, None, *case.params, training=True, backend=backend)
+    assert out.workspace.nbytes == 8 * 2 * 3 * (4 + 1)     # x (4*2*300 values) not counted
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shapes", "1,2,3"], "B,T,I,H"),
+    (["--shapes", "huge"], "B,T,I,H"),
+    (["--cells", "lstm,transformer"], "--cells"),
+    (["--modes", "train"], "--modes"),
+    (["--backends", "cuda"], "--backends"),
+    (["--threads", "0"], "--threads"),
+])
+def test_bad_arguments_name_the_option(capsys, args, message):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(args)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_shapes_mix_names_and_numbers():
+    assert bench._parse_shapes("latency,4,200,96,96,long") == ["latency", (4, 200, 96, 96),
+                                                                "long"]
+
+
+def test_plot_is_written(tmp_path):
+    pytest.importorskip("matplotlib")
+    png = tmp_path / "bench.png"
+    run_bench(tmp_path, "--cells", "rnn_tanh", "--backends", "reference", "--plot", str(png))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
