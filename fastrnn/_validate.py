@@ -2,8 +2,9 @@
 
 Every check raises a ``TypeError`` (wrong kind of object or dtype) or a
 ``ValueError`` (wrong shape or value) whose message names the argument, what
-was expected and what was received. Arrays come back C-contiguous in the
-working dtype, copied at most once.
+was expected and what was received. Arrays come back C-contiguous, aligned and
+in native byte order in the working dtype, copied at most once. (A byte-swapped
+float32 array is float32: it is accepted and converted like a strided one.)
 """
 import operator
 
@@ -17,15 +18,33 @@ def _describe(a):
 
 
 def as_array(name, value):
-    """``value`` as an ndarray without copying, or a TypeError naming ``name``."""
+    """``value`` as an ndarray in native byte order, or a TypeError naming ``name``.
+
+    Not copied unless it is not an array yet or its bytes are swapped.
+    """
     if isinstance(value, np.ndarray):
-        return value
+        return native(value)
     if hasattr(value, "__array__") or isinstance(value, (list, tuple)):
         try:
-            return np.asarray(value)
+            return native(np.asarray(value))
         except Exception as exc:  # ragged lists and the like
             raise TypeError(f"{name} must be array-like, got {type(value).__name__}: {exc}") from None
     raise TypeError(f"{name} must be a NumPy array, got {type(value).__name__}")
+
+
+def native(a):
+    """``a``, or a copy in native byte order if its numbers are byte-swapped."""
+    if a.dtype.isnative or a.dtype.fields is not None:
+        return a
+    return a.astype(a.dtype.newbyteorder("="))
+
+
+def contiguous(a, dtype=None):
+    """``a`` C-contiguous and aligned (the kernels read it through typed
+    pointers), copied only if it is not both already."""
+    if a.flags.c_contiguous and a.flags.aligned and (dtype is None or a.dtype == dtype):
+        return a
+    return np.array(a, dtype=dtype, order="C")
 
 
 def working_dtype(x):
@@ -51,7 +70,7 @@ def float_array(name, value, shape, dtype, hint=""):
         raise TypeError(f"{name} must be a float array of dtype {dtype}, got dtype {a.dtype}")
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}{hint}, got {_describe(a)}")
-    return np.ascontiguousarray(a)
+    return contiguous(a)
 
 
 def sequence_input(x):
@@ -60,7 +79,7 @@ def sequence_input(x):
     working_dtype(x)
     if x.ndim != 3:
         raise ValueError(f"x must be 3-D (T, B, I), time-major; got {_describe(x)}")
-    return np.ascontiguousarray(x)
+    return contiguous(x)
 
 
 def lengths_array(lengths, T, B):
@@ -68,7 +87,8 @@ def lengths_array(lengths, T, B):
     if lengths is None:
         return None
     a = as_array("lengths", lengths)
-    if a.dtype.kind not in "iu":
+    # an empty list has no values to be integers: NumPy makes it float64
+    if a.dtype.kind not in "iu" and not (a.size == 0 and a.dtype.kind == "f"):
         raise TypeError(f"lengths must be an integer array, got dtype {a.dtype}")
     if a.shape != (B,):
         raise ValueError(f"lengths must have shape ({B},) (one per sequence of x), "
@@ -76,7 +96,7 @@ def lengths_array(lengths, T, B):
     if B and (a.min() < 0 or a.max() > T):
         raise ValueError(f"lengths must lie in [0, T={T}], got values in "
                          f"[{a.min()}, {a.max()}]")
-    return np.ascontiguousarray(a, dtype=np.intp)
+    return contiguous(a, np.intp)
 
 
 def flag(name, value):

@@ -235,7 +235,7 @@ class _RNNBase:
             raise ValueError(f"{name} must have shape {expected}, got shape {a.shape}")
         if a.dtype.kind not in "fiu":
             raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-        return np.ascontiguousarray(a, dtype=self.dtype)
+        return v.contiguous(a, self.dtype)
 
     def named_parameters(self):
         """``(name, array)`` pairs in PyTorch's order."""
@@ -326,7 +326,7 @@ class _RNNBase:
                                  "sequence pass x[:length] instead")
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
-        x = np.ascontiguousarray(x)
+        x = v.contiguous(x)
         T, B, _ = x.shape
         states = self._check_states("hx", hx, B, unbatched)
         lengths = v.lengths_array(lengths, T, B)
@@ -352,7 +352,7 @@ class _RNNBase:
                 out.append(None)
                 continue
             label = name if len(names) == 1 else f"{name}[{j}]"
-            a = part if type(part) is np.ndarray else _to_numpy(label, part)
+            a = _to_numpy(label, part)
             n = self._state_sizes[j]
             shape = (LD, n) if unbatched else (LD, B, n)
             if a.shape != shape:
@@ -591,7 +591,7 @@ def _dropout_mask(gen, shape, p, dtype):
 def _to_numpy(name, value):
     """An ndarray from an array-like or a (CPU) torch tensor, without copying when possible."""
     if isinstance(value, np.ndarray):
-        return value
+        return v.native(value)
     if hasattr(value, "detach") and hasattr(value, "cpu"):      # a torch tensor
         return value.detach().cpu().numpy()
     return v.as_array(name, value)
