@@ -21,7 +21,9 @@ static inline float fr_expf(float x)
     x = x > 88.0f ? 88.0f : x;
     x = x < -87.0f ? -87.0f : x;
     float t = x * 1.44269504088896341f;              /* x / ln2 */
-    float nf = (float)(int32_t)(t + (t >= 0.0f ? 0.5f : -0.5f));
+    /* round to nearest by the 1.5 * 2^23 trick: |t| < 128, and no select, whose
+     * branch stopped GCC 12 from vectorising the loop for AVX2 targets */
+    float nf = (t + 12582912.0f) - 12582912.0f;
     /* ln2 split so that nf * ln2_hi is exact */
     float r = x - nf * 0.693359375f;
     r = r + nf * 2.12194440e-4f;
