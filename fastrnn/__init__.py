@@ -14,6 +14,7 @@ from .kernels import (
     rnn_backward,
     rnn_forward,
 )
+from .classifier import SequenceClassifier
 from .layers import GRU, LSTM, RNN
 
 __version__ = "0.1.0"
@@ -25,5 +26,6 @@ __all__ = [
     "gru_forward", "gru_backward",
     "RNNOutput", "LSTMOutput", "RNNGrads", "LSTMGrads", "Workspace",
     "RNN", "LSTM", "GRU",
+    "SequenceClassifier",
     "from_torch", "to_torch", "to_onnx", "from_onnx",
 ]
