@@ -44,6 +44,9 @@ def check(T, B, I, H, repeats, out=sys.stdout):
     backends = _backends.available_backends()
     print(f"fastrnn check: T={T} B={B} I={I} H={H}, forward+backward, backends {backends}",
           file=out)
+    if "cython" in backends:
+        from . import _cython_backend
+        print(f"cython kernels built for {_cython_backend.ISA} (FASTRNN_ISA to choose)", file=out)
     print(f"{'cell':9s} {'backend':10s} {'max |err| f64':>14s} {'median ms f32':>14s} "
           f"{'vs reference':>12s}", file=out)
     worst = 0.0

@@ -24,15 +24,45 @@ input of the projection: (T, B, H) in training (for dW_hr), (1, B, H) scratch
 in inference. Backward adds ``dh_total`` (T, B, P), the gradient reaching each
 h_t, so that dW_hr is one GEMM over all T*B rows, and ``dm`` (B, H) scratch.
 """
+import importlib
+import importlib.util
 import os
 
 import numpy as np
 
 from . import _buffers
-from ._ext import gru as _gru
-from ._ext import lstm as _lstm
+from ._ext import cpu as _cpu
 from ._ext import packing as _packing
-from ._ext import rnn as _rnn
+
+
+def _kernel_modules(choice):
+    """``(isa, lstm, gru, rnn)``: the build of the kernel modules to run.
+
+    setup.py builds them for the baseline x86-64 and again for x86-64-v3;
+    ``choice`` is FASTRNN_ISA: "auto" (the v3 build where the CPU has it),
+    "baseline" or "x86-64-v3" (an error if this CPU or build lacks it).
+    """
+    if choice not in ("auto", "baseline", "x86-64-v3"):
+        raise ValueError(f"FASTRNN_ISA: expected 'auto', 'baseline' or 'x86-64-v3', "
+                         f"got {choice!r}")
+    names = ("lstm", "gru", "rnn")
+    if choice != "baseline":
+        reason = None
+        if not _cpu.supports_x86_64_v3():
+            reason = "this CPU lacks it"
+        elif importlib.util.find_spec(f"{__package__}._ext.lstm_v3") is None:
+            reason = "this build of fastrnn has no x86-64-v3 kernels"
+        if reason is None:
+            return ("x86-64-v3",) + tuple(
+                importlib.import_module(f"{__package__}._ext.{n}_v3") for n in names)
+        if choice == "x86-64-v3":
+            raise RuntimeError(f"FASTRNN_ISA=x86-64-v3, but {reason}")
+    return ("baseline",) + tuple(
+        importlib.import_module(f"{__package__}._ext.{n}") for n in names)
+
+
+#: which build of the kernels runs: "x86-64-v3" or "baseline"
+ISA, _lstm, _gru, _rnn = _kernel_modules(os.environ.get("FASTRNN_ISA", "auto"))
 
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True

@@ -75,6 +75,9 @@ def versions():
             out[name] = getattr(__import__(name), "__version__", "?")
     import fastrnn
     out["fastrnn"] = fastrnn.__version__
+    if "cython" in _backends.available_backends():
+        from . import _cython_backend
+        out["fastrnn_cython_isa"] = _cython_backend.ISA
     return out
 
 
@@ -357,8 +360,10 @@ def main(argv=None):
 
     report = run(args.cells, args.shapes, args.modes, args.dtype, args.backends, peers,
                  args.threads, args.repeats, progress=not args.quiet)
+    isa = report["versions"].get("fastrnn_cython_isa")
     print(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores; "
-          f"{args.threads} threads, {args.dtype}, median of {args.repeats} interleaved rounds")
+          f"{args.threads} threads, {args.dtype}, median of {args.repeats} interleaved rounds"
+          + (f"; cython kernels for {isa}" if isa else ""))
     print(f"# GEMM limit (SciPy BLAS, 1024^3): {report['gemm_limit_gflops']:.1f} GFLOP/s; "
           "bold: the faster fastrnn backend, whose GFLOP/s and ratios are shown\n")
     print(table(report, args.backends, peers))

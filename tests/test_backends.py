@@ -332,3 +332,23 @@ def test_empty_batch_or_sequence(backend, cell, dtype, shape, with_lengths):
     for p, d in zip(params, param_grads(grads)):
         assert d.shape == p.shape and d.dtype == dtype
         assert not np.any(d)
+
+
+def test_kernel_build_choice():
+    """FASTRNN_ISA picks the build of the Cython kernels; a bad value is an error."""
+    if "cython" not in fastrnn.available_backends():
+        pytest.skip("the cython backend is not built")
+    from fastrnn import _cython_backend
+    isa, lstm, gru, rnn = _cython_backend._kernel_modules("baseline")
+    assert isa == "baseline"
+    assert [m.__name__ for m in (lstm, gru, rnn)] == [
+        "fastrnn._ext.lstm", "fastrnn._ext.gru", "fastrnn._ext.rnn"]
+    with pytest.raises(ValueError, match="FASTRNN_ISA: expected 'auto', 'baseline' or"):
+        _cython_backend._kernel_modules("avx512")
+    auto = _cython_backend._kernel_modules("auto")[0]
+    assert auto in ("baseline", "x86-64-v3")
+    if auto == "x86-64-v3":
+        assert _cython_backend._kernel_modules("x86-64-v3")[1].__name__ == "fastrnn._ext.lstm_v3"
+    else:
+        with pytest.raises(RuntimeError, match="FASTRNN_ISA=x86-64-v3, but"):
+            _cython_backend._kernel_modules("x86-64-v3")

@@ -4,12 +4,28 @@ The bounds are the ones documented in src_ext/_vmath.h; the kernels' float32
 tolerances in test_backends.py are two orders of magnitude looser, so these
 approximations cannot be what makes a kernel test pass or fail.
 """
+import importlib
+import importlib.util
+
 import numpy as np
 import pytest
 from scipy.special import expit
 
-activations = pytest.importorskip("fastrnn._ext.activations",
-                                  reason="the Cython extension is not built")
+pytest.importorskip("fastrnn._ext.activations", reason="the Cython extension is not built")
+
+# every build of the kernels (setup.py: baseline, and x86-64-v3 where the CPU
+# runs it, whose fused multiply-adds round differently) must keep the bounds
+from fastrnn._ext import cpu  # noqa: E402
+
+BUILDS = ["fastrnn._ext.activations"]
+if cpu.supports_x86_64_v3() and importlib.util.find_spec("fastrnn._ext.activations_v3"):
+    BUILDS.append("fastrnn._ext.activations_v3")
+
+
+@pytest.fixture(params=BUILDS, ids=lambda name: name.rsplit(".", 1)[1])
+def activations(request):
+    return importlib.import_module(request.param)
+
 
 # dense where the functions bend, plus the saturated tails and edge values
 X = np.concatenate([
@@ -25,14 +41,14 @@ BOUND = {"sigmoid": 1.5e-7, "tanh": 2.5e-7}
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh"])
-def test_float32_absolute_error_is_bounded(name):
+def test_float32_absolute_error_is_bounded(activations, name):
     out = np.empty_like(X)
     getattr(activations, name)(X, out)
     err = np.abs(out.astype(np.float64) - EXACT[name](X.astype(np.float64)))
     assert err.max() <= BOUND[name], (name, float(err.max()), float(X[err.argmax()]))
 
 
-def test_tanh_keeps_relative_accuracy_near_zero():
+def test_tanh_keeps_relative_accuracy_near_zero(activations):
     x = np.array([1e-30, -1e-20, 1e-8, -1e-5, 1e-3, 0.2, -0.26], np.float32)
     out = np.empty_like(x)
     activations.tanh(x, out)
@@ -42,7 +58,7 @@ def test_tanh_keeps_relative_accuracy_near_zero():
 
 @pytest.mark.parametrize("name", ["sigmoid", "tanh"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_nan_propagates_and_infinities_saturate(name, dtype):
+def test_nan_propagates_and_infinities_saturate(activations, name, dtype):
     x = np.array([np.nan, np.inf, -np.inf], dtype)
     out = np.empty_like(x)
     getattr(activations, name)(x, out)
@@ -52,7 +68,7 @@ def test_nan_propagates_and_infinities_saturate(name, dtype):
     assert abs(out[2] - low) < 1e-30
 
 
-def test_float64_matches_numpy_to_rounding():
+def test_float64_matches_numpy_to_rounding(activations):
     x = np.linspace(-40, 40, 100_001)
     out = np.empty_like(x)
     activations.tanh(x, out)
