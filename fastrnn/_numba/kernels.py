@@ -244,7 +244,8 @@ _F32 = np.float32
 
 @intrinsic
 def _pow2(typingctx, n):
-    """2**n for a float32 holding an integer in [-126, 127], built in the exponent bits."""
+    """2**n for a float32 holding an integer in [-126, 128], built in the exponent bits
+    (n = 128 makes the bits of +inf)."""
     if n != types.float32:
         return None
 
@@ -270,7 +271,8 @@ def _round_to_int(typingctx, t):
     return types.float32(types.float32), codegen
 
 
-_EXP_HI, _EXP_LO = _F32(88.0), _F32(-87.0)
+# as fr_expf: above 88.38 the result is +inf, so sigmoid(-x) is exactly 0 there
+_EXP_HI, _EXP_LO = _F32(89.0), _F32(-87.0)
 _LOG2E = _F32(1.44269504088896341)
 _LN2_HI, _LN2_LO = _F32(0.693359375), _F32(2.12194440e-4)
 _C7, _C6, _C5 = _F32(1.0 / 5040.0), _F32(1.0 / 720.0), _F32(1.0 / 120.0)
