@@ -137,6 +137,11 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh,
         # nothing to compute; the reference handles empty arrays exactly
         module = _backends.get("reference")
     y, state_n, data = module.forward(cell, x, state0, params, lengths, reverse, training)
+    reference = _backends.get("reference")
+    if training and module is not reference and \
+            _nonfinite_meets_padding(lengths, T, params, state0, state_n, reverse):
+        module = reference
+        y, state_n, data = module.forward(cell, x, state0, params, lengths, reverse, training)
     ws = None
     if training:
         ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data, P)
@@ -195,6 +200,30 @@ def _without_nonfinite_padding(x, lengths):
     x = x.copy()
     x[padded] = 0
     return x
+
+
+def _nonfinite_meets_padding(lengths, T, params, state0, state_n, reverse):
+    """Would the native backward multiply a padded row's zero by a NaN or Inf?
+
+    The native backward runs padded steps as zero rows of dG through the
+    per-step product dh += dG @ W_hh and through the GEMMs after the loop
+    (dx = dG @ W_ih, dW_hh = dG^T @ h_in): exact for finite values, but
+    0 * Inf = NaN would then reach the gradient of a padded row (a length-0
+    sequence's dh0, the dh entering a sequence's last step) or dW_hh. That
+    happens only with a non-finite W_ih or W_hh, or a non-finite state carried
+    through the padding: h0 and c0 going in reverse, the final state forward.
+    Such a training call is run by the reference instead, which skips padded
+    steps as a PackedSequence does (slow, but only for a diverged model or NaN data).
+    """
+    if lengths is None:
+        return False
+    padded = lengths < T
+    if not padded.any():
+        return False
+    if not (np.isfinite(params[0]).all() and np.isfinite(params[1]).all()):
+        return True
+    carried = state0 if reverse else state_n
+    return not all(np.isfinite(s[padded]).all() for s in carried)
 
 
 def _backward(cell, ws, dy, dstate_n):

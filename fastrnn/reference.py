@@ -68,7 +68,8 @@ def rnn_step_backward(dstate, cache, params, nonlinearity="tanh"):
     if nonlinearity == "tanh":
         dpre = dh_new * (1 - h_new * h_new)       # backprop through tanh
     else:
-        dpre = dh_new * (h_new > 0)               # backprop through relu
+        dpre = np.where(h_new > 0, dh_new, 0)     # backprop through relu (a select, as
+                                                  # PyTorch's: an Inf dh stays out where h <= 0)
     dx = dpre @ w_ih
     dh = dpre @ w_hh
     return dx, (dh,), (dpre.T @ x, dpre.T @ h, dpre.sum(0), dpre.sum(0))
@@ -242,13 +243,24 @@ def backward(cell, tape, params, x_shape, dy, dstate_n):
     dparams = [np.zeros_like(p) for p in params]
     dstate = dstate_n
     for t, mask, cache in reversed(tape):
+        valid = mask[:, 0]
         # y[t] carries the new hidden state only where the step is valid
         d_new = (dstate[0] + np.where(mask, dy[t], 0),) + dstate[1:]
-        d_new_valid = tuple(np.where(mask, d, 0) for d in d_new)
-        dx_t, dstate_prev, dparams_t = step_backward(d_new_valid, cache, params)
-        dx[t] = dx_t
+        # only the valid rows backpropagate through step t: a padded step was
+        # not taken (as in a PackedSequence), so its cache, which may hold a
+        # NaN or Inf carried through the padding, never reaches a gradient
+        dx_t, dstate_prev, dparams_t = step_backward(
+            tuple(d[valid] for d in d_new), tuple(c[valid] for c in cache), params)
+        dx[t, valid] = dx_t
         for acc, d in zip(dparams, dparams_t):
             acc += d
         # a padded step passed its state through unchanged
-        dstate = tuple(np.where(mask, dp, d) for dp, d in zip(dstate_prev, d_new))
+        dstate = tuple(_scatter(d, valid, dp) for dp, d in zip(dstate_prev, d_new))
     return dx, tuple(d.copy() for d in dstate), tuple(dparams)
+
+
+def _scatter(a, rows, values):
+    """A copy of ``a`` with ``a[rows] = values``."""
+    a = a.copy()
+    a[rows] = values
+    return a

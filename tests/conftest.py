@@ -214,3 +214,26 @@ def states_of(h, cell):
 
 def as_hx(states, cell):
     return tuple(states) if cell == "lstm" else states[0]
+
+
+# ----------------------------------------------- results at the dtype's limits
+
+def assert_representable_close(actual, expected, rtol, name=""):
+    """assert_close against the float64 ``expected`` rounded to the dtype of
+    ``actual``: the best a result in that dtype can be.
+
+    In float32's normal range rounding moves a value by half an ulp (6e-8
+    relative), nothing at RTOL. Below it a result can only be subnormal or
+    zero (a state that decays for 70 steps reaches 1e-115 in float64), where
+    the spacing of float32 is absolute, 1.4e-45: 64 of those units of
+    difference are allowed on top of the tolerance (5e-322 in float64).
+    Overflow is kept: a float64 value beyond float32's range must be inf.
+    """
+    actual = np.asarray(actual)
+    dtype = actual.dtype
+    floor = 64 * float(np.finfo(dtype).smallest_subnormal)
+    with np.errstate(over="ignore"):
+        expected = np.asarray(expected).astype(dtype)
+    finite = expected[np.isfinite(expected)]
+    scale = float(np.max(np.abs(finite), initial=0.0)) or 1.0
+    assert_close(actual, expected, rtol + floor / scale, name)

@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 import fastrnn
 from conftest import (CELLS, DTYPES, PARAM_NAMES, RTOL, STATE_NAMES, arrays_of,
-                      assert_close, cast, make_layer, make_params, make_projected_params,
-                      run_backward, run_forward, states_of)
+                      assert_representable_close, cast, make_layer, make_params,
+                      make_projected_params, run_backward, run_forward, states_of)
 
 #: fixed, bounded and deterministic: the same examples on every run, no database
 PROFILE = dict(deadline=None, derandomize=True, database=None, print_blob=True,
@@ -145,24 +145,6 @@ def call(case, backend, args, grads):
                       reverse=case["reverse"], training=True, **kw)
     dstates = tuple(grads[f"d{n}_n"] for n in STATE_NAMES[cell])
     return out, run_backward(cell, out.workspace, grads["dy"], dstates)
-
-
-def assert_representable_close(actual, expected, rtol, name):
-    """assert_close against the float64 ``expected`` rounded to the dtype of
-    ``actual``: the best a result in that dtype can be.
-
-    In float32's normal range rounding moves a value by half an ulp (6e-8
-    relative), nothing at RTOL. Below it a result can only be subnormal or
-    zero (a state that decays for 70 steps reaches 1e-115 in float64), where
-    the spacing of float32 is absolute, 1.4e-45: a few of those units of
-    difference are allowed on top of the tolerance (nothing in float64).
-    """
-    dtype = actual.dtype
-    floor = 64 * float(np.finfo(dtype).smallest_subnormal)
-    expected = expected.astype(dtype)
-    finite = expected[np.isfinite(expected)]
-    scale = float(np.max(np.abs(finite), initial=0.0)) or 1.0
-    assert_close(actual, expected, rtol + floor / scale, name)
 
 
 def reference64(case):
