@@ -16,6 +16,8 @@ these examples could provoke in native code are looked for by running this
 file under AddressSanitizer and valgrind (``tools/memcheck.sh``,
 docs/reliability.md).
 """
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -29,6 +31,13 @@ from conftest import (CELLS, DTYPES, PARAM_NAMES, RTOL, STATE_NAMES, arrays_of,
 #: fixed, bounded and deterministic: the same examples on every run, no database
 PROFILE = dict(deadline=None, derandomize=True, database=None, print_blob=True,
                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+#: at most this many examples per test if set (tools/memcheck.sh under valgrind)
+_CAP = int(os.environ.get("FASTRNN_HYPOTHESIS_EXAMPLES", "0"))
+
+
+def examples(n):
+    """``n`` examples, or fewer when FASTRNN_HYPOTHESIS_EXAMPLES caps them."""
+    return min(n, _CAP) if _CAP > 0 else n
 
 BACKENDS = fastrnn.available_backends()
 
@@ -158,7 +167,7 @@ def reference64(case):
 
 # ------------------------------------------------------------ valid input
 
-@settings(max_examples=300, **PROFILE)
+@settings(max_examples=examples(300), **PROFILE)
 @given(case=kernel_cases())
 def test_every_backend_equals_the_reference(case):
     dtype = case["dtype"]
@@ -266,7 +275,7 @@ def received(bad):
     return None
 
 
-@settings(max_examples=300, **PROFILE)
+@settings(max_examples=examples(300), **PROFILE)
 @given(invalid=invalid_cases())
 def test_invalid_forward_argument_raises_a_clear_error(invalid):
     """The error names the argument first and shows what it received; every
@@ -312,7 +321,7 @@ def invalid_gradient_cases(draw):
     return case, name, bad, exc
 
 
-@settings(max_examples=100, **PROFILE)
+@settings(max_examples=examples(100), **PROFILE)
 @given(invalid=invalid_gradient_cases())
 def test_invalid_backward_argument_raises_a_clear_error(invalid):
     case, name, bad, exc = invalid
@@ -352,7 +361,7 @@ def run_layer(layer, case, x, hx, dy, dhx):
     return y, h_n, layer.backward(ctx, dy, dhx)
 
 
-@settings(max_examples=100, **PROFILE)
+@settings(max_examples=examples(100), **PROFILE)
 @given(case=layer_cases())
 def test_layers_equal_the_reference(case):
     """Stacked, bidirectional, batch-first and unbatched layers on every backend

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Run the test suite against native code built and run under a memory checker.
+#
+#   tools/memcheck.sh asan     [pytest arguments]   # AddressSanitizer build of the Cython kernels
+#   tools/memcheck.sh valgrind [pytest arguments]   # valgrind memcheck (also sees Numba's JIT code)
+#
+# The build happens in a separate copy of the tree (a git worktree of HEAD in
+# $MEMCHECK_DIR, default /tmp/fastrnn-memcheck-<mode>), never in place: the
+# .so files of the working tree stay as they are. Uncommitted changes are not
+# in the copy; commit (or pass MEMCHECK_REF=<commit>) first.
+#
+# asan:     the extensions are compiled and linked with -fsanitize=address; the
+#           interpreter is not, so libasan is preloaded (LD_PRELOAD) and Python
+#           allocates with plain malloc (PYTHONMALLOC=malloc) so that ASan sees
+#           every block. Leak detection is off: CPython keeps objects alive at
+#           exit on purpose. Numba is turned off (NUMBA_DISABLE_JIT=1 makes its
+#           backend unavailable): its JIT code is not instrumented, and the run
+#           is about the Cython kernels. Any error aborts the run with a report.
+# valgrind: a normal build with -g; python runs under valgrind's memcheck with
+#           PYTHONMALLOC=malloc. It checks every instruction, the Numba
+#           backend's compiled code included (loaded from a cache filled
+#           beforehand without valgrind, so nothing compiles under it). It is
+#           ~50x slower: the default selection is the property tests, with
+#           FASTRNN_HYPOTHESIS_EXAMPLES lowering their examples.
+#
+# Default test selection: asan the whole suite but the PyTorch/ONNX parity
+# and demo tests; valgrind tests/test_properties.py and the memory-layout,
+# empty and NaN tests of tests/test_backends.py. Pass pytest arguments to
+# choose others. Exit status: pytest's, or the checker's (non-zero) on an error.
+set -euo pipefail
+
+mode=${1:-}
+shift || true
+case "$mode" in
+    asan|valgrind) ;;
+    *) echo "usage: $0 asan|valgrind [pytest arguments]" >&2; exit 2 ;;
+esac
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+python=${PYTHON:-$(command -v python)}
+dir=${MEMCHECK_DIR:-/tmp/fastrnn-memcheck-$mode}
+ref=${MEMCHECK_REF:-HEAD}
+
+if [ -d "$dir" ]; then
+    git -C "$dir" checkout --quiet --detach "$(git -C "$root" rev-parse "$ref")"
+else
+    git -C "$root" worktree add --quiet --detach "$dir" "$ref"
+fi
+cd "$dir"
+echo "memcheck: $mode build of $(git rev-parse --short HEAD) in $dir"
+
+export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONMALLOC=malloc
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+
+if [ "$mode" = asan ]; then
+    CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g" LDFLAGS="-fsanitize=address" \
+        "$python" setup.py build_ext --inplace --force -q
+    if [ $# -eq 0 ]; then
+        set -- tests -p no:cacheprovider -q \
+            --ignore=tests/test_torch_parity.py --ignore=tests/test_interop.py \
+            --ignore=tests/test_peers.py --ignore=tests/test_lesson_model.py \
+            --ignore=tests/test_demo.py
+    fi
+    libasan=$(gcc -print-file-name=libasan.so)
+    # verify_asan_link_order=0: the runtime is preloaded, python itself is not instrumented
+    LD_PRELOAD="$libasan" NUMBA_DISABLE_JIT=1 \
+        ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:${ASAN_OPTIONS:-}" \
+        "$python" -m pytest "$@"
+else
+    CFLAGS="-g" "$python" setup.py build_ext --inplace --force -q
+    if [ $# -eq 0 ]; then
+        set -- tests/test_properties.py tests/test_backends.py -p no:cacheprovider -q \
+            -k "test_properties or noncontiguous or readonly or empty or nan or nonfinite"
+    fi
+    export NUMBA_CACHE_DIR="$dir/.numba-cache"
+    # fill Numba's cache outside valgrind (every kernel, both dtypes), so that
+    # nothing compiles under it
+    "$python" - <<'PY'
+import numpy as np, fastrnn
+for dtype in (np.float32, np.float64):
+    x = np.ones((3, 2, 4), dtype)
+    for G, fwd, bwd, kw in ((1, fastrnn.rnn_forward, fastrnn.rnn_backward, {}),
+                            (4, fastrnn.lstm_forward, fastrnn.lstm_backward, {}),
+                            (4, fastrnn.lstm_forward, fastrnn.lstm_backward, {"weight_hr": np.ones((2, 5), dtype)}),
+                            (3, fastrnn.gru_forward, fastrnn.gru_backward, {})):
+        P = 2 if kw else 5
+        w = [np.ones(s, dtype) for s in ((G * 5, 4), (G * 5, P))]
+        states = [None] * (2 if G == 4 else 1)
+        out = fwd(x, *states, *w, training=True, backend="numba", **kw)
+        bwd(out.workspace, np.ones_like(out.y))
+PY
+    supp=()
+    [ -f "$root/tools/valgrind-python.supp" ] && supp=(--suppressions="$root/tools/valgrind-python.supp")
+    valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --track-origins=no \
+        "${supp[@]}" "$python" -m pytest "$@"
+fi
