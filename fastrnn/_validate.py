@@ -133,7 +133,9 @@ def layer_params(n_gates, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=N
                        f" = ({n_gates}*H, P) for weight_hr of shape (P, H) = ({P}, {H})")
     w_ih = float_array("weight_ih", weight_ih, (n_gates * H, I), dtype)
     if (bias_ih is None) != (bias_hh is None):
-        raise ValueError("bias_ih and bias_hh must both be given or both be None")
+        given, missing = ("bias_ih", "bias_hh") if bias_hh is None else ("bias_hh", "bias_ih")
+        raise ValueError(f"bias_ih and bias_hh must both be given or both be None (bias=False), "
+                         f"got {given} but {missing}=None")
     has_bias = bias_ih is not None
     if has_bias:
         b_ih = float_array("bias_ih", bias_ih, (n_gates * H,), dtype)

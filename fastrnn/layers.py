@@ -153,7 +153,8 @@ class _RNNBase:
                           stacklevel=3)
         self.proj_size = _positive_int("proj_size", proj_size, minimum=0)
         if self.proj_size and mode != "lstm":
-            raise ValueError("proj_size is only supported by LSTM")
+            raise ValueError(f"proj_size must be 0 for {type(self).__name__} (only the LSTM has "
+                             f"a projection), got {self.proj_size}")
         if self.proj_size >= self.hidden_size:
             raise ValueError(f"proj_size must be smaller than hidden_size ({self.hidden_size}), "
                              f"got {self.proj_size}")

@@ -54,7 +54,11 @@ export PYTHONMALLOC=malloc
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
 if [ "$mode" = asan ]; then
-    CFLAGS="-fsanitize=address -fno-omit-frame-pointer -g" LDFLAGS="-fsanitize=address" \
+    # in CC and LDSHARED, so that setup.py's probes (OpenMP, -march=x86-64-v3),
+    # which link small executables, build with the sanitizer too and pass
+    cc=${CC:-gcc}
+    CC="$cc -fsanitize=address -fno-omit-frame-pointer -g" \
+        LDSHARED="$cc -fsanitize=address -shared" \
         "$python" setup.py build_ext --inplace --force -q
     if [ $# -eq 0 ]; then
         set -- tests -p no:cacheprovider -q \
