@@ -1,5 +1,6 @@
 """fastrnn: fused LSTM, GRU and vanilla RNN kernels (forward and BPTT) for NumPy."""
 from ._backends import available_backends
+from ._parallel import get_num_threads, set_num_threads
 from .interop import from_onnx, from_torch, to_onnx, to_torch
 from .kernels import (
     LSTMGrads,
@@ -20,7 +21,7 @@ from .layers import GRU, LSTM, RNN
 __version__ = "0.1.0"
 
 __all__ = [
-    "available_backends",
+    "available_backends", "get_num_threads", "set_num_threads",
     "rnn_forward", "rnn_backward",
     "lstm_forward", "lstm_backward",
     "gru_forward", "gru_backward",

@@ -9,12 +9,19 @@ A backend is a module with two functions over validated, C-contiguous arrays:
     -> ``(dx, dstate0, dparams)``; ``dy`` and entries of ``dstate_n`` may be None
     (meaning zero).
 
+The native backends are registered wrapped in ``_parallel.SplitBackend``,
+which runs large batches in parts on several cores.
+
 ``cell`` is one of ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``; ``params`` is
 ``(weight_ih, weight_hh, bias_ih, bias_hh)`` in PyTorch's layout.
 """
 import importlib
 
+from ._parallel import SplitBackend
+
 # fastest first: "auto" takes the first one that loads
+#: backends whose calls split large batches over threads (see _parallel)
+_SPLIT = ("cython", "numba")
 _MODULES = {
     "cython": "fastrnn._cython_backend",
     "numba": "fastrnn._numba_backend",
@@ -31,6 +38,8 @@ def _load(name):
         return None
     try:
         module = importlib.import_module(_MODULES[name])
+        if name in _SPLIT:
+            module = SplitBackend(module)
     except Exception as exc:  # a missing compiler, numba or build product
         _errors[name] = f"{type(exc).__name__}: {exc}"
         return None

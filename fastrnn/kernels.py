@@ -54,10 +54,7 @@ class Workspace:
 
     @property
     def nbytes(self):
-        data = self.data
-        if isinstance(data, dict):      # the native backends' layout
-            data = {k: v for k, v in data.items() if k not in _REFERENCED}
-        return _nbytes(data)
+        return _nbytes(self.data)
 
     def __repr__(self):
         T, B, I = self.x_shape
@@ -66,7 +63,8 @@ class Workspace:
                 f"T={T} B={B} I={I} H={self.hidden_size}{P} {self.nbytes} bytes>")
 
 
-#: workspace entries that are the caller's own arrays, kept only by reference
+#: entries of the native backends' workspace dicts that are the caller's own
+#: arrays (or, in a split batch, its rows of x), not memory saved for backward
 _REFERENCED = ("x", "w_ih", "w_hh", "w_hr", "lengths")
 
 
@@ -74,7 +72,7 @@ def _nbytes(obj):
     if isinstance(obj, np.ndarray):
         return obj.nbytes
     if isinstance(obj, dict):
-        return sum(_nbytes(o) for o in obj.values())
+        return sum(_nbytes(o) for k, o in obj.items() if k not in _REFERENCED)
     if isinstance(obj, (list, tuple)):
         return sum(_nbytes(o) for o in obj)
     return 0

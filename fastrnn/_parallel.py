@@ -1,0 +1,200 @@
+"""Batch splitting: the cores run separate halves of the batch, not one GEMM together.
+
+A recurrent layer's time loop is T small products in a row. BLAS threads
+split each of them and meet at its end: T fork/joins, too many for the
+small products of most shapes. But the sequences of a batch never meet: the
+kernels can run rows [0, B/2) and [B/2, B) as two independent calls, each on
+its own core with single-threaded BLAS, and synchronise once per call instead
+of once per step.
+
+Determinism: how a batch is split depends on its size only (``parts``), never
+on the thread count. One thread runs the same parts one after the other. So
+the bits of every output and gradient are the same for any number of threads.
+The weight gradients are the parts' sums, added in a fixed order.
+"""
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+#: batches of at least this many rows are split in two. Measured with
+#: ``python -m fastrnn bench``: see benchmarks/RESULTS.md.
+SPLIT_MIN_B = 8
+#: ... when a step multiplies at least this many multiply-adds (B * G*H * (I + H)):
+#: below it, a part's work is shorter than waking a thread
+SPLIT_MIN_MACS = 1 << 17
+
+_threads = None
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _default_threads():
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def get_num_threads():
+    """Threads fastrnn runs the parts of a split batch on.
+
+    The default is ``FASTRNN_NUM_THREADS`` if set, else the cores this process
+    may use. BLAS keeps its own setting (threadpoolctl) for unsplit calls.
+    """
+    global _threads
+    if _threads is None:
+        env = os.environ.get("FASTRNN_NUM_THREADS")
+        _threads = _positive_threads(int(env) if env else _default_threads(),
+                                     "FASTRNN_NUM_THREADS")
+    return _threads
+
+
+def set_num_threads(n):
+    """Run the parts of a split batch on at most ``n`` threads (1: in the caller).
+
+    Results are bit-identical for every ``n``; only the speed changes.
+    """
+    global _threads
+    _threads = _positive_threads(n, "n")
+
+
+def _positive_threads(n, name):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"{name} must be a positive integer number of threads, got {n!r}")
+    return int(n)
+
+
+def parts(B, T, I, H, G):
+    """Row ranges ``[(b0, b1), ...]`` the batch is split into; one range: no split."""
+    if B >= SPLIT_MIN_B and B * G * H * (I + H) >= SPLIT_MIN_MACS and T > 1:
+        half = (B + 1) // 2
+        return [(0, half), (half, B)]
+    return [(0, B)]
+
+
+# -- BLAS at one thread while the parts run ---------------------------------
+
+class _OneBlasThread:
+    """Holds every loaded BLAS at one thread while any split call runs.
+
+    Reference-counted, so that concurrent split calls from several user
+    threads restore the user's setting only when the last one leaves.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved = None
+        self._controllers = None
+
+    def _blas(self):
+        if self._controllers is None:
+            try:
+                from threadpoolctl import ThreadpoolController
+                self._controllers = [c for c in ThreadpoolController().lib_controllers
+                                     if c.user_api == "blas"]
+            except Exception:       # no threadpoolctl: BLAS keeps its threads
+                self._controllers = []
+        return self._controllers
+
+    def __enter__(self):
+        with self._lock:
+            if self._active == 0:
+                blas = self._blas()
+                self._saved = [c.get_num_threads() for c in blas]
+                for c in blas:
+                    c.set_num_threads(1)
+            self._active += 1
+
+    def __exit__(self, *exc):
+        with self._lock:
+            self._active -= 1
+            if self._active == 0:
+                for c, n in zip(self._blas(), self._saved):
+                    c.set_num_threads(n)
+        return False
+
+
+_one_blas_thread = _OneBlasThread()
+
+
+def run_parts(fn, n):
+    """``[fn(0), ..., fn(n-1)]``, on up to ``get_num_threads()`` threads."""
+    threads = min(n, get_num_threads())
+    if threads == 1:
+        return [fn(k) for k in range(n)]
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool._max_workers < threads:
+            _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fastrnn")
+        pool = _pool
+    with _one_blas_thread:
+        # the caller runs part 0 itself: one thread handed off, not two
+        futures = [pool.submit(fn, k) for k in range(1, n)]
+        first = fn(0)
+        return [first] + [f.result() for f in futures]
+
+
+# -- the backend interface, split -------------------------------------------
+
+def _rows(a, b0, b1, axis):
+    if a is None:
+        return None
+    return np.ascontiguousarray(a[(slice(None),) * axis + (slice(b0, b1),)])
+
+
+class SplitBackend:
+    """A backend whose calls run the batch in parts (see ``parts``).
+
+    Wraps a backend module with the interface of ``fastrnn._backends`` and is
+    used in its place; everything but ``forward`` and ``backward`` is the
+    wrapped module's.
+    """
+
+    def __init__(self, module):
+        self.module = module
+
+    def __getattr__(self, name):
+        return getattr(self.module, name)
+
+    def forward(self, cell, x, state0, params, lengths, reverse, training):
+        T, B, I = x.shape
+        G = {"lstm": 4, "gru": 3}.get(cell, 1)
+        ranges = parts(B, T, I, params[1].shape[0] // G, G)
+        if len(ranges) == 1:
+            return self.module.forward(cell, x, state0, params, lengths, reverse, training)
+
+        def part(k):
+            b0, b1 = ranges[k]
+            return self.module.forward(
+                cell, _rows(x, b0, b1, 1), tuple(_rows(s, b0, b1, 0) for s in state0),
+                params, _rows(lengths, b0, b1, 0), reverse, training)
+        results = run_parts(part, len(ranges))
+        y = np.concatenate([r[0] for r in results], axis=1)
+        state_n = tuple(np.concatenate([r[1][i] for r in results])
+                        for i in range(len(results[0][1])))
+        data = None
+        if training:
+            data = {"split": ranges, "parts": [r[2] for r in results]}
+        return y, state_n, data
+
+    def backward(self, cell, data, dy, dstate_n):
+        if "split" not in data:
+            return self.module.backward(cell, data, dy, dstate_n)
+        ranges = data["split"]
+
+        def part(k):
+            b0, b1 = ranges[k]
+            return self.module.backward(cell, data["parts"][k], _rows(dy, b0, b1, 1),
+                                        tuple(_rows(d, b0, b1, 0) for d in dstate_n))
+        results = run_parts(part, len(ranges))
+        dx = np.concatenate([r[0] for r in results], axis=1)
+        dstate0 = tuple(np.concatenate([r[1][i] for r in results])
+                        for i in range(len(results[0][1])))
+        dparams = list(results[0][2])
+        for r in results[1:]:           # a fixed order: the same bits every run
+            for i, g in enumerate(r[2]):
+                if g is not None:
+                    dparams[i] = dparams[i] + g
+        return dx, dstate0, tuple(dparams)

@@ -1,0 +1,85 @@
+"""Batch splitting (fastrnn/_parallel.py): the same answers, bit for bit, on any thread count.
+
+The split normally starts at sizes too large for a quick test; the fixture
+lowers the thresholds so that small odd batches are split too.
+"""
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import CELLS, DTYPES, arrays_of, make_lengths
+from fastrnn import _parallel
+from test_backends import assert_matches, forward_backward, make_case, reference64
+
+NATIVE = [b for b in fastrnn.available_backends() if b != "reference"]
+
+
+@pytest.fixture
+def split_small(monkeypatch):
+    """Split every batch of 2 rows or more; restore the thread count afterwards."""
+    monkeypatch.setattr(_parallel, "SPLIT_MIN_B", 2)
+    monkeypatch.setattr(_parallel, "SPLIT_MIN_MACS", 0)
+    threads = _parallel.get_num_threads()
+    yield
+    _parallel.set_num_threads(threads)
+
+
+def test_parts_depend_on_the_shape_only():
+    assert _parallel.parts(1, 100, 512, 512, 4) == [(0, 1)]           # one row: no split
+    assert _parallel.parts(64, 100, 512, 512, 4) == [(0, 32), (32, 64)]
+    assert _parallel.parts(9, 100, 512, 512, 4) == [(0, 5), (5, 9)]
+    assert _parallel.parts(64, 1, 512, 512, 4) == [(0, 64)]          # one step: no gain
+    assert _parallel.parts(8, 100, 2, 2, 1) == [(0, 8)]               # too little work
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("lengths_kind", [None, "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("cell", CELLS)
+def test_split_batch_matches_reference(split_small, backend, cell, dtype, reverse,
+                                       lengths_kind):
+    T, B, I, H = 4, 7, 5, 6
+    x, states, params, dy, dstates = make_case(cell, (T, B, I, H), dtype)
+    kw = dict(lengths=make_lengths(lengths_kind, T, B), reverse=reverse)
+    out, grads = forward_backward(cell, backend, x, states, params, dy, dstates, **kw)
+    assert out.workspace.data["split"] == [(0, 4), (4, 7)]
+    ref, ref_grads = reference64(cell, x, states, params, dy, dstates, **kw)
+    assert_matches(out, ref, dtype)
+    assert_matches(grads, ref_grads, dtype)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("cell", CELLS)
+def test_thread_count_does_not_change_a_bit(split_small, backend, cell):
+    T, B, I, H = 5, 9, 7, 11
+    x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
+    kw = dict(lengths=make_lengths("mixed", T, B))
+    results = []
+    for threads in (1, 2, 3):
+        _parallel.set_num_threads(threads)
+        out, grads = forward_backward(cell, backend, x, states, params, dy, dstates, **kw)
+        results.append({**arrays_of(out), **arrays_of(grads)})
+    for other in results[1:]:
+        for name, a in results[0].items():
+            assert np.array_equal(a, other[name]), name
+
+
+def test_blas_threads_are_restored(split_small):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    backend = NATIVE[0] if NATIVE else pytest.skip("no native backend")
+    _parallel.set_num_threads(2)
+    x, states, params, dy, dstates = make_case("lstm", (3, 4, 5, 6), np.float32)
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                  if i["user_api"] == "blas"]
+        forward_backward("lstm", backend, x, states, params, dy, dstates)
+        after = [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                 if i["user_api"] == "blas"]
+    assert after == before
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
+def test_set_num_threads_rejects_non_positive_integers(bad):
+    with pytest.raises(ValueError, match="n must be a positive integer number of threads"):
+        fastrnn.set_num_threads(bad)
