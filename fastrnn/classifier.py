@@ -314,7 +314,8 @@ class SequenceClassifier:
         return None, ((dh_n, None) if self.cell == "lstm" else dh_n)
 
     def _loss_and_grads(self, x, lengths, target):
-        """Mean loss of a time-major batch and ``{parameter name: gradient}``."""
+        """Mean loss of a time-major batch, ``{parameter name: gradient}``, and the
+        gradient of the encoder's input (T, B, features)."""
         feats, ctx = self._encode_batch(x, lengths, training=True)
         loss, dlogits = cross_entropy(self.head_(feats), target)
         g_head = self.head_.backward(feats, dlogits)
@@ -324,7 +325,7 @@ class SequenceClassifier:
                  else prefixed("embedding", self.embedding_.backward(x, g_enc.dx).dparams))
         grads.update(prefixed("encoder", g_enc.dparams))
         grads.update(prefixed("head", g_head.dparams))
-        return loss, grads
+        return loss, grads, g_enc.dx
 
     # -------------------------------------------------------------- training
 
@@ -365,7 +366,7 @@ class SequenceClassifier:
             batches = minibatches(padded, target, lengths=lengths, batch_size=self.batch_size,
                                   shuffle=True, rng=rng)
             for i, batch in enumerate(batches):
-                loss, grads = self._loss_and_grads(batch.x, batch.lengths, batch.y)
+                loss, grads, _ = self._loss_and_grads(batch.x, batch.lengths, batch.y)
                 if self.max_grad_norm is not None:
                     clip_grad_norm(grads, self.max_grad_norm)
                 optimizer.step(grads)
@@ -379,18 +380,23 @@ class SequenceClassifier:
             self.n_features_in_ = padded.shape[2]
         return self
 
-    def loss_and_gradients(self, X, y, *, lengths=None):
+    def loss_and_gradients(self, X, y, *, lengths=None, input_gradient=False):
         """The mean training loss over (X, y), as one batch, and its gradients.
 
         What one step of ``fit`` computes before clipping and the update (the
         encoder runs in training mode: dropout applies). For checking
-        gradients and timing training steps.
+        gradients, timing training steps, and seeing how far back in a
+        sequence the loss still reaches (``input_gradient``).
 
         Returns
         -------
         loss : float
         grads : dict
             ``{name: gradient}`` with the names of :meth:`named_parameters`.
+        dX : (N, T, F) array, only with ``input_gradient=True``
+            The gradient of the loss with respect to the encoder's input at
+            every step: the features of dense X (F = input_size), or the
+            embedded tokens (F = embedding_dim). Zero past each length.
         """
         self._check_fitted()
         padded, lengths = self._check_X(X, lengths, _dtype_of(self.dtype))
@@ -401,7 +407,8 @@ class SequenceClassifier:
         if not known.all():
             raise ValueError(f"y holds labels not seen in fit: {np.unique(y[~known])!r}")
         x = np.ascontiguousarray(padded.swapaxes(0, 1))
-        return self._loss_and_grads(x, lengths, target)
+        loss, grads, dx = self._loss_and_grads(x, lengths, target)
+        return (loss, grads, dx.swapaxes(0, 1)) if input_gradient else (loss, grads)
 
     # ------------------------------------------------------------- inference
 

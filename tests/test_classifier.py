@@ -73,6 +73,32 @@ def test_gradients_of_the_whole_model_match_finite_differences(cell, pooling, bi
                                    err_msg=name)
 
 
+@pytest.mark.parametrize("cell, pooling", [("lstm", "mean"), ("rnn_tanh", "last")])
+def test_input_gradient_matches_finite_differences(cell, pooling):
+    X, y = make_data(tokens=False)
+    padded, lengths = fastrnn.nn.pad_sequences(X)
+    clf = untrained(False, X, y, cell=cell, pooling=pooling, bidirectional=True)
+    _, _, dX = clf.loss_and_gradients(padded, y, lengths=lengths, input_gradient=True)
+    rows = np.arange(len(y))
+    expected = finite_difference_gradient(
+        lambda: -float(clf.predict_log_proba(padded, lengths=lengths)[rows, y].mean()),
+        padded, FD_EPS)
+    np.testing.assert_allclose(dX, expected, rtol=FD_RTOL, atol=FD_ATOL)
+    past = np.arange(padded.shape[1])[None, :] >= lengths[:, None]
+    assert past.any() and not dX[past].any()                  # zero past each length
+
+
+def test_input_gradient_of_token_input_is_that_of_the_embedded_tokens():
+    X, y = make_data(tokens=True)
+    clf = untrained(True, X, y)
+    _, grads, dX = clf.loss_and_gradients(X, y, input_gradient=True)
+    assert dX.shape == (len(X), max(LENGTHS), E)
+    padded, _ = fastrnn.nn.pad_sequences(X)
+    dweight = np.zeros((V, E))
+    np.add.at(dweight, padded, dX)                            # what the embedding collects
+    np.testing.assert_allclose(grads["embedding.weight"], dweight, rtol=1e-14, atol=1e-17)
+
+
 def test_last_pooling_is_pytorchs_h_n_and_mean_pooling_averages_valid_steps():
     X, y = make_data(tokens=False)
     lengths = np.array(LENGTHS)

@@ -19,14 +19,15 @@ def test_demo_runs_end_to_end_in_the_quick_configuration(capsys):
     assert err == ""                                     # --quiet: no progress bars
     assert out.startswith("fastrnn demo: backend ")
     rows = re.findall(r"^\| (digits \(T=64\)|charlm \(\d+ kB\)) \| (\w+) H=(\d+) \| "
-                      r"(accuracy|perplexity) ([\d.]+)%? \| ([\d.]+) s \| ([\d,]+) (seq|char)/s "
-                      r"\| (-|[\d.]+x) \|$", out, flags=re.M)
+                      r"(accuracy|perplexity) ([\d.]+)%? \| (-|[\d.e+-]+) \| ([\d.]+) s \| "
+                      r"([\d,]+) (seq|char)/s \| (-|[\d.]+x) \|$", out, flags=re.M)
     assert [(r[1], r[2], r[3]) for r in rows] == [
         ("rnn_tanh", "16", "accuracy"), ("lstm", "16", "accuracy"), ("gru", "16", "accuracy"),
         ("lstm", "32", "perplexity")]
-    for _, _, _, metric, value, seconds, rate, _, speed in rows:
+    for _, _, _, metric, value, reach, seconds, rate, _, speed in rows:
         value = float(value)
         assert 0 <= value <= 100 if metric == "accuracy" else 1 < value < 200
+        assert (reach == "-") == (metric == "perplexity") and (reach == "-" or float(reach) > 0)
         assert float(seconds) >= 0 and int(rate.replace(",", "")) > 0
         assert speed == "-" or float(speed[:-1]) > 0
     sample = re.search(r"sample at temperature 0.7:\n-{60}\n(.*?)\n-{60}", out, flags=re.S)
