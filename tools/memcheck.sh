@@ -53,11 +53,14 @@ export PYTHONPATH="$dir${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONMALLOC=malloc
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 
+# MEMCHECK_BUILD=0 reuses the extensions of a previous run (same sources)
+build=${MEMCHECK_BUILD:-1}
+
 if [ "$mode" = asan ]; then
     # in CC and LDSHARED, so that setup.py's probes (OpenMP, -march=x86-64-v3),
     # which link small executables, build with the sanitizer too and pass
     cc=${CC:-gcc}
-    CC="$cc -fsanitize=address -fno-omit-frame-pointer -g" \
+    [ "$build" = 0 ] || CC="$cc -fsanitize=address -fno-omit-frame-pointer -g" \
         LDSHARED="$cc -fsanitize=address -shared" \
         "$python" setup.py build_ext --inplace --force -q
     if [ $# -eq 0 ]; then
@@ -66,13 +69,15 @@ if [ "$mode" = asan ]; then
             --ignore=tests/test_peers.py --ignore=tests/test_lesson_model.py \
             --ignore=tests/test_demo.py
     fi
-    libasan=$(gcc -print-file-name=libasan.so)
+    # libstdc++ too: ASan intercepts C++ exceptions (__cxa_throw), which fails
+    # when libstdc++ is loaded only later by an extension (matplotlib's ft2font)
+    libasan="$(gcc -print-file-name=libasan.so) $(gcc -print-file-name=libstdc++.so)"
     # verify_asan_link_order=0: the runtime is preloaded, python itself is not instrumented
     LD_PRELOAD="$libasan" NUMBA_DISABLE_JIT=1 \
         ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:${ASAN_OPTIONS:-}" \
         "$python" -m pytest "$@"
 else
-    CFLAGS="-g" "$python" setup.py build_ext --inplace --force -q
+    [ "$build" = 0 ] || CFLAGS="-g" "$python" setup.py build_ext --inplace --force -q
     if [ $# -eq 0 ]; then
         set -- tests/test_properties.py tests/test_backends.py -p no:cacheprovider -q \
             -k "test_properties or noncontiguous or readonly or empty or nan or nonfinite"
