@@ -98,13 +98,25 @@ class _OneBlasThread:
                 self._controllers = []
         return self._controllers
 
+    @staticmethod
+    def _set(controller, n):
+        """Set a BLAS's thread count from whichever thread calls.
+
+        threadpoolctl lets only the first Python thread that set OpenBLAS's
+        count change it again and silently ignores every other thread, so a
+        split call made from a second thread would keep BLAS's threads, and
+        OpenBLAS's sgemm rounds differently on 1 and 2 threads at some shapes.
+        """
+        real = getattr(controller, "_real_set_num_threads", None)
+        (real or controller.set_num_threads)(n)
+
     def __enter__(self):
         with self._lock:
             if self._active == 0:
                 blas = self._blas()
                 self._saved = [c.get_num_threads() for c in blas]
                 for c in blas:
-                    c.set_num_threads(1)
+                    self._set(c, 1)
             self._active += 1
 
     def __exit__(self, *exc):
@@ -112,7 +124,7 @@ class _OneBlasThread:
             self._active -= 1
             if self._active == 0:
                 for c, n in zip(self._blas(), self._saved):
-                    c.set_num_threads(n)
+                    self._set(c, n)
         return False
 
 
@@ -123,7 +135,10 @@ def run_parts(fn, n):
     """``[fn(0), ..., fn(n-1)]``, on up to ``get_num_threads()`` threads."""
     threads = min(n, get_num_threads())
     if threads == 1:
-        return [fn(k) for k in range(n)]
+        # BLAS at one thread here too: the parts' bits must not depend on
+        # the thread count (OpenBLAS's sgemm rounds differently on 1 and 2)
+        with _one_blas_thread:
+            return [fn(k) for k in range(n)]
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < threads:
