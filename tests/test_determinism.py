@@ -12,9 +12,11 @@
   for some shapes between 1 and 2 threads, so float32 weight gradients can
   too (a few ulps, measured in docs/reliability.md with
   tools/blas_threads_determinism.py). That is BLAS's choice, not fastrnn's.
-- fastrnn's own threads (the packed float32 product split over OpenMP
-  threads, off by default) do not change a bit: each panel of W_hh is
-  computed whole by one thread, in the same order.
+- fastrnn's own threads do not change a bit: a large batch split into parts
+  (``fastrnn.set_num_threads``) gives the same bits for 1, 2 or 3 threads and
+  from any calling Python thread (its parts always run with BLAS at one
+  thread); the packed float32 product split over OpenMP threads (off by
+  default) computes each panel of W_hh whole on one thread, in the same order.
 """
 import hashlib
 import json
@@ -22,6 +24,8 @@ import os
 import subprocess
 import sys
 import textwrap
+
+import threading
 
 import numpy as np
 import pytest
@@ -164,3 +168,46 @@ def test_the_packed_product_split_over_threads_gives_the_same_bits(monkeypatch):
         monkeypatch.setattr(_cython_backend, "_cores", lambda n=n: n)
         for c in packed:
             assert_identical(compute("cython", *c), expected[case_id(c)], (n, case_id(c)))
+
+
+#: shapes the default thresholds split in two, with GEMMs whose float32 bits
+#: differ between 1 and 2 OpenBLAS threads (tools/blas_threads_determinism.py)
+SPLIT_CASES = [
+    ("lstm", "float32", (30, 16, 16, 64), None, False),
+    ("gru", "float32", (20, 16, 32, 128), None, True),
+    ("rnn_tanh", "float32", (10, 32, 64, 64), None, False),
+]
+
+
+@pytest.fixture
+def restore_threads():
+    from fastrnn import _parallel
+    n = _parallel.get_num_threads()
+    yield _parallel
+    _parallel.set_num_threads(n)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+def test_a_split_batch_gives_the_same_bits_on_any_threads(backend, restore_threads):
+    """fastrnn.set_num_threads(1, 2, 3), and the call made from another Python
+    thread: the same bits. (Two faults made them differ at these shapes: with
+    one thread the parts ran with BLAS's own threads, and threadpoolctl
+    ignored the BLAS pin when another Python thread had set BLAS before.)"""
+    _parallel = restore_threads
+    for cell, dtype, shape, proj, reverse in SPLIT_CASES:
+        T, B, I, H = shape
+        G = {"lstm": 4, "gru": 3}.get(cell, 1)
+        assert len(_parallel.parts(B, T, I, H, G)) == 2, "the default thresholds split it"
+    expected = {case_id(c): compute(backend, *c) for c in SPLIT_CASES}
+    for n in (1, 2, 3):
+        fastrnn.set_num_threads(n)
+        for c in SPLIT_CASES:
+            assert_identical(compute(backend, *c), expected[case_id(c)], (n, case_id(c)))
+    fastrnn.set_num_threads(2)
+    got = {}
+    worker = threading.Thread(target=lambda: got.update(
+        {case_id(c): compute(backend, *c) for c in SPLIT_CASES}))
+    worker.start()
+    worker.join()
+    for c in SPLIT_CASES:
+        assert_identical(got[case_id(c)], expected[case_id(c)], ("another thread", case_id(c)))
