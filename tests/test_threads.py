@@ -6,7 +6,13 @@ results bit-identical to the same calls made one by one.
   another Python thread run while a long call is in progress.
 - Eight threads started together (a Barrier) run different cells, shapes,
   dtypes, backends, kernel functions and layers; every result equals, bit for
-  bit, the result of the same call made alone.
+  bit, the result of the same call made alone. With BLAS at one thread
+  (threadpoolctl) that includes batches large enough to be split over
+  fastrnn's own threads. With BLAS's default threads it does not: a split call
+  holds the process's BLAS at one thread while it runs, and OpenBLAS's float32
+  GEMM rounds differently on one and two threads at some shapes, so an
+  unsplit float32 call running at that moment in another thread can differ in
+  its last bits (docs/reliability.md).
 - One layer shared by eight threads (training and inference, forward and
   backward) gives each thread its own results: a layer keeps no per-call
   state, the training Context carries it.
@@ -151,11 +157,15 @@ def layer_job(cell, backend, dtype, T, B, I, H, **options):
     return run
 
 
-def jobs():
+def jobs(split=False):
     """Eight different workloads: every cell, both native backends, both dtypes,
     kernel functions and layers, and the internal paths (packed float32 product,
-    K-major W_hh copy, several input-projection chunks, projection, reverse)."""
+    K-major W_hh copy, several input-projection chunks, projection, reverse);
+    with ``split``, two of them large enough to be split over fastrnn's threads."""
     b0, b1 = NATIVE[0], NATIVE[-1]
+    if split:
+        return {**jobs(), "rnn_tanh-long": kernel_job("lstm", b1, np.float32, (30, 16, 16, 64)),
+                "rnn-layer": layer_job("gru", b0, np.float32, 12, 16, 32, 128)}
     return {
         "lstm-packed": kernel_job("lstm", b0, np.float32, (30, 8, 16, 32)),
         "gru-kmajor": kernel_job("gru", b1, np.float64, (20, 40, 8, 16), reverse=True),
@@ -210,6 +220,19 @@ def test_eight_threads_give_the_results_of_sequential_calls():
     got = run_concurrently(work)
     for name, rounds in got.items():
         assert len(rounds) == ROUNDS
+        for result in rounds:
+            assert_bit_identical(result, expected[name], name)
+
+
+def test_eight_threads_with_split_batches_and_blas_at_one_thread():
+    from fastrnn import _parallel
+    work = jobs(split=True)
+    assert len(work) == N_THREADS
+    assert len(_parallel.parts(16, 30, 16, 64, 4)) == 2          # the LSTM job is split
+    with threadpool_limits(1):
+        expected = {name: fn() for name, fn in work.items()}
+        got = run_concurrently(work)
+    for name, rounds in got.items():
         for result in rounds:
             assert_bit_identical(result, expected[name], name)
 
