@@ -68,7 +68,30 @@ static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k
         }                                                                             \
     }
 FR_PANEL_ROWS(4)
-FR_PANEL_ROWS(1)
+
+/* One row: the same product, but FMA latency (4-5 cycles) would leave two
+ * accumulators waiting on each other, so four interleaved partial sums over k
+ * keep eight FMAs in flight; they are added in a fixed order at the end. */
+static inline void fr_panel_rows_1(ptrdiff_t K, const float* a, ptrdiff_t lda,
+                                   const float* w, float* acc)
+{
+    (void)lda;
+    fr_v8 lo[4] = {{0}}, hi[4] = {{0}};
+    ptrdiff_t k = 0;
+    for (; k + 4 <= K; k += 4)
+        for (int u = 0; u < 4; u++) {
+            fr_v8 w0 = *(const fr_v8*)(w + (k + u) * FR_PANEL);
+            fr_v8 w1 = *(const fr_v8*)(w + (k + u) * FR_PANEL + 8);
+            lo[u] += a[k + u] * w0;
+            hi[u] += a[k + u] * w1;
+        }
+    for (; k < K; k++) {
+        lo[0] += a[k] * *(const fr_v8*)(w + k * FR_PANEL);
+        hi[0] += a[k] * *(const fr_v8*)(w + k * FR_PANEL + 8);
+    }
+    *(fr_v8*)acc = (lo[0] + lo[1]) + (lo[2] + lo[3]);
+    *(fr_v8*)(acc + 8) = (hi[0] + hi[1]) + (hi[2] + hi[3]);
+}
 
 /* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1. */
 FR_CLONES
