@@ -5,7 +5,7 @@ import pytest
 def pytest_addoption(parser):
     group = parser.getgroup("fastrnn benchmarks")
     group.addoption("--threads", type=int, default=2,
-                    help="threads for BLAS, torch and ONNX Runtime (default 2)")
+                    help="threads for fastrnn, BLAS, torch and ONNX Runtime (default 2)")
     group.addoption("--impls", default="cython,numba,torch,onnxruntime",
                     help="comma-separated implementations to run; add 'reference' for "
                          "the NumPy reference (slow)")
@@ -15,12 +15,14 @@ def pytest_addoption(parser):
 
 @pytest.fixture(scope="session")
 def threads(request):
+    """The thread count of fastrnn, BLAS, torch and ONNX Runtime for the session."""
+    import fastrnn
+    from threadpoolctl import threadpool_limits
     n = request.config.getoption("--threads")
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield n
-        return
+    fastrnn.available_backends()        # load SciPy's BLAS first, or the limit misses it
+    saved = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(n)
     # one BLAS thread pool per library, each limited to the same count
     with threadpool_limits(n):
         yield n
+    fastrnn.set_num_threads(saved)

@@ -26,7 +26,7 @@ import tracemalloc
 
 import numpy as np
 
-from . import _backends, _peers
+from . import _backends, _parallel, _peers
 from ._progress import Progress
 
 PEERS = ("torch", "onnxruntime")
@@ -137,9 +137,14 @@ def _runner(impl, case, mode, threads):
 
 def run(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress=True):
     """Measure the grid with ``threads`` threads; returns the report as a JSON-able dict."""
-    with limit_threads(threads) or contextlib.nullcontext():
-        return _measure(cells, shapes, modes, np.dtype(dtype), backends, peers, threads,
-                        rounds, progress)
+    saved = _parallel.get_num_threads()
+    _parallel.set_num_threads(threads)      # fastrnn's own threads: the split batch
+    try:
+        with limit_threads(threads) or contextlib.nullcontext():
+            return _measure(cells, shapes, modes, np.dtype(dtype), backends, peers, threads,
+                            rounds, progress)
+    finally:
+        _parallel.set_num_threads(saved)
 
 
 def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress):
@@ -343,7 +348,7 @@ def main(argv=None):
                         help="peers to compare with (default: the installed ones: "
                              f"{','.join(installed_peers) or 'none'})")
     parser.add_argument("--threads", type=int, default=2,
-                        help="threads for BLAS, torch and ONNX Runtime (default 2)")
+                        help="threads for fastrnn, BLAS, torch and ONNX Runtime (default 2)")
     parser.add_argument("--repeats", type=int, default=7,
                         help="interleaved rounds; the median is reported (default 7)")
     parser.add_argument("--json", metavar="FILE", help="write the full report ('-': stdout)")
