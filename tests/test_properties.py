@@ -6,7 +6,8 @@ is invalid.
 Shapes include the edges (T=0, B=0, I=0, H=1, I=1) and sizes that select each
 internal path: several input-projection chunks (T*B > 256 rows), the packed
 float32 product (T >= 4, B <= 32), the K-major copy of W_hh (B > 32), a panel
-width that does not divide G*H (H=17). Layouts: C and Fortran order, strided
+width that does not divide G*H (H=17), and (lowering its thresholds) a batch
+split over fastrnn's threads. Layouts: C and Fortran order, strided
 and negative-stride views, read-only, misaligned (data at an odd address),
 non-native byte order, nested lists.
 
@@ -16,6 +17,7 @@ these examples could provoke in native code are looked for by running this
 file under AddressSanitizer and valgrind (``tools/memcheck.sh``,
 docs/reliability.md).
 """
+import contextlib
 import os
 
 import numpy as np
@@ -24,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fastrnn
+from fastrnn import _parallel
 from conftest import (CELLS, DTYPES, PARAM_NAMES, RTOL, STATE_NAMES, arrays_of,
                       assert_representable_close, cast, make_layer, make_params,
                       make_projected_params, run_backward, run_forward, states_of)
@@ -136,7 +139,22 @@ def kernel_cases(draw):
               for name in list(args) + list(grads) if name != "lengths"}
     layout["lengths"] = draw(st.sampled_from(LENGTHS_LAYOUTS if T < 256 else ("C",)))
     return dict(cell=cell, dtype=dtype, args=args, grads=grads, layout=layout,
-                reverse=draw(st.booleans()), shape=(T, B, I, H, P))
+                reverse=draw(st.booleans()), shape=(T, B, I, H, P),
+                split=draw(st.booleans()))
+
+
+@contextlib.contextmanager
+def batch_split(enabled):
+    """With ``enabled``, every batch of 2 rows or more and 2 steps or more is
+    split over fastrnn's threads (fastrnn/_parallel.py), which the default
+    thresholds reserve for large problems."""
+    saved = _parallel.SPLIT_MIN_B, _parallel.SPLIT_MIN_MACS
+    if enabled:
+        _parallel.SPLIT_MIN_B, _parallel.SPLIT_MIN_MACS = 2, 0
+    try:
+        yield
+    finally:
+        _parallel.SPLIT_MIN_B, _parallel.SPLIT_MIN_MACS = saved
 
 
 def laid_out(values, layout):
@@ -178,7 +196,8 @@ def test_every_backend_equals_the_reference(case):
         args = laid_out(case["args"], case["layout"])
         grads = laid_out(case["grads"], case["layout"])
         given_arrays = [a for a in {**args, **grads}.values() if isinstance(a, np.ndarray)]
-        results = call(case, backend, args, grads)
+        with batch_split(case["split"]):
+            results = call(case, backend, args, grads)
         T, B = case["shape"][:2]
         # an empty call computes nothing and is handed to the reference
         assert results[0].workspace.backend == (backend if T and B else "reference")
