@@ -11,6 +11,9 @@ import operator
 import numpy as np
 
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+#: the kernels' BLAS (SciPy's, LP64) takes 32-bit sizes: a GEMM over all T*B
+#: rows with more would be handed a truncated size and compute garbage
+BLAS_INT_MAX = 2**31 - 1
 
 
 def _describe(a):
@@ -79,6 +82,10 @@ def sequence_input(x):
     working_dtype(x)
     if x.ndim != 3:
         raise ValueError(f"x must be 3-D (T, B, I), time-major; got {_describe(x)}")
+    T, B, I = x.shape
+    if T * B > BLAS_INT_MAX or I > BLAS_INT_MAX:
+        raise ValueError(f"x must have at most 2**31 - 1 rows T*B and features I (BLAS's "
+                         f"32-bit sizes; split the batch or the sequence), got {_describe(x)}")
     return contiguous(x)
 
 
@@ -125,6 +132,9 @@ def layer_params(n_gates, x, weight_ih, weight_hh, bias_ih, bias_hh, weight_hr=N
             raise ValueError(f"weight_hh must have shape ({n_gates}*H, H) with H >= 1, "
                              f"got {_describe(w_hh)}{_projected_hint(n_gates, w_hh)}")
         H = P = w_hh.shape[1]
+        if n_gates * H > BLAS_INT_MAX:
+            raise ValueError(f"weight_hh must have at most 2**31 - 1 rows G*H (BLAS's 32-bit "
+                             f"sizes), got {_describe(w_hh)}")
     else:
         w_hr = projection_weight(weight_hr, n_gates, w_hh, dtype)
         P, H = w_hr.shape

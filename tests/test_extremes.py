@@ -265,3 +265,21 @@ def test_float32_subnormal_state_decays_like_the_reference(backend):
     assert np.any((out.y != 0) & (np.abs(out.y) < tiny))      # went through subnormals
     assert out.h_n[0, 0] == 0
     assert_close(out.y[:20], ref.y[:20], RTOL[np.dtype(np.float32)], "normal range")
+
+
+# ------------------------------------------------------------- huge sizes
+
+def test_sizes_beyond_blas_32_bit_integers_are_refused_before_any_allocation(backend):
+    """BLAS takes 32-bit sizes: a GEMM over T*B >= 2**31 rows would get a
+    truncated size and compute garbage. Such calls raise a ValueError naming
+    the argument, checked before anything is copied or allocated (the arrays
+    here hold no data: I = 0, or a broadcast view)."""
+    x = np.empty((2**16, 2**15, 0), np.float32)              # T*B = 2**31 rows
+    w_ih, w_hh = np.zeros((5, 0), np.float32), np.zeros((5, 5), np.float32)
+    with pytest.raises(ValueError, match=r"^x must have at most 2\*\*31 - 1 rows"):
+        run_forward("rnn_tanh", backend, x, (None,), (w_ih, w_hh, None, None))
+    H = 2**29                                                # G*H = 2**31 for the LSTM
+    huge = np.broadcast_to(np.zeros((1, 1), np.float32), (4 * H, H))
+    with pytest.raises(ValueError, match=r"^weight_hh must have at most 2\*\*31 - 1 rows"):
+        run_forward("lstm", backend, np.zeros((2, 1, 0), np.float32), (None, None),
+                    (np.zeros((4 * H, 0), np.float32), huge, None, None))

@@ -78,6 +78,8 @@ CASES = [
     (F, "x", "not an array", lambda: forward(x=None)),
     (F, "x", "not 3-D", lambda: forward(x=np.zeros((T, I)))),
     (F, "x", "not float32/float64", lambda: forward(x=np.zeros((T, B, I), np.int64))),
+    (F, "x", "T*B beyond BLAS's 32-bit sizes",
+     lambda: forward("rnn", x=np.empty((2**16, 2**15, 0)), weight_ih=np.zeros((H, 0)))),
     (F, "h0, c0", "wrong shape", lambda: forward(h0=np.zeros((1, B, H)))),
     (F, "h0, c0", "another dtype than x", lambda: forward(c0=np.zeros((B, H), np.float32))),
     (F, "weight_ih", "wrong shape", lambda: forward(weight_ih=np.zeros((4 * H, I + 1)))),
