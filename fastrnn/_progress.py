@@ -1,7 +1,8 @@
 """A dependency-free progress bar for the command-line tools (bench, demo).
 
 On a terminal it redraws one line in place; elsewhere (CI logs, pipes) it
-prints only when it closes, so logs get one line per bar instead of hundreds.
+prints a line every ``LOG_EVERY`` seconds and one when it closes, so a log
+shows that a long run is alive without hundreds of lines.
 """
 import sys
 import time
@@ -32,6 +33,8 @@ class Progress:
     """
 
     WIDTH = 24
+    #: seconds between lines when the stream is not a terminal
+    LOG_EVERY = 30.0
 
     def __init__(self, total, desc="", unit="it", stream=None, enabled=True):
         self.total = max(int(total), 0)
@@ -42,7 +45,7 @@ class Progress:
         self.done = 0
         self.fields = {}
         self.start = time.perf_counter()
-        self._last_draw = 0.0
+        self._last_draw = self.start
         isatty = getattr(self.stream, "isatty", None)
         self._live = bool(enabled and isatty is not None and isatty())
 
@@ -55,6 +58,10 @@ class Progress:
         if self._live and (now - self._last_draw > 0.1 or self.done >= self.total):
             self._last_draw = now
             self._draw(end="")
+        elif self.enabled and not self._live and now - self._last_draw > self.LOG_EVERY:
+            self._last_draw = now
+            self.stream.write(self.line() + "\n")
+            self.stream.flush()
 
     @property
     def elapsed(self):
