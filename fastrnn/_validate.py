@@ -21,11 +21,20 @@ def _describe(a):
 
 
 def as_array(name, value):
-    """``value`` as an ndarray in native byte order, or a TypeError naming ``name``.
+    """``value`` as a plain ndarray in native byte order, or a TypeError naming ``name``.
 
-    Not copied unless it is not an array yet or its bytes are swapped.
+    Not copied unless it is not an array yet or its bytes are swapped. A
+    subclass (np.matrix, say) is viewed as a plain array; a masked array is
+    refused, as SciPy's linear algebra does: its masked values would be
+    computed with.
     """
     if isinstance(value, np.ndarray):
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError(f"{name} must not be a masked array: fastrnn would compute with "
+                            f"the masked values; pass lengths= for padded steps, or "
+                            f"{name}.filled(0)")
+        if type(value) is not np.ndarray:
+            value = value.view(np.ndarray)
         return native(value)
     if hasattr(value, "__array__") or isinstance(value, (list, tuple)):
         try:

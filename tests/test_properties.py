@@ -436,3 +436,23 @@ def test_layers_equal_the_reference(case):
             assert a.dtype == dtype
             assert_representable_close(a, e_g.dparams[n], rtol, f"{backend}: d{n}")
 
+
+
+@pytest.mark.filterwarnings("ignore:the matrix subclass:PendingDeprecationWarning")
+def test_array_subclasses_compute_as_plain_arrays_and_masked_arrays_are_refused():
+    """np.matrix weights give the plain arrays' bits; a masked array, whose
+    masked values fastrnn would compute with, raises a TypeError naming it."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((5, 3, 4))
+    params = make_params("gru", 4, 6)
+    for backend in BACKENDS:
+        plain = run_forward("gru", backend, x, (None,), params)
+        matrix = run_forward("gru", backend, x, (None,),
+                             (np.matrix(params[0]), np.matrix(params[1])) + params[2:])
+        np.testing.assert_array_equal(matrix.y, plain.y)
+        assert type(matrix.y) is np.ndarray
+        with pytest.raises(TypeError, match="^x must not be a masked array"):
+            run_forward("gru", backend, np.ma.masked_array(x, mask=x > 1), (None,), params)
+    layer = make_layer("gru", 4, 6, dtype=np.float64, rng=0)
+    with pytest.raises(TypeError, match="^x must not be a masked array"):
+        layer(np.ma.masked_array(x, mask=x > 1))

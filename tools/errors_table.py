@@ -77,6 +77,7 @@ L = "RNN, LSTM, GRU"
 CASES = [
     (F, "x", "not an array", lambda: forward(x=None)),
     (F, "x", "not 3-D", lambda: forward(x=np.zeros((T, I)))),
+    (F, "x, ... (any array)", "a masked array", lambda: forward(x=np.ma.zeros((T, B, I)))),
     (F, "x", "not float32/float64", lambda: forward(x=np.zeros((T, B, I), np.int64))),
     (F, "x", "T*B beyond BLAS's 32-bit sizes",
      lambda: forward("rnn", x=np.empty((2**16, 2**15, 0)), weight_ih=np.zeros((H, 0)))),
