@@ -23,10 +23,14 @@
 #           ~50x slower: the default selection is the property tests, with
 #           FASTRNN_HYPOTHESIS_EXAMPLES lowering their examples.
 #
-# Default test selection: asan the whole suite but the PyTorch/ONNX parity
-# and demo tests; valgrind tests/test_properties.py and the memory-layout,
-# empty and NaN tests of tests/test_backends.py. Pass pytest arguments to
-# choose others. Exit status: pytest's, or the checker's (non-zero) on an error.
+# Before the tests, a canary (a raw kernel writing one step past its output)
+# must be caught, or the run stops: the checker is proven armed.
+#
+# Default test selection: asan the whole suite but the PyTorch/ONNX parity,
+# demo and Numba tests and the RSS test; valgrind tests/test_properties.py and
+# the memory-layout, empty and NaN tests of tests/test_backends.py. Pass pytest
+# arguments to choose others. Exit status: pytest's, or the checker's
+# (non-zero) on an error, or 3 if the canary went unnoticed.
 set -euo pipefail
 
 mode=${1:-}
@@ -56,6 +60,18 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 # MEMCHECK_BUILD=0 reuses the extensions of a previous run (same sources)
 build=${MEMCHECK_BUILD:-1}
 
+# the canary: a raw kernel (no validation) handed an output one step too
+# short; the checker must report its out-of-bounds write before we trust it
+cat > canary.py <<'PY'
+import numpy as np
+from fastrnn._ext import rnn
+T, B, I, H = 4, 2, 3, 5
+x, w_ih, w_hh = np.ones((T, B, I)), np.ones((H, I)), np.ones((H, H))
+y = np.empty((T - 1, B, H))                 # one step short: the kernel is not told
+rnn.forward(x, w_ih, w_hh, np.zeros(H), None, False, False, np.empty((T, B, H)),
+            np.zeros((2, B, H)), y)
+PY
+
 if [ "$mode" = asan ]; then
     # in CC and LDSHARED, so that setup.py's probes (OpenMP, -march=x86-64-v3),
     # which link small executables, build with the sanitizer too and pass
@@ -79,17 +95,8 @@ if [ "$mode" = asan ]; then
     export NUMBA_DISABLE_JIT=1
     # verify_asan_link_order=0: the runtime is preloaded, python itself is not instrumented
     export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:verify_asan_link_order=0:${ASAN_OPTIONS:-}"
-    # first prove that the checker is armed: a raw kernel writing one step past y
-    if "$python" - > canary.log 2>&1 <<'PY'
-import numpy as np
-from fastrnn._ext import rnn
-T, B, I, H = 4, 2, 3, 5
-x, w_ih, w_hh = np.ones((T, B, I)), np.ones((H, I)), np.ones((H, H))
-y = np.empty((T - 1, B, H))                 # one step short: the kernel is not told
-rnn.forward(x, w_ih, w_hh, np.zeros(H), None, False, False, np.empty((T, B, H)),
-            np.zeros((2, B, H)), y)
-PY
-    then
+    # first prove that the checker is armed
+    if "$python" canary.py > canary.log 2>&1; then
         echo "memcheck: ASan did not catch the canary's out-of-bounds write" >&2; exit 3
     fi
     grep -q "heap-buffer-overflow" canary.log || { cat canary.log >&2; exit 3; }
@@ -125,6 +132,12 @@ PY
     supp=()
     [ -f "$root/tools/valgrind-python.supp" ] && supp=(--suppressions="$root/tools/valgrind-python.supp")
     # --smc-check: Numba's JIT writes code into anonymous memory at run time
-    valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --track-origins=no \
-        --smc-check=all-non-file "${supp[@]}" "$python" -m pytest "$@"
+    vg=(valgrind --tool=memcheck --error-exitcode=99 --leak-check=no --track-origins=no
+        --smc-check=all-non-file "${supp[@]}")
+    if "${vg[@]}" "$python" canary.py > canary.log 2>&1; then
+        echo "memcheck: valgrind did not catch the canary's out-of-bounds write" >&2; exit 3
+    fi
+    grep -q "Invalid write" canary.log || { cat canary.log >&2; exit 3; }
+    echo "memcheck: valgrind caught the canary (invalid write in rnn_forward_kernel)"
+    "${vg[@]}" "$python" -m pytest "$@"
 fi
