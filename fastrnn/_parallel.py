@@ -7,6 +7,14 @@ kernels can run rows [0, B/2) and [B/2, B) as two independent calls, each on
 its own core with single-threaded BLAS, and synchronise once per call instead
 of once per step.
 
+Every call of a native backend, split or not, runs with BLAS held at one
+thread (``_one_blas_thread``). Two reasons, both measured:
+- OpenBLAS's float32 GEMM rounds differently on 1 and 2 threads at many
+  shapes, so BLAS threads would make the bits depend on the thread count;
+- OpenBLAS's idle workers spin for a while after each threaded call, on the
+  very cores the parts of a split batch need: interleaved with 2-thread BLAS
+  calls, a split LSTM small inference took 41 ms instead of 20.
+
 Determinism: how a batch is split depends on its size only (``parts``), never
 on the thread count. One thread runs the same parts one after the other. So
 the bits of every output and gradient are the same for any number of threads.
@@ -40,7 +48,7 @@ def get_num_threads():
     """Threads fastrnn runs the parts of a split batch on.
 
     The default is ``FASTRNN_NUM_THREADS`` if set, else the cores this process
-    may use. BLAS keeps its own setting (threadpoolctl) for unsplit calls.
+    may use. BLAS runs at one thread inside every fastrnn call (see above).
     """
     global _threads
     if _threads is None:
@@ -73,13 +81,15 @@ def parts(B, T, I, H, G):
     return [(0, B)]
 
 
-# -- BLAS at one thread while the parts run ---------------------------------
+# -- BLAS at one thread inside fastrnn's calls -------------------------------
 
 class _OneBlasThread:
-    """Holds every loaded BLAS at one thread while any split call runs.
+    """Holds every loaded BLAS at one thread while any native call runs.
 
-    Reference-counted, so that concurrent split calls from several user
-    threads restore the user's setting only when the last one leaves.
+    Reference-counted, so that concurrent calls from several user threads
+    restore the user's setting only when the last one leaves. Setting and
+    restoring costs a few microseconds; reading the counts alone, when BLAS
+    is at one thread already, about one.
     """
 
     def __init__(self):
@@ -115,8 +125,9 @@ class _OneBlasThread:
             if self._active == 0:
                 blas = self._blas()
                 self._saved = [c.get_num_threads() for c in blas]
-                for c in blas:
-                    self._set(c, 1)
+                for c, n in zip(blas, self._saved):
+                    if n != 1:
+                        self._set(c, 1)
             self._active += 1
 
     def __exit__(self, *exc):
@@ -124,7 +135,8 @@ class _OneBlasThread:
             self._active -= 1
             if self._active == 0:
                 for c, n in zip(self._blas(), self._saved):
-                    self._set(c, n)
+                    if n != 1:
+                        self._set(c, n)
         return False
 
 
@@ -135,20 +147,16 @@ def run_parts(fn, n):
     """``[fn(0), ..., fn(n-1)]``, on up to ``get_num_threads()`` threads."""
     threads = min(n, get_num_threads())
     if threads == 1:
-        # BLAS at one thread here too: the parts' bits must not depend on
-        # the thread count (OpenBLAS's sgemm rounds differently on 1 and 2)
-        with _one_blas_thread:
-            return [fn(k) for k in range(n)]
+        return [fn(k) for k in range(n)]
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < threads:
             _pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="fastrnn")
         pool = _pool
-    with _one_blas_thread:
-        # the caller runs part 0 itself: one thread handed off, not two
-        futures = [pool.submit(fn, k) for k in range(1, n)]
-        first = fn(0)
-        return [first] + [f.result() for f in futures]
+    # the caller runs part 0 itself: one thread handed off, not two
+    futures = [pool.submit(fn, k) for k in range(1, n)]
+    first = fn(0)
+    return [first] + [f.result() for f in futures]
 
 
 # -- the backend interface, split -------------------------------------------
@@ -174,6 +182,14 @@ class SplitBackend:
         return getattr(self.module, name)
 
     def forward(self, cell, x, state0, params, lengths, reverse, training):
+        with _one_blas_thread:
+            return self._forward(cell, x, state0, params, lengths, reverse, training)
+
+    def backward(self, cell, data, dy, dstate_n):
+        with _one_blas_thread:
+            return self._backward(cell, data, dy, dstate_n)
+
+    def _forward(self, cell, x, state0, params, lengths, reverse, training):
         T, B, I = x.shape
         G = {"lstm": 4, "gru": 3}.get(cell, 1)
         ranges = parts(B, T, I, params[1].shape[0] // G, G)
@@ -194,7 +210,7 @@ class SplitBackend:
             data = {"split": ranges, "parts": [r[2] for r in results]}
         return y, state_n, data
 
-    def backward(self, cell, data, dy, dstate_n):
+    def _backward(self, cell, data, dy, dstate_n):
         if "split" not in data:
             return self.module.backward(cell, data, dy, dstate_n)
         ranges = data["split"]

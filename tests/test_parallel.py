@@ -83,3 +83,22 @@ def test_blas_threads_are_restored(split_small):
 def test_set_num_threads_rejects_non_positive_integers(bad):
     with pytest.raises(ValueError, match="n must be a positive integer number of threads"):
         fastrnn.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("cell", CELLS)
+def test_blas_thread_count_does_not_change_a_bit(backend, cell):
+    """Native calls hold BLAS at one thread, so the user's BLAS setting changes no bit.
+
+    (30, 8, 16, 32) is a shape where OpenBLAS's float32 GEMM itself rounds
+    differently on 1 and 2 threads (tools/blas_threads_determinism.py).
+    """
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    x, states, params, dy, dstates = make_case(cell, (30, 8, 16, 32), np.float32)
+    results = []
+    for blas_threads in (1, 2):
+        with threadpoolctl.threadpool_limits(blas_threads, user_api="blas"):
+            out, grads = forward_backward(cell, backend, x, states, params, dy, dstates)
+        results.append({**arrays_of(out), **arrays_of(grads)})
+    for name, a in results[0].items():
+        assert np.array_equal(a, results[1][name]), name
