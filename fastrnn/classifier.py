@@ -27,7 +27,7 @@ import numpy as np
 from . import _validate as v
 from .layers import _dtype_of, _positive_int
 from .nn import (CELLS, Adam, Embedding, Linear, clip_grad_norm, cross_entropy, log_softmax,
-                 minibatches, pad_sequences, prefixed, recurrent)
+                 as_padded, minibatches, prefixed, recurrent)
 
 __all__ = ["SequenceClassifier", "FitStep", "NotFittedError"]
 
@@ -197,23 +197,15 @@ class SequenceClassifier:
         """
         tokens = self.vocab_size is not None
         want = "(T_i,) integer token ids" if tokens else "(T_i, input_size) features"
-        if isinstance(X, np.ndarray):
-            padded = X
-            if padded.ndim != (2 if tokens else 3):
-                raise ValueError(
-                    f"X must be a list of {want} or a padded array of shape "
-                    + ("(N, T) (vocab_size is set)" if tokens else
-                       "(N, T, input_size) (for one feature per step, use X[..., None]; "
-                       "for token ids, set vocab_size)")
-                    + f"; got shape {padded.shape}")
-            N, T = padded.shape[:2]
-            lengths = (np.full(N, T, np.intp) if lengths is None
-                       else v.lengths_array(lengths, T, N))
-        else:
-            if lengths is not None:
-                raise ValueError("lengths is for a padded array X; a list of sequences "
-                                 "carries its own lengths")
-            padded, lengths = pad_sequences(X, name="X")
+        if isinstance(X, np.ndarray) and X.ndim != (2 if tokens else 3):
+            raise ValueError(
+                f"X must be a list of {want} or a padded array of shape "
+                + ("(N, T) (vocab_size is set)" if tokens else
+                   "(N, T, input_size) (for one feature per step, use X[..., None]; "
+                   "for token ids, set vocab_size)")
+                + f"; got shape {X.shape}")
+        padded, lengths = as_padded(X, lengths, name="X")
+        if not isinstance(X, np.ndarray):
             if padded.ndim != (2 if tokens else 3):
                 got = "(T_i,)" if padded.ndim == 2 else f"(T_i, {padded.shape[2]})"
                 raise ValueError(f"X must be a list of {want}, got sequences of shape {got}; "

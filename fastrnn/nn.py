@@ -394,6 +394,23 @@ class Batch(NamedTuple):
     index: np.ndarray      #: (B,) positions of the sequences in the data set
 
 
+def as_padded(sequences, lengths=None, name="sequences"):
+    """``(padded, lengths)`` from an array already padded or a list of sequences.
+
+    A padded array is taken as it is (the caller checks its rank), with
+    ``lengths`` checked or, when None, all T; a list is padded here and
+    carries its own lengths, so passing ``lengths`` with it is an error.
+    """
+    if isinstance(sequences, np.ndarray):
+        N, T = sequences.shape[:2]
+        return sequences, (np.full(N, T, np.intp) if lengths is None
+                           else v.lengths_array(lengths, T, N))
+    if lengths is not None:
+        raise ValueError(f"lengths is for a padded array {name}; a list of sequences "
+                         "carries its own lengths")
+    return pad_sequences(sequences, name=name)
+
+
 def pad_sequences(sequences, *, dtype=None, name="sequences"):
     """Stack variable-length sequences into one zero-padded, batch-major array.
 
@@ -457,19 +474,10 @@ def minibatches(sequences, y=None, *, lengths=None, batch_size=32, shuffle=False
         ``x`` time-major ``(T_b, B)``/``(T_b, B, I)``, cut to the longest
         sequence of the batch, zero past each length.
     """
-    if isinstance(sequences, np.ndarray):
-        if sequences.ndim not in (2, 3):
-            raise ValueError("sequences must be padded (N, T) or (N, T, I), or a list of "
-                             f"arrays; got shape {sequences.shape}")
-        padded = sequences
-        N, T = padded.shape[:2]
-        lengths = (np.full(N, T, np.intp) if lengths is None
-                   else v.lengths_array(lengths, T, N))
-    else:
-        if lengths is not None:
-            raise ValueError("lengths is for padded array input; a list of sequences "
-                             "carries its own lengths")
-        padded, lengths = pad_sequences(sequences)
+    if isinstance(sequences, np.ndarray) and sequences.ndim not in (2, 3):
+        raise ValueError("sequences must be padded (N, T) or (N, T, I), or a list of "
+                         f"arrays; got shape {sequences.shape}")
+    padded, lengths = as_padded(sequences, lengths)
     N = len(padded)
     if y is not None:
         y = np.asarray(y)

@@ -19,7 +19,8 @@ import pytest
 
 from conftest import (CELLS, DTYPES, RTOL, STATE_NAMES, arrays_of, assert_close,
                       assert_representable_close, cast, final_states, make_params,
-                      make_states, make_x, run_backward, run_forward)
+                      run_forward)
+from test_backends import forward_backward, make_case
 
 T, B, I, H = 6, 4, 3, 5
 LENGTHS = np.array([6, 3, 0, 5])          # unsorted, full, partial, empty
@@ -48,19 +49,8 @@ def finishes(fn, seconds=60):
     return result["value"]
 
 
-def forward_backward(cell, backend, x, states, params, dy, dstates, **kw):
-    out = run_forward(cell, backend, x, states, params, training=True, **kw)
-    return out, run_backward(cell, out.workspace, dy, dstates)
-
-
 def case(cell, dtype, seed=0):
-    rng = np.random.default_rng(seed)
-    x = make_x(T, B, I, dtype, seed=seed)
-    states = make_states(cell, B, H, dtype, seed=seed + 1)
-    params = make_params(cell, I, H, dtype, seed=seed + 2)
-    dy = rng.standard_normal((T, B, H)).astype(dtype)
-    dstates = tuple(rng.standard_normal((B, H)).astype(dtype) for _ in STATE_NAMES[cell])
-    return x, states, params, dy, dstates
+    return make_case(cell, (T, B, I, H), dtype, seed)
 
 
 def compare_with_reference(backend, cell, dtype, args, **kw):

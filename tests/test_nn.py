@@ -324,7 +324,7 @@ def test_pad_sequences_and_its_errors():
         nn.pad_sequences([np.zeros((3, 2)), np.zeros((3, 4))])
     with pytest.raises(TypeError, match="sequences must be a list of arrays"):
         nn.pad_sequences(np.zeros((3, 2)))
-    with pytest.raises(ValueError, match="lengths is for padded array input"):
+    with pytest.raises(ValueError, match="lengths is for a padded array sequences"):
         list(nn.minibatches([np.zeros(2)], lengths=[2]))
     with pytest.raises(ValueError, match=r"y must have one entry per sequence, \(2,\)"):
         list(nn.minibatches([np.zeros(2), np.zeros(1)], np.zeros(3)))
