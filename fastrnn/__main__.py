@@ -7,8 +7,9 @@
 - ``bench`` measures fastrnn against its peers (``fastrnn/bench.py``).
 - ``demo`` trains the lesson's sequence models on real data (``fastrnn/demo.py``).
 """
-import importlib
 import argparse
+import importlib
+import os
 import sys
 import time
 
@@ -44,6 +45,16 @@ def check(T, B, I, H, repeats, out=sys.stdout):
     backends = _backends.available_backends()
     print(f"fastrnn check: T={T} B={B} I={I} H={H}, forward+backward, backends {backends}",
           file=out)
+    for name, reason in _backends._errors.items():
+        print(f"backend {name!r} not available: {reason}", file=out)
+    if "cython" in _backends._errors:
+        print("(run from a source checkout? `python -m fastrnn` imports ./fastrnn, which has "
+              "no built kernels; use the `fastrnn` command or another directory)", file=out)
+    required = [n for n in os.environ.get("FASTRNN_REQUIRE_BACKENDS", "").split(",") if n]
+    missing = [n for n in required if n not in backends]
+    if missing:
+        print(f"FAILED: FASTRNN_REQUIRE_BACKENDS asks for {missing}, not available", file=out)
+        return False
     if "cython" in backends:
         from . import _cython_backend
         print(f"cython kernels built for {_cython_backend.ISA} (FASTRNN_ISA to choose)", file=out)
