@@ -149,8 +149,10 @@ def test_a_new_process_computes_the_same_bits():
     installed = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [installed, env.get("PYTHONPATH")]))
     code = textwrap.dedent(CHILD.format(tests=os.path.join(ROOT, "tests")))
+    # run from tests/: `python -c` puts the working directory first on
+    # sys.path, and a source checkout there would shadow the installed package
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                         text=True, timeout=600)
+                         text=True, timeout=600, cwd=os.path.join(ROOT, "tests"))
     assert out.returncode == 0, out.stderr
     theirs = json.loads(out.stdout.strip().splitlines()[-1])
     ours = {f"{b}/{case_id(c)}": digest(compute(b, *c)) for b in NATIVE for c in CASES}
