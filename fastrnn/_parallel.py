@@ -21,6 +21,7 @@ the bits of every output and gradient are the same for any number of threads.
 The weight gradients are the parts' sums, added in a fixed order.
 """
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -79,6 +80,17 @@ def parts(B, T, I, H, G):
         half = (B + 1) // 2
         return [(0, half), (half, B)]
     return [(0, B)]
+
+
+def limit_threads(n):
+    """Limit every BLAS/OpenMP pool to ``n`` threads; the handle keeps the limit."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("warning: threadpoolctl (a dependency of fastrnn) is not installed; "
+              "BLAS runs with its default thread count", file=sys.stderr)
+        return None
+    return threadpool_limits(n)
 
 
 # -- BLAS at one thread inside fastrnn's calls -------------------------------

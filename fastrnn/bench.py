@@ -81,17 +81,6 @@ def versions():
     return out
 
 
-def limit_threads(n):
-    """Limit every BLAS/OpenMP pool to ``n`` threads; the handle keeps the limit."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        print("warning: threadpoolctl is not installed (pip install 'fastrnn[peers]'); "
-              "BLAS runs with its default thread count", file=sys.stderr)
-        return None
-    return threadpool_limits(n)
-
-
 # -- measuring --------------------------------------------------------------
 
 def interleaved_times(runs, rounds, bar=None):
@@ -140,7 +129,7 @@ def run(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress=
     saved = _parallel.get_num_threads()
     _parallel.set_num_threads(threads)      # fastrnn's own threads: the split batch
     try:
-        with limit_threads(threads) or contextlib.nullcontext():
+        with _parallel.limit_threads(threads) or contextlib.nullcontext():
             return _measure(cells, shapes, modes, np.dtype(dtype), backends, peers, threads,
                             rounds, progress)
     finally:

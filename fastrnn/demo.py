@@ -27,7 +27,6 @@ import numpy as np
 
 from . import _backends, _parallel
 from ._progress import Progress
-from .bench import limit_threads
 from .classifier import SequenceClassifier
 from .nn import (CELLS, Adam, Embedding, Linear, clip_grad_norm, cross_entropy, log_softmax,
                  prefixed, recurrent)
@@ -435,7 +434,7 @@ def main(argv=None):
     start = time.perf_counter()
     rows = []
     _parallel.set_num_threads(args.threads)
-    with limit_threads(1) or contextlib.nullcontext():
+    with _parallel.limit_threads(1) or contextlib.nullcontext():
         if args.task in ("digits", "all"):
             rows += run_digits(digits_cfg, args.backend, args.seed, args.quiet, out=sys.stdout)
         if args.task in ("charlm", "all"):

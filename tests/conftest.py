@@ -37,6 +37,16 @@ def backend(request):
     return request.param
 
 
+@pytest.fixture
+def torch():
+    """torch at one thread (skips the test without torch); its setting restored after."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield torch
+    torch.set_num_threads(n)
+
+
 # ----------------------------------------------------------------- generators
 
 def make_params(cell, I, H, dtype=np.float64, seed=0):

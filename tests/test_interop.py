@@ -19,15 +19,6 @@ CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
 pytestmark = pytest.mark.filterwarnings("ignore:LSTM with projections is not supported")
 
 
-@pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(n)
-
-
 def test_torch_and_onnx_are_imported_lazily():
     code = ("import sys, numpy as np, fastrnn\n"
             "l = fastrnn.LSTM(2, 3, num_layers=2, bidirectional=True)\n"

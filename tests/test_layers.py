@@ -30,15 +30,6 @@ def random_hx(layer, B, dtype, rng, unbatched=False):
     return tuple((0.5 * rng.standard_normal(shape(n))).astype(dtype) for n in sizes)
 
 
-@pytest.fixture
-def torch():
-    torch = pytest.importorskip("torch")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield torch
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------- torch parity
 
 T, B, I, H, P = 5, 3, 4, 6, 3
