@@ -207,7 +207,6 @@ def test_onnx_export_runs_like_the_layer(onnx, cell, num_layers, bidirectional, 
 
 
 def test_onnx_weights_round_trip_and_gate_order():
-    rng = np.random.default_rng(0)
     for cell in CELLS:
         layer = make_layer(cell, 3, 4, 2, bidirectional=True, dtype=np.float64, rng=0)
         other = make_layer(cell, 3, 4, 2, bidirectional=True, dtype=np.float64, rng=1)

@@ -387,7 +387,7 @@ def test_streaming_equals_whole_sequence(backend, cell, proj_size):
         x = rng.standard_normal((12, Bn, 4)).astype(dtype)
         hx = as_hx(random_hx(layer, Bn, dtype, rng), cell)
         y, h = layer(x, hx)
-        ys, hs, state = [], [], hx
+        ys, state = [], hx
         for t in range(12):
             if t % 2:
                 yt, state = layer.step(x[t], state)
