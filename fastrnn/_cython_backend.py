@@ -5,8 +5,9 @@ scratch and hands everything to ``fastrnn._ext``, whose kernels allocate
 nothing and run without the GIL. Weights stay in PyTorch's layout (BLAS reads
 them through its transpose flag), so a short call copies no weight matrix. A
 call of ``PREPARE_MIN_T`` steps or more prepares W_hh once for its per-step
-product: packed panels for small float32 batches, else a K-major copy W_hh^T,
-which OpenBLAS multiplies faster than through the transpose flag.
+product (``prepare_forward``, ``prepare_backward``): packed panels for small
+float32 batches, else a K-major copy W_hh^T, which OpenBLAS multiplies faster
+than through the transpose flag.
 
 Buffers (T steps, B sequences, H hidden units, G gates)
 ------------------------------------------------------
@@ -78,10 +79,11 @@ PACKED_MAX_B = 32
 PREPARE_MIN_T = 4
 #: multiply-adds per step from which the packed panels are split over OpenMP
 #: threads. None (off): with OpenBLAS's worker threads spinning on the same two
-#: cores it was 1.5-30x slower than one thread on every grid shape measured;
-#: worth revisiting with BLAS pinned to one thread.
+#: cores it was 1.5-30x slower than one thread on every grid shape measured.
+#: Measured again with BLAS held at one thread (one process, interleaved, 9
+#: rounds, forward only): 0.43-0.80x at latency and long, 1.05-1.12x at small
+#: and medium, whose batches the split in ``_parallel`` runs on both cores anyway.
 PARALLEL_MIN_MACS = None
-
 
 
 def _cores():
@@ -90,32 +92,47 @@ def _cores():
     return os.cpu_count() or 1
 
 
-def _recurrent(dtype, T, B, K, N, w_hh=None):
-    """Keyword arguments that choose how a kernel multiplies by op(W_hh) (K, N).
+def prepare_forward(cell, dtype, T, B, params):
+    """How the forward kernels multiply by W_hh^T each step, prepared once.
 
-    ``w_hh`` (forward only, where op(W_hh) = W_hh^T) may be copied K-major.
+    Keyword arguments for the kernel: ``packed`` panels (float32 batches up to
+    ``PACKED_MAX_B`` rows), a K-major copy ``w_hh_t`` (larger batches), or
+    none (calls too short to repay it). ``_parallel.SplitBackend`` prepares
+    once for all the parts of a split batch, with ``B`` their largest, and the
+    parts share it: one copy of W_hh in the caches instead of one per core.
     """
+    return _prepared(dtype, T, B, params[1], trans=True)
+
+
+def prepare_backward(cell, dtype, T, B, w_hh):
+    """The same for the backward kernels, which multiply by W_hh itself."""
+    return _prepared(dtype, T, B, w_hh, trans=False)
+
+
+def _prepared(dtype, T, B, w_hh, trans):
     if T < PREPARE_MIN_T:
         return {}
+    K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
     if dtype == np.float32 and B <= PACKED_MAX_B:
         parallel = PARALLEL_MIN_MACS is not None and B * K * N >= PARALLEL_MIN_MACS
-        return dict(packed=np.empty(_packing.packed_size(K, N), np.float32),
-                    n_threads=_cores() if parallel else 1)
-    if w_hh is not None:
+        packed = np.empty(_packing.packed_size(K, N), np.float32)
+        _packing.pack(w_hh, trans, packed)
+        return dict(packed=packed, n_threads=_cores() if parallel else 1)
+    if trans:
         return dict(w_hh_t=np.ascontiguousarray(w_hh.T))
     return {}
 
 
-
-
-def forward(cell, x, state0, params, lengths, reverse, training):
+def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
+    """The backend interface's forward; ``prepared``: ``prepare_forward``'s
+    result, shared by the parts of a split batch (None: prepare here)."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
     H = w_hh.shape[1]               # the size of h: P with a projection
     GH = w_hh.shape[0]
     dtype = x.dtype
-    rec = _recurrent(dtype, T, B, H, GH, w_hh)
+    rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
@@ -156,7 +173,9 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     return y, state_n, data
 
 
-def backward(cell, data, dy, dstate_n):
+def backward(cell, data, dy, dstate_n, prepared=None):
+    """The backend interface's backward; ``prepared`` as in ``forward``, from
+    ``prepare_backward``."""
     x, w_ih, w_hh = data["x"], data["w_ih"], data["w_hh"]
     lengths, reverse = data["lengths"], data["reverse"]
     T, B, _ = x.shape
@@ -164,7 +183,7 @@ def backward(cell, data, dy, dstate_n):
     dtype = x.dtype
     dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
-    rec = _recurrent(dtype, T, B, GH, H)
+    rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)

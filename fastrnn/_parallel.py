@@ -218,6 +218,16 @@ class SplitBackend:
         with _one_blas_thread:
             return self._backward(cell, data, dy, dstate_n)
 
+    def _shared(self, prepare, ranges, cell, dtype, T, w):
+        """``{"prepared": ...}``: the wrapped backend's ``prepare`` (its
+        ``prepare_forward`` or ``prepare_backward``), run once for all the
+        parts with the largest part's size; {} if the backend has none."""
+        fn = getattr(self.module, prepare, None)
+        if fn is None:
+            return {}
+        largest = max(b1 - b0 for b0, b1 in ranges)
+        return {"prepared": fn(cell, dtype, T, largest, w)}
+
     def _forward(self, cell, x, state0, params, lengths, reverse, training):
         T, B, I = x.shape
         G = {"lstm": 4, "gru": 3}.get(cell, 1)
@@ -225,11 +235,13 @@ class SplitBackend:
         if len(ranges) == 1:
             return self.module.forward(cell, x, state0, params, lengths, reverse, training)
 
+        shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params)
+
         def part(k):
             b0, b1 = ranges[k]
             return self.module.forward(
                 cell, _rows(x, b0, b1, 1), tuple(_rows(s, b0, b1, 0) for s in state0),
-                params, _rows(lengths, b0, b1, 0), reverse, training)
+                params, _rows(lengths, b0, b1, 0), reverse, training, **shared)
         results = run_parts(part, len(ranges))
         y = np.concatenate([r[0] for r in results], axis=1)
         state_n = tuple(np.concatenate([r[1][i] for r in results])
@@ -243,11 +255,15 @@ class SplitBackend:
         if "split" not in data:
             return self.module.backward(cell, data, dy, dstate_n)
         ranges = data["split"]
+        first = data["parts"][0]
+        shared = self._shared("prepare_backward", ranges, cell, first["x"].dtype,
+                              first["x"].shape[0], first["w_hh"])
 
         def part(k):
             b0, b1 = ranges[k]
             return self.module.backward(cell, data["parts"][k], _rows(dy, b0, b1, 1),
-                                        tuple(_rows(d, b0, b1, 0) for d in dstate_n))
+                                        tuple(_rows(d, b0, b1, 0) for d in dstate_n),
+                                        **shared)
         results = run_parts(part, len(ranges))
         dx = np.concatenate([r[0] for r in results], axis=1)
         dstate0 = tuple(np.concatenate([r[1][i] for r in results])

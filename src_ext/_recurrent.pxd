@@ -2,8 +2,9 @@
 """The per-step recurrent product, out := h @ op(W) + beta * out, W fixed for a call.
 
 float32 with a small batch uses the packed-panel kernel of _packed_gemm.h: W
-is packed once per call and streamed once per step, its panels split over
-threads. Everything else goes to BLAS, which reads PyTorch's layout through
+is packed before the call (``pack``, from Python through ``packing.pack``, so
+that the parts of a split batch share one copy) and streamed once per step,
+its panels split over threads. Everything else goes to BLAS, which reads PyTorch's layout through
 the transpose flag, so no call copies a weight matrix. Python picks the path
 (a packed buffer or None) because that is where it is measured and tested.
 """
@@ -32,7 +33,8 @@ cdef struct Recurrent:
 
 cdef inline Recurrent recurrent(const floating* w, bint trans, Py_ssize_t K, Py_ssize_t N,
                                 float* packed, int n_threads) noexcept nogil:
-    """Describe op(W) (K, N); with a packed buffer (float32 only), pack it now."""
+    """Describe op(W) (K, N); ``packed`` (float32 only) holds it packed by
+    ``pack``, or is NULL (BLAS multiplies W itself)."""
     cdef Recurrent r
     r.w = w
     r.trans = trans
@@ -41,10 +43,15 @@ cdef inline Recurrent recurrent(const floating* w, bint trans, Py_ssize_t K, Py_
     r.n_threads = n_threads if n_threads > 0 else 1
     r.packed = NULL
     if floating is float:
-        if packed != NULL:
-            fr_pack_panels(K, N, w, 1 if trans else N, K if trans else 1, packed)
-            r.packed = packed
+        r.packed = packed
     return r
+
+
+cdef inline void pack(const float* w, bint trans, Py_ssize_t K, Py_ssize_t N,
+                      float* packed) noexcept nogil:
+    """Pack op(W) (K, N) into panels for ``recurrent``: once per call, or once
+    for all the parts of a split batch, which then share it."""
+    fr_pack_panels(K, N, w, 1 if trans else N, K if trans else 1, packed)
 
 
 cdef inline void recurrent_product(const Recurrent* r, Py_ssize_t B, const floating* h,

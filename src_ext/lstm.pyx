@@ -214,8 +214,9 @@ def forward(const floating[:, :, ::1] x,
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
     (inference, alternating); the caller fills the slot the first step reads. With a
     projection, ``w_hr`` is (P, H) and ``m`` has as many slots as ``hs`` less
-    one (T or 1). Weights are in PyTorch's layout. ``packed`` (float32 only,
-    ``packing.packed_size(P, 4H)`` floats) selects the packed recurrent product.
+    one (T or 1). Weights are in PyTorch's layout. ``packed`` (float32 only)
+    selects the packed recurrent product: W_hh^T (P, 4H) as packed by
+    ``packing.pack(w_hh, True, packed)``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -271,7 +272,8 @@ def backward(const floating[:, :, ::1] x,
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
     ``dh_total`` (T, B, P) and ``dm`` (B, H), and the output ``dw_hr`` (P, H).
-    ``packed``: as in ``forward``, ``packing.packed_size(4H, P)`` floats.
+    ``packed``: as in ``forward``, but W_hh (4H, P) itself, packed by
+    ``packing.pack(w_hh, False, packed)``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]

@@ -1,7 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The packed-panel recurrent product of _packed_gemm.h, for sizing and testing."""
 from cython cimport floating
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, pack as pack_
 
 cdef extern from "_packed_gemm.h" nogil:
     Py_ssize_t fr_packed_size(Py_ssize_t K, Py_ssize_t N)
@@ -31,5 +31,23 @@ def product(const floating[:, ::1] h, const floating[:, ::1] w, bint trans,
     cdef float* packed_ = check_packed(packed, K, N)
     cdef Recurrent r
     with nogil:
+        if floating is float:
+            if packed_ != NULL:
+                pack_(&w[0, 0], trans, K, N, packed_)
         r = recurrent(&w[0, 0], trans, K, N, packed_, n_threads)
         recurrent_product(&r, B, &h[0, 0], beta, &out[0, 0])
+
+
+def pack(const float[:, ::1] w, bint trans, float[::1] packed):
+    """Pack op(w) into ``packed`` for the kernels' ``packed`` argument.
+
+    op(w) is w.T when ``trans`` (w is (N, K), PyTorch's layout), else w (K, N);
+    ``packed`` holds at least ``packed_size(K, N)`` floats.
+    """
+    cdef Py_ssize_t K = w.shape[1] if trans else w.shape[0]
+    cdef Py_ssize_t N = w.shape[0] if trans else w.shape[1]
+    cdef float* packed_ = check_packed(packed, K, N)
+    if packed_ == NULL:
+        raise ValueError("packed must be a float32 buffer")
+    with nogil:
+        pack_(&w[0, 0], trans, K, N, packed_)
