@@ -1,0 +1,77 @@
+"""What running right after something else does to one fastrnn call.
+
+``fastrnn bench`` runs the implementations in turn (A B C A B C ...), so every
+timed call follows another implementation's. This measures how much that
+alone changes a call: the same fastrnn call (Cython backend, float32, 2
+threads as in the bench), median of ``--calls`` calls, each preceded by
+
+- ``nothing``:           back to back;
+- ``onnxruntime``:       one ONNX Runtime call of the same cell and shape;
+- ``torch``:             one torch.nn call of the same cell and shape;
+- ``busy N ms``:         a Python busy loop (no memory traffic to speak of);
+- ``sleep N ms``:        an idle pause.
+
+Run: ``python benchmarks/bench_interleaving.py [--cell lstm] [--shape latency]
+[--calls 60] [--repeats 2]``
+"""
+import argparse
+import time
+
+import numpy as np
+
+from fastrnn import _parallel, _peers
+
+
+def busy(ms):
+    def run():
+        end = time.perf_counter() + ms / 1e3
+        while time.perf_counter() < end:
+            pass
+    return run
+
+
+def pause(ms):
+    return lambda: time.sleep(ms / 1e3)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cell", default="lstm", choices=_peers.CELLS)
+    ap.add_argument("--shape", default="latency", choices=list(_peers.SHAPES))
+    ap.add_argument("--mode", default="inference", choices=_peers.MODES)
+    ap.add_argument("--calls", type=int, default=60)
+    ap.add_argument("--repeats", type=int, default=2)
+    args = ap.parse_args()
+    threads = 2
+    _parallel.set_num_threads(threads)
+    with _parallel.limit_threads(threads):
+        case = _peers.make_case(args.cell, args.shape, dtype=np.float32)
+        ours = _peers.fastrnn_runner(case, args.mode, "cython")
+        before = {"nothing": None}
+        for name, make in (("onnxruntime", _peers.onnxruntime_runner),
+                           ("torch", _peers.torch_runner)):
+            try:
+                run = make(case, args.mode, threads)
+            except (ImportError, ValueError):   # not installed; ORT has no training
+                run = None
+            if run is not None:
+                before[name] = run
+        for ms in (1, 5):
+            before[f"busy {ms} ms"] = busy(ms)
+            before[f"sleep {ms} ms"] = pause(ms)
+        print(f"# {args.cell} {args.shape} {args.mode}, cython, float32, {threads} threads: "
+              f"median ms of {args.calls} calls, each right after ...")
+        for repeat in range(args.repeats):
+            for name, other in before.items():
+                times = []
+                for _ in range(args.calls):
+                    if other is not None:
+                        other()
+                    t = time.perf_counter()
+                    ours()
+                    times.append(time.perf_counter() - t)
+                print(f"{name:>14}: {1e3 * np.median(times):.3f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
