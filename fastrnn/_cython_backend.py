@@ -136,7 +136,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
-    gates = np.empty((T if keep_gates else _buffers.chunk(T, B), B, GH), dtype)
+    gates = np.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
     data = None
     if cell == "lstm":
         HC = GH // 4                # the size of c

@@ -91,6 +91,23 @@ def test_matches_reference(backend, cell, dtype, shape, reverse, lengths_kind):
     assert_results_equal(inference, out, exact=False, rtol=RTOL[np.dtype(dtype)])
 
 
+@direction_cases
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_wide_projection_chunks_match_reference(backend, cell, reverse):
+    """Inference chunks of more than 256 rows, which wide projections (G*H of
+    1024 or more) take: T=40, B=32, H=256 gives chunks of 16 steps (LSTM,
+    512 rows) or 12 (GRU, 384 rows), the last one partial."""
+    from fastrnn import _buffers
+    T, B, I, H = 40, 32, 3, 256
+    G = 4 if cell == "lstm" else 3
+    assert _buffers.chunk(T, B, G * H) == {"lstm": 16, "gru": 12}[cell]
+    x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
+    kw = dict(lengths=make_lengths("mixed", T, B), reverse=reverse)
+    out = run_forward(cell, backend, x, states, params, training=False, **kw)
+    ref, _ = reference64(cell, x, states, params, dy, dstates, **kw)
+    assert_matches(out, ref, np.float32)
+
+
 def test_auto_is_the_fastest_available():
     x, states, params, _, _ = make_case("gru", (2, 2, 3, 4), np.float64)
     out = run_forward("gru", "auto", x, states, params, training=True)
