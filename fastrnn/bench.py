@@ -83,15 +83,42 @@ def versions():
 
 # -- measuring --------------------------------------------------------------
 
+def balanced_orders(n):
+    """Orders of ``range(n)`` in which every run comes right after every other
+    one equally often: the rows of a Williams design (a balanced Latin square;
+    two of them when n is odd). For n = 4: 0 1 3 2, 1 2 0 3, 2 3 1 0, 3 0 2 1.
+    """
+    base, low, high = [0], 1, n - 1
+    while len(base) < n:
+        base.append(low)
+        low += 1
+        if len(base) < n:
+            base.append(high)
+            high -= 1
+    orders = [[(i + r) % n for i in base] for r in range(n)]
+    if n % 2:
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
 def interleaved_times(runs, rounds, bar=None):
-    """Seconds of each run in each round, the runs taking turns within a round."""
+    """Seconds of each run in each round, the runs taking turns within a round.
+
+    A call runs slower right after another implementation's than back to back
+    (benchmarks/bench_interleaving.py), and can run faster right after one
+    that has just read the same weights. So the turns follow
+    ``balanced_orders``: over its rows, each run comes right after every other
+    one equally often, and none is always measured in the wake of the same
+    neighbour.
+    """
     for run in runs:            # warm-up: JIT compilation, first-touch allocation
         run()
+    orders = balanced_orders(len(runs))
     times = [[] for _ in runs]
-    for _ in range(rounds):
-        for i, run in enumerate(runs):
+    for r in range(rounds):
+        for i in orders[r % len(orders)]:
             t = time.perf_counter()
-            run()
+            runs[i]()
             times[i].append(time.perf_counter() - t)
             if bar is not None:
                 bar.update(1)

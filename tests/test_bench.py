@@ -104,3 +104,29 @@ def test_plot_is_written(tmp_path):
     png = tmp_path / "bench.png"
     run_bench(tmp_path, "--cells", "rnn_tanh", "--backends", "reference", "--plot", str(png))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 5])
+def test_orders_are_balanced(n):
+    """Within the rounds of ``balanced_orders``, each run comes right after
+    every other one equally often, so none is always measured in the wake of
+    the same neighbour."""
+    orders = bench.balanced_orders(n)
+    assert all(sorted(order) == list(range(n)) for order in orders)
+    follows = {}
+    for order in orders:
+        for before, after in zip(order, order[1:]):
+            follows[before, after] = follows.get((before, after), 0) + 1
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b]
+    assert sorted(follows) == sorted(pairs)
+    assert len(set(follows.values())) <= 1
+
+
+def test_interleaved_times_take_turns_in_the_balanced_orders():
+    calls = []
+    runs = [lambda name=name: calls.append(name) for name in "ABCD"]
+    times = bench.interleaved_times(runs, rounds=5)
+    assert [len(t) for t in times] == [5] * 4
+    assert calls[:4] == list("ABCD")                 # the warm-up
+    expected = [bench.balanced_orders(4)[r % 4] for r in range(5)]
+    assert calls[4:] == ["ABCD"[i] for order in expected for i in order]
