@@ -1,7 +1,7 @@
 """What running right after something else does to one fastrnn call.
 
-``fastrnn bench`` runs the implementations in turn (A B C A B C ...), so every
-timed call follows another implementation's. This measures how much that
+``fastrnn bench`` runs the implementations in turn, so every timed call
+follows another implementation's. This measures how much that
 alone changes a call: the same fastrnn call (Cython backend, float32, 2
 threads as in the bench), median of ``--calls`` calls, each preceded by
 

@@ -1,7 +1,8 @@
 """``python -m fastrnn bench``: fastrnn against its peers, side by side, on this machine.
 
-Every implementation of one cell x shape x mode runs in turn (A B C A B C ...)
-in one process, so the load of a shared machine slows them all alike; the
+Every implementation of one cell x shape x mode runs in turn, in balanced
+orders (``balanced_orders``), in one process, so the load of a shared machine
+slows them all alike; the
 table gives each one's median time, fastrnn's GFLOP/s and its fraction of the
 machine's own measured GEMM rate (the limit: a recurrent layer is GEMMs plus
 element-wise work, so it cannot run faster than BLAS multiplies), and the ratio
