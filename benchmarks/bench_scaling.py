@@ -1,7 +1,7 @@
 """How well the two halves of a split batch use two cores.
 
-For each cell and shape, in one process, interleaved (A B C A B C ...), float32,
-the Cython backend:
+For each cell and shape, in one process, taking turns as ``fastrnn bench``
+does (balanced orders), float32, the Cython backend:
 
 - ``serial``: the whole batch in one kernel call on one thread;
 - ``half``:   one half of the batch alone, one kernel call on one thread;
@@ -18,12 +18,12 @@ Run: ``python benchmarks/bench_scaling.py [--cells lstm gru] [--shapes small med
 [--modes inference training] [--rounds 21]``
 """
 import argparse
-import time
+import importlib
 
 import numpy as np
 
 import fastrnn
-from fastrnn import _backends, _parallel, _peers
+from fastrnn import _backends, _parallel, _peers, bench
 
 
 def _call(backend, cell, x, states, params, mode):
@@ -50,16 +50,9 @@ def measure(cell, shape, mode, rounds):
         "half": lambda: _call(plain, cell, x_half, states_half, params, mode),
         "split": lambda: _call(split, cell, x, states, params, mode),
     }
-    times = {name: [] for name in runs}
     with _parallel._one_blas_thread:
-        for run in runs.values():          # warm-up
-            run()
-        for _ in range(rounds):
-            for name, run in runs.items():
-                t = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - t)
-    return {name: float(np.median(t)) for name, t in times.items()}
+        times = bench.interleaved_times(list(runs.values()), rounds)
+    return {name: float(np.median(t)) for name, t in zip(runs, times)}
 
 
 def main():
@@ -71,9 +64,10 @@ def main():
     args = ap.parse_args()
     if "cython" not in fastrnn.available_backends():
         raise SystemExit("the Cython backend is not built")
-    import scipy.linalg  # noqa: F401  (loads SciPy's BLAS, so that it can be held at one thread)
+    # load SciPy's BLAS now, so that the hold at one thread reaches it
+    importlib.import_module("scipy.linalg")
     fastrnn.set_num_threads(2)
-    print(f"# median of {args.rounds} interleaved rounds, float32, cython, ms")
+    print(f"# median of {args.rounds} rounds in balanced orders, float32, cython, ms")
     print("| cell | shape | mode | serial | half | split | serial / split | split / half |")
     print("|---|---|---|---|---|---|---|---|")
     for cell in args.cells:
