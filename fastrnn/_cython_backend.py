@@ -32,6 +32,7 @@ import os
 import numpy as np
 
 from . import _buffers
+from ._parallel import cores as _cores
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -84,12 +85,6 @@ PREPARE_MIN_T = 4
 #: rounds, forward only): 0.43-0.80x at latency and long, 1.05-1.12x at small
 #: and medium, whose batches the split in ``_parallel`` runs on both cores anyway.
 PARALLEL_MIN_MACS = None
-
-
-def _cores():
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def prepare_forward(cell, dtype, T, B, params):

@@ -39,7 +39,8 @@ _pool = None
 _pool_lock = threading.Lock()
 
 
-def _default_threads():
+def cores():
+    """The cores this process may run on."""
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1
@@ -54,7 +55,7 @@ def get_num_threads():
     global _threads
     if _threads is None:
         env = os.environ.get("FASTRNN_NUM_THREADS")
-        _threads = _positive_threads(int(env) if env else _default_threads(),
+        _threads = _positive_threads(int(env) if env else cores(),
                                      "FASTRNN_NUM_THREADS")
     return _threads
 

@@ -2,11 +2,11 @@
 
 Every implementation of one cell x shape x mode runs in turn, in balanced
 orders (``balanced_orders``), in one process, so the load of a shared machine
-slows them all alike; the
-table gives each one's median time, fastrnn's GFLOP/s and its fraction of the
-machine's own measured GEMM rate (the limit: a recurrent layer is GEMMs plus
-element-wise work, so it cannot run faster than BLAS multiplies), and the ratio
-of each peer's median to fastrnn's (above 1: fastrnn is faster).
+slows them all alike; the table gives each one's median time, fastrnn's
+GFLOP/s and its fraction of the machine's own measured GEMM rate (the limit: a
+recurrent layer is GEMMs plus element-wise work, so it cannot run faster than
+BLAS multiplies), and the ratio of each peer's median to fastrnn's (above 1:
+fastrnn is faster).
 
 Examples
 --------

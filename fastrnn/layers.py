@@ -591,8 +591,6 @@ def _dropout_mask(gen, shape, p, dtype):
 
 def _to_numpy(name, value):
     """An ndarray from an array-like or a (CPU) torch tensor, without copying when possible."""
-    if isinstance(value, np.ndarray):
-        return v.as_array(name, value)
     if hasattr(value, "detach") and hasattr(value, "cpu"):      # a torch tensor
         return value.detach().cpu().numpy()
     return v.as_array(name, value)

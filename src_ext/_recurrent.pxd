@@ -4,9 +4,10 @@
 float32 with a small batch uses the packed-panel kernel of _packed_gemm.h: W
 is packed before the call (``pack``, from Python through ``packing.pack``, so
 that the parts of a split batch share one copy) and streamed once per step,
-its panels split over threads. Everything else goes to BLAS, which reads PyTorch's layout through
-the transpose flag, so no call copies a weight matrix. Python picks the path
-(a packed buffer or None) because that is where it is measured and tested.
+its panels split over threads. Everything else goes to BLAS, which reads
+PyTorch's layout through the transpose flag, so no call copies a weight
+matrix. Python picks the path (a packed buffer or None) because that is where
+it is measured and tested.
 """
 from cython cimport floating
 from cython.parallel cimport prange
