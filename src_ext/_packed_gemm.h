@@ -13,6 +13,10 @@
 #ifndef FASTRNN_PACKED_GEMM_H
 #define FASTRNN_PACKED_GEMM_H
 #include <stddef.h>
+#include <string.h>
+#if defined(__SSE__) || defined(_M_X64)
+#include <xmmintrin.h>
+#endif
 
 #define FR_PANEL 16
 
@@ -44,17 +48,71 @@ static inline void fr_pack_one(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff
     }
 }
 
-/* The loop order follows W's rows: panel by panel for (1, K) strides, whose 16
- * rows of a panel are read side by side; row k by row k otherwise, so that each
- * row of W is read once, in order, instead of 64 bytes of it per panel (2.96 ->
- * 1.56 ms for W_hh of an LSTM with H = 512, measured in C, best of 10). */
+/* Rows of W (n_stride 1): each (k, panel) is FR_PANEL contiguous floats, a
+ * fixed-size memcpy (vector moves). Blocks of FR_PACK_ROWS rows of W go panel
+ * by panel: writing one row of W at a time to every panel, K * 64 bytes
+ * apart, hits the same few L1 sets again and again. */
+#define FR_PACK_ROWS 8
+static void fr_pack_rows(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k_stride,
+                         float* packed)
+{
+    ptrdiff_t full = N / FR_PANEL;
+    for (ptrdiff_t k0 = 0; k0 < K; k0 += FR_PACK_ROWS) {
+        ptrdiff_t k1 = k0 + FR_PACK_ROWS < K ? k0 + FR_PACK_ROWS : K;
+        for (ptrdiff_t p = 0; p < full; p++)
+            for (ptrdiff_t k = k0; k < k1; k++)
+                memcpy(packed + (p * K + k) * FR_PANEL, w + k * k_stride + p * FR_PANEL,
+                       FR_PANEL * sizeof(float));
+        if (full < fr_n_panels(N))
+            for (ptrdiff_t k = k0; k < k1; k++)
+                fr_pack_one(K, N, w, k_stride, 1, packed, full, k);
+    }
+}
+
+/* Columns of W (k_stride 1, PyTorch's layout read as W^T): a panel is
+ * FR_PANEL rows of w, transposed, 4 x 4 blocks at a time through SSE
+ * registers (every x86-64 has SSE; elsewhere the scalar loop does it all). */
+static void fr_pack_columns(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t n_stride,
+                            float* packed)
+{
+    for (ptrdiff_t p = 0; p < fr_n_panels(N); p++) {
+        ptrdiff_t k = 0;
+#if defined(__SSE__) || defined(_M_X64)
+        if ((p + 1) * FR_PANEL <= N) {
+            for (; k + 4 <= K; k += 4)
+                for (int j = 0; j < FR_PANEL; j += 4) {
+                    const float* src = w + (p * FR_PANEL + j) * n_stride + k;
+                    __m128 r0 = _mm_loadu_ps(src), r1 = _mm_loadu_ps(src + n_stride);
+                    __m128 r2 = _mm_loadu_ps(src + 2 * n_stride);
+                    __m128 r3 = _mm_loadu_ps(src + 3 * n_stride);
+                    _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+                    float* dst = packed + (p * K + k) * FR_PANEL + j;
+                    _mm_storeu_ps(dst, r0);
+                    _mm_storeu_ps(dst + FR_PANEL, r1);
+                    _mm_storeu_ps(dst + 2 * FR_PANEL, r2);
+                    _mm_storeu_ps(dst + 3 * FR_PANEL, r3);
+                }
+        }
+#endif
+        for (; k < K; k++)
+            fr_pack_one(K, N, w, 1, n_stride, packed, p, k);
+    }
+}
+
+/* Pack W (K, N) into panels. The two layouts the kernels pack, W_hh^T for the
+ * forward and W_hh for the backward, have the fast paths above: against one
+ * element at a time, 2.3-3.9x and 1.8-3.6x faster for the grid's W_hh (LSTM at
+ * H = 128: 46 -> 14 us and 31 -> 12 us; H = 512: 818 -> 291 us and 979 -> 362
+ * us; C harness, the two interleaved, median of 41), with the same bytes. */
 static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k_stride,
                            ptrdiff_t n_stride, float* packed)
 {
     if (n_stride == 1) {
-        for (ptrdiff_t k = 0; k < K; k++)
-            for (ptrdiff_t p = 0; p < fr_n_panels(N); p++)
-                fr_pack_one(K, N, w, k_stride, n_stride, packed, p, k);
+        fr_pack_rows(K, N, w, k_stride, packed);
+        return;
+    }
+    if (k_stride == 1) {
+        fr_pack_columns(K, N, w, n_stride, packed);
         return;
     }
     for (ptrdiff_t p = 0; p < fr_n_panels(N); p++)

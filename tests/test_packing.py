@@ -75,3 +75,26 @@ def test_every_recurrent_path_matches_the_reference(monkeypatch, cell, reverse, 
                                            cast(dstates, dtype))
     for got, expected in zip(results[np.float32], results[np.float64]):
         assert_results_equal(got, expected, exact=False, rtol=RTOL[np.dtype(np.float32)])
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
+@pytest.mark.parametrize("K", [1, 3, 4, 5, 8, 13, 64, 130])
+@pytest.mark.parametrize("N", [1, 4, 15, 16, 17, 33, 100])
+def test_pack_lays_out_panels(K, N, trans):
+    """packed[p, k, j] = op(W)[k, p * PANEL + j], zero past column N, exactly:
+    the fast paths (vector copies of rows, 4 x 4 transposes of columns) and the
+    element-by-element edges must write the same bytes."""
+    P = packing.PANEL
+    rng = np.random.default_rng(K * 1000 + N)
+    w = rng.standard_normal((N, K) if trans else (K, N)).astype(np.float32)
+    op_w = w.T if trans else w
+    n_panels = -(-N // P)
+    padded = np.zeros((K, n_panels * P), np.float32)
+    padded[:, :N] = op_w
+    expected = padded.reshape(K, n_panels, P).transpose(1, 0, 2).ravel()
+    size = packing.packed_size(K, N)
+    assert size == expected.size
+    buf = np.full(size + 5, np.nan, np.float32)       # the pack writes no further
+    packing.pack(w, trans, buf)
+    np.testing.assert_array_equal(buf[:size], expected)
+    assert np.isnan(buf[size:]).all()
