@@ -98,3 +98,22 @@ def test_pack_lays_out_panels(K, N, trans):
     packing.pack(w, trans, buf)
     np.testing.assert_array_equal(buf[:size], expected)
     assert np.isnan(buf[size:]).all()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
+@pytest.mark.parametrize("B", [2, 5, 8, 9])
+def test_blas_product_overwrites_with_beta_zero(B, trans, dtype):
+    """beta = 0 overwrites ``out``, NaN and all: the kernels hand BLAS scratch
+    from np.empty. Up to 8 rows go row by row through GEMV (``_blas.gemm``),
+    more through GEMM; both must ignore what ``out`` held."""
+    K, N = 37, 70
+    rng = np.random.default_rng(B)
+    h = rng.standard_normal((B, K)).astype(dtype)
+    w = rng.standard_normal((N, K) if trans else (K, N)).astype(dtype)
+    out = np.full((B, N), np.nan, dtype)
+    packing.product(h, w, trans, dtype(0), out)
+    op_w = w.T if trans else w
+    expected = h.astype(np.float64) @ op_w.astype(np.float64)
+    tol = 4 * np.finfo(dtype).eps * np.sqrt(K) * (np.abs(h) @ np.abs(op_w))
+    assert np.all(np.abs(out - expected) <= tol)
