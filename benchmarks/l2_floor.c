@@ -56,7 +56,7 @@ static void measure(const char* cell, ptrdiff_t K, ptrdiff_t N)
     for (ptrdiff_t i = 0; i < K * N; i++)
         w[i] = 0.001f * (float)(i % 11);
     memset(out, 0, N * sizeof(float));
-    fr_pack_panels(K, N, w, N, 1, packed);
+    fr_pack_panels(K, N, w, 0, packed);   /* w is (K, N): op(W) = w */
     double t[2][ROUNDS];
     volatile float sink = 0;
     for (int r = 0; r < ROUNDS; r++)

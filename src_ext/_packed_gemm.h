@@ -99,25 +99,18 @@ static void fr_pack_columns(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t 
     }
 }
 
-/* Pack W (K, N) into panels. The two layouts the kernels pack, W_hh^T for the
- * forward and W_hh for the backward, have the fast paths above: against one
- * element at a time, 2.3-3.9x and 1.8-3.6x faster for the grid's W_hh (LSTM at
- * H = 128: 46 -> 14 us and 31 -> 12 us; H = 512: 818 -> 291 us and 979 -> 362
- * us; C harness, the two interleaved, median of 41), with the same bytes. */
-static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k_stride,
-                           ptrdiff_t n_stride, float* packed)
+/* Pack op(W) (K, N) into panels, from a row-major w: (N, K) with op(W) = w^T
+ * when ``trans`` (PyTorch's layout, the forward's W_hh^T), else (K, N) (the
+ * backward's W_hh). Against one element at a time, 2.3-3.9x and 1.8-3.6x
+ * faster for the grid's W_hh (LSTM at H = 128: 46 -> 14 us and 31 -> 12 us;
+ * H = 512: 818 -> 291 us and 979 -> 362 us; C harness, the two interleaved,
+ * median of 41), with the same bytes. */
+static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, int trans, float* packed)
 {
-    if (n_stride == 1) {
-        fr_pack_rows(K, N, w, k_stride, packed);
-        return;
-    }
-    if (k_stride == 1) {
-        fr_pack_columns(K, N, w, n_stride, packed);
-        return;
-    }
-    for (ptrdiff_t p = 0; p < fr_n_panels(N); p++)
-        for (ptrdiff_t k = 0; k < K; k++)
-            fr_pack_one(K, N, w, k_stride, n_stride, packed, p, k);
+    if (trans)
+        fr_pack_columns(K, N, w, K, packed);
+    else
+        fr_pack_rows(K, N, w, N, packed);
 }
 
 /* c[r][0:FR_PANEL] += sum_k a[r][k] * w[k][0:FR_PANEL] for ROWS rows of a; w one packed panel. */

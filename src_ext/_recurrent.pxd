@@ -16,8 +16,8 @@ from _blas cimport gemm
 cdef extern from "_packed_gemm.h" nogil:
     Py_ssize_t fr_n_panels(Py_ssize_t N)
     Py_ssize_t fr_packed_size(Py_ssize_t K, Py_ssize_t N)
-    void fr_pack_panels(Py_ssize_t K, Py_ssize_t N, const float* w, Py_ssize_t k_stride,
-                        Py_ssize_t n_stride, float* packed)
+    void fr_pack_panels(Py_ssize_t K, Py_ssize_t N, const float* w, int trans,
+                        float* packed)
     void fr_gemm_packed(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const float* A,
                         Py_ssize_t lda, const float* packed, float beta, float* C,
                         Py_ssize_t ldc, Py_ssize_t p0, Py_ssize_t p1)
@@ -52,7 +52,7 @@ cdef inline void pack(const float* w, bint trans, Py_ssize_t K, Py_ssize_t N,
                       float* packed) noexcept nogil:
     """Pack op(W) (K, N) into panels for ``recurrent``: once per call, or once
     for all the parts of a split batch, which then share it."""
-    fr_pack_panels(K, N, w, 1 if trans else N, K if trans else 1, packed)
+    fr_pack_panels(K, N, w, trans, packed)
 
 
 cdef inline void recurrent_product(const Recurrent* r, Py_ssize_t B, const floating* h,
