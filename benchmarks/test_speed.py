@@ -6,15 +6,18 @@
 Each benchmark is one cell x shape x mode x implementation; the groups put the
 implementations of one cell x shape x mode side by side. Training is a forward
 that keeps its workspace plus the full backward (gradients of x, the initial
-states and every weight and bias). One warm-up round keeps JIT compilation and
-first-touch allocation out of the timings.
+states and every weight and bias). Before its rounds, each benchmark calls its
+implementation untimed for a tenth of a second (``fastrnn.bench.settle``): that
+keeps JIT compilation and first-touch allocation out of the timings, and lets
+the previous benchmark's spinning workers (torch's OpenMP, ONNX Runtime's pool)
+go quiet.
 """
 import importlib.util
 
 import pytest
 
 import fastrnn
-from fastrnn import _peers
+from fastrnn import _peers, bench
 
 
 def _impls(config):
@@ -50,5 +53,6 @@ def test_speed(benchmark, threads, cell, shape, mode, impl):
     run = _runner(impl, case, mode, threads)
     benchmark.group = f"{cell} {shape} {mode}"
     benchmark.extra_info["gflops"] = case.flops(mode) / 1e9
-    benchmark.pedantic(run, warmup_rounds=1, rounds=max(3, min(20, int(2e9 / case.flops(mode)))),
+    bench.settle(run)
+    benchmark.pedantic(run, warmup_rounds=0, rounds=max(3, min(20, int(2e9 / case.flops(mode)))),
                        iterations=1)

@@ -151,10 +151,9 @@ def onnxruntime_runner(case, mode, threads=None):
     if mode != "inference":
         raise ValueError("ONNX Runtime runs inference only")
     import onnxruntime as ort
+    # ORT's default threading, idle workers spinning included: the bench keeps
+    # their spinning out of other implementations' timings (bench.settle)
     options = ort.SessionOptions()
-    # idle ORT workers spin by default and would steal the cores from whatever
-    # is timed next; passive waiting keeps interleaved measurements fair
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

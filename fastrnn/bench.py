@@ -2,7 +2,10 @@
 
 Every implementation of one cell x shape x mode runs in turn, in balanced
 orders (``balanced_orders``), in one process, so the load of a shared machine
-slows them all alike; the table gives each one's median time, fastrnn's
+slows them all alike. Each turn times one call after a tenth of a second of
+untimed calls of the same implementation (``settle``): every implementation is
+timed back to back with itself, in its default threading configuration, and
+none while another's idle workers still spin. The table gives each one's median time, fastrnn's
 GFLOP/s and its fraction of the machine's own measured GEMM rate (the limit: a
 recurrent layer is GEMMs plus element-wise work, so it cannot run faster than
 BLAS multiplies), and the ratio of each peer's median to fastrnn's (above 1:
@@ -47,12 +50,13 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
-def gemm_limit(dtype, n=1024, repeats=15):
-    """GFLOP/s of the BLAS fastrnn calls (SciPy's) on an n x n x n product.
+def gemm_run(dtype, n=1024):
+    """A run of the BLAS fastrnn calls (SciPy's) on an n x n x n product, and its flops.
 
-    The median over ``repeats`` runs, with the thread count in force. This is
-    the machine's practical peak: the rate the recurrent layers are measured
-    against.
+    Its rate, with the thread count in force, is the machine's practical peak:
+    the limit the recurrent layers are measured against. The bench times it in
+    the same turns as the implementations, so each case's limit is measured
+    under the load the case itself met.
     """
     from scipy.linalg import blas
     gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
@@ -60,13 +64,7 @@ def gemm_limit(dtype, n=1024, repeats=15):
     a = np.asfortranarray(rng.standard_normal((n, n)).astype(dtype))
     b = np.asfortranarray(rng.standard_normal((n, n)).astype(dtype))
     c = np.zeros((n, n), dtype, order="F")
-    gemm(1.0, a, b, 0.0, c, overwrite_c=True)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        gemm(1.0, a, b, 0.0, c, overwrite_c=True)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / float(np.median(times)) / 1e9
+    return (lambda: gemm(1.0, a, b, 0.0, c, overwrite_c=True)), 2 * n ** 3
 
 
 def versions():
@@ -102,22 +100,44 @@ def balanced_orders(n):
     return orders
 
 
-def interleaved_times(runs, rounds, bar=None):
-    """Seconds of each run in each round, the runs taking turns within a round.
+#: seconds of untimed calls that open each turn (see ``interleaved_times``)
+SETTLE_S = 0.1
 
-    A call runs slower right after another implementation's than back to back
-    (benchmarks/bench_interleaving.py), and can run faster right after one
-    that has just read the same weights. So the turns follow
-    ``balanced_orders``: over its rows, each run comes right after every other
-    one equally often, and none is always measured in the wake of the same
-    neighbour.
+
+def settle(run, seconds=SETTLE_S):
+    """Call ``run`` untimed until ``seconds`` have passed (at least once).
+
+    torch's OpenMP workers and ONNX Runtime's pool keep spinning after a call
+    (on the development machine about 8 ms and 60 ms: the CPU time of their
+    threads after one call), which takes a core from whatever runs next; and
+    a call also runs slower after anything else has used the core for a while
+    (``benchmarks/bench_interleaving.py``). Calls made until the previous
+    implementation's workers have gone quiet bring ``run`` to the state of
+    calls back to back, in which every implementation is timed.
     """
-    for run in runs:            # warm-up: JIT compilation, first-touch allocation
+    start = time.perf_counter()
+    run()
+    while time.perf_counter() - start < seconds:
         run()
+
+
+def interleaved_times(runs, rounds, bar=None, settle_s=SETTLE_S):
+    """Seconds of one call of each run in each round, the runs taking turns.
+
+    Each turn first ``settle``s the run for ``settle_s`` seconds, then times
+    one call. So every implementation is timed back to back with itself, in
+    the threading configuration it has by default (the peers' spinning
+    workers included), and never while another one's workers still spin.
+    The turns follow ``balanced_orders``: over its rows, each run comes after
+    every other one equally often, so slow drift of a shared machine and
+    whatever a turn leaves behind fall on all of them alike. The first turn's
+    untimed calls also take JIT compilation and first-touch allocation.
+    """
     orders = balanced_orders(len(runs))
     times = [[] for _ in runs]
     for r in range(rounds):
         for i in orders[r % len(orders)]:
+            settle(runs[i], settle_s)
             t = time.perf_counter()
             runs[i]()
             times[i].append(time.perf_counter() - t)
@@ -152,23 +172,25 @@ def _runner(impl, case, mode, threads):
     return _peers.fastrnn_runner(case, mode, impl)
 
 
-def run(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress=True):
+def run(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress=True,
+        settle_s=SETTLE_S):
     """Measure the grid with ``threads`` threads; returns the report as a JSON-able dict."""
     saved = _parallel.get_num_threads()
     _parallel.set_num_threads(threads)      # fastrnn's own threads: the split batch
     try:
         with _parallel.limit_threads(threads) or contextlib.nullcontext():
             return _measure(cells, shapes, modes, np.dtype(dtype), backends, peers, threads,
-                            rounds, progress)
+                            rounds, progress, settle_s)
     finally:
         _parallel.set_num_threads(saved)
 
 
-def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress):
-    first_limit = gemm_limit(dtype)
+def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress,
+             settle_s):
+    limit_run, limit_flops = gemm_run(dtype)
     impls = list(backends) + list(peers)
     jobs = [(c, s, m) for c in cells for s in shapes for m in modes]
-    n_runs = sum(len([i for i in impls if not (i == "onnxruntime" and m == "training")])
+    n_runs = sum(len([i for i in impls if not (i == "onnxruntime" and m == "training")]) + 1
                  for _, _, m in jobs)
     rows = []
     with Progress(n_runs * rounds, "bench", unit="run", enabled=progress) as bar:
@@ -181,27 +203,25 @@ def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, prog
                 if r is not None:
                     names.append(impl)
                     runs.append(r)
-            times = interleaved_times(runs, rounds, bar)
-            rows.append(_row(case, cell, shape, mode, names, times, backends))
+            times = interleaved_times(runs + [limit_run], rounds, bar, settle_s)
+            rows.append(_row(case, cell, shape, mode, names, times[:-1], backends))
+            rows[-1]["limit_gflops"] = limit_flops / float(np.median(times[-1])) / 1e9
+            rows[-1]["fraction_of_limit"] = rows[-1]["gflops"] / rows[-1]["limit_gflops"]
             if mode == "training":
                 best = min(backends, key=lambda b: rows[-1]["median_ms"][b])
                 held, peak = workspace_memory(case, best)
                 T = case.x.shape[0]
                 rows[-1]["workspace"] = {"backend": best, "bytes": held,
                                          "bytes_per_step": held / T, "peak_bytes": peak}
-    # the machine is shared: of the GEMM rates before and after, the higher is
-    # the less disturbed one, and the fractions use it
-    limit = max(first_limit, gemm_limit(dtype))
-    for row in rows:
-        row["fraction_of_limit"] = row["gflops"] / limit
     return {
         "date": datetime.datetime.now().isoformat(timespec="seconds"),
         "command": "python -m fastrnn bench " + " ".join(sys.argv[2:]),
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(),
                     "platform": platform.platform()},
         "versions": versions(),
-        "threads": threads, "dtype": dtype.name, "rounds": rounds,
-        "gemm_limit_gflops": limit,
+        "threads": threads, "dtype": dtype.name, "rounds": rounds, "settle_s": settle_s,
+        # the fractions use each case's own limit; this is their median
+        "gemm_limit_gflops": float(np.median([r["limit_gflops"] for r in rows])),
         "rows": rows,
     }
 
@@ -232,7 +252,7 @@ def table(report, backends, peers):
     """The report as a Markdown table (the form RESULTS.md keeps)."""
     impls = list(backends) + list(peers)
     head = (["cell", "shape", "mode"] + [f"{i} ms" for i in impls]
-            + ["GFLOP/s", "of limit"] + [f"vs {p}" for p in peers])
+            + ["GFLOP/s", "limit GFLOP/s", "of limit"] + [f"vs {p}" for p in peers])
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in report["rows"]:
         cells = [r["cell"], r["shape"], r["mode"]]
@@ -240,7 +260,8 @@ def table(report, backends, peers):
             ms = r["median_ms"].get(i)
             text = "-" if ms is None else f"{ms:.3g}" if ms < 1 else f"{ms:.2f}"
             cells.append(f"**{text}**" if i == r["best_fastrnn"] else text)
-        cells += [f"{r['gflops']:.1f}", f"{r['fraction_of_limit']:.2f}"]
+        cells += [f"{r['gflops']:.1f}", f"{r['limit_gflops']:.1f}",
+                  f"{r['fraction_of_limit']:.2f}"]
         cells += [f"{r['speedup'][p]:.2f}x" if p in r["speedup"] else "-" for p in peers]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -278,7 +299,7 @@ def plot(report, backends, peers, path):
                     if impl in r["median_ms"] else 0 for r in rows]
             ax.bar(x + (k - (len(impls) - 1) / 2) * width, rate, width, label=impl)
         ax.axhline(report["gemm_limit_gflops"], color="k", ls="--", lw=1,
-                   label="GEMM limit")
+                   label="GEMM limit (median of the cases')")
         ax.set_xticks(x, [f"{r['cell']}\n{r['shape']}" for r in rows], fontsize=8)
         ax.set_ylabel("GFLOP/s")
         ax.set_title(f"{mode}, {report['dtype']}, {report['threads']} threads, "
@@ -339,9 +360,6 @@ def _choices(name, allowed):
 
 
 def main(argv=None):
-    # OpenMP workers (torch's) spin after each call by default and would slow
-    # whatever is timed next; the policy must be set before OpenMP loads
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     available = _backends.available_backends()
     installed_peers = [p for p in PEERS if importlib.util.find_spec(p)]
     native = [b for b in available if b != "reference"]
@@ -368,6 +386,9 @@ def main(argv=None):
                         help="threads for fastrnn, BLAS, torch and ONNX Runtime (default 2)")
     parser.add_argument("--repeats", type=int, default=7,
                         help="interleaved rounds; the median is reported (default 7)")
+    parser.add_argument("--settle", type=float, default=SETTLE_S, metavar="SECONDS",
+                        help="untimed calls of an implementation before each timed one, "
+                             f"so no other one's threads still spin (default {SETTLE_S})")
     parser.add_argument("--json", metavar="FILE", help="write the full report ('-': stdout)")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of GFLOP/s per shape")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -379,14 +400,18 @@ def main(argv=None):
                      "torch: pip install torch --index-url https://download.pytorch.org/whl/cpu)")
     if args.threads < 1 or args.repeats < 1:
         parser.error("--threads and --repeats must be at least 1")
+    if not args.settle >= 0:
+        parser.error(f"--settle must be a number of seconds >= 0, got {args.settle}")
 
     report = run(args.cells, args.shapes, args.modes, args.dtype, args.backends, peers,
-                 args.threads, args.repeats, progress=not args.quiet)
+                 args.threads, args.repeats, progress=not args.quiet, settle_s=args.settle)
     isa = report["versions"].get("fastrnn_cython_isa")
     print(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores; "
-          f"{args.threads} threads, {args.dtype}, median of {args.repeats} interleaved rounds"
+          f"{args.threads} threads, {args.dtype}, median of {args.repeats} interleaved rounds, "
+          f"each call after {args.settle:g} s of the same implementation's"
           + (f"; cython kernels for {isa}" if isa else ""))
-    print(f"# GEMM limit (SciPy BLAS, 1024^3): {report['gemm_limit_gflops']:.1f} GFLOP/s; "
+    print(f"# GEMM limit (SciPy BLAS, 1024^3, timed in every case's turns): median "
+          f"{report['gemm_limit_gflops']:.1f} GFLOP/s; "
           "bold: the faster fastrnn backend, whose GFLOP/s and ratios are shown\n")
     print(table(report, args.backends, peers))
     mem = memory_table(report)

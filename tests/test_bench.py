@@ -22,8 +22,8 @@ def run_bench(tmp_path, *args):
     path = tmp_path / "report.json"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        code = bench.main(["--shapes", TINY, "--repeats", "2", "--peers", "none", "--quiet",
-                           "--json", str(path), *args])
+        code = bench.main(["--shapes", TINY, "--repeats", "2", "--settle", "0.01",
+                           "--peers", "none", "--quiet", "--json", str(path), *args])
     assert code == 0
     return json.loads(path.read_text()), out.getvalue()
 
@@ -40,10 +40,12 @@ def test_report_rows_cover_the_grid(tmp_path):
         assert r["median_ms"]["reference"] > 0
         # GFLOP/s and the fraction of the limit follow from the median and the FLOP count
         assert r["gflops"] == pytest.approx(r["flops"] / (r["median_ms"]["reference"] / 1e3) / 1e9)
-        assert r["fraction_of_limit"] == pytest.approx(r["gflops"] / report["gemm_limit_gflops"])
+        assert r["limit_gflops"] > 0
+        assert r["fraction_of_limit"] == pytest.approx(r["gflops"] / r["limit_gflops"])
         assert r["speedup"] == {}
     assert report["gemm_limit_gflops"] > 0
     assert report["dtype"] == "float32" and report["rounds"] == 2
+    assert report["settle_s"] == 0.01
     # the table printed on stdout has one line per row
     assert sum(line.startswith("| lstm |") or line.startswith("| gru |")
                for line in text.splitlines()) == 4 + 2      # 4 timing rows, 2 memory rows
@@ -86,6 +88,8 @@ def test_workspace_size_excludes_the_callers_arrays(backend):
     (["--modes", "train"], "--modes"),
     (["--backends", "cuda"], "--backends"),
     (["--threads", "0"], "--threads"),
+    (["--settle", "-1"], "--settle"),
+    (["--settle", "nan"], "--settle"),
 ])
 def test_bad_arguments_name_the_option(capsys, args, message):
     with pytest.raises(SystemExit) as exc:
@@ -125,8 +129,31 @@ def test_orders_are_balanced(n):
 def test_interleaved_times_take_turns_in_the_balanced_orders():
     calls = []
     runs = [lambda name=name: calls.append(name) for name in "ABCD"]
-    times = bench.interleaved_times(runs, rounds=5)
+    times = bench.interleaved_times(runs, rounds=5, settle_s=0)
     assert [len(t) for t in times] == [5] * 4
-    assert calls[:4] == list("ABCD")                 # the warm-up
+    # settle_s=0: each turn is one untimed call and the timed one
     expected = [bench.balanced_orders(4)[r % 4] for r in range(5)]
-    assert calls[4:] == ["ABCD"[i] for order in expected for i in order]
+    assert calls == ["ABCD"[i] for order in expected for i in order for _ in range(2)]
+
+
+def test_each_turn_settles_before_its_timed_call(monkeypatch):
+    """A turn calls its run untimed until ``settle_s`` has passed, then times
+    exactly one call. The clock here advances only inside the runs."""
+    clock = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: clock[0])
+    calls = []
+
+    def run(name, seconds):
+        def call():
+            calls.append(name)
+            clock[0] += seconds
+        return call
+
+    times = bench.interleaved_times([run("A", 0.03), run("B", 0.25)], rounds=2,
+                                    settle_s=0.1)
+    # A: untimed calls end at 0.03, 0.06, 0.09, 0.12 (past 0.1), then the timed one;
+    # B: one untimed call already passes 0.1, then the timed one
+    assert calls == ["A"] * 5 + ["B"] * 2 + ["B"] * 2 + ["A"] * 5
+    assert times == [[pytest.approx(0.03)] * 2, [pytest.approx(0.25)] * 2]
+
+
