@@ -157,3 +157,41 @@ def test_each_turn_settles_before_its_timed_call(monkeypatch):
     assert times == [[pytest.approx(0.03)] * 2, [pytest.approx(0.25)] * 2]
 
 
+
+
+def _targets_module():
+    import importlib.util
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "targets.py"
+    spec = importlib.util.spec_from_file_location("bench_targets", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_targets_mark_each_run_and_compute_the_needs():
+    """benchmarks/targets.py: the ratio against the faster peer, ✓/±/✗ over the
+    runs, and for a miss the target times the peer's fraction of the limit."""
+    targets = _targets_module()
+
+    def report(vs_ort):
+        # fastrnn 1 ms; ONNX Runtime vs_ort ms, torch 4 ms; 1 GFLOP, limit 10 GFLOP/s
+        return {"rows": [{"cell": "lstm", "shape": "latency", "mode": "inference",
+                          "flops": 1e6, "median_ms": {"cython": 1.0, "onnxruntime": vs_ort,
+                                                      "torch": 4.0},
+                          "speedup": {"onnxruntime": vs_ort, "torch": 4.0},
+                          "limit_gflops": 10.0, "fraction_of_limit": 0.1}]}
+
+    peers = ("torch", "onnxruntime")
+    text, needs = targets.ratio_cell([report(2.5), report(3.0)], "lstm", "inference",
+                                     "latency", 2.0, peers)
+    assert (text, needs) == ("✓ 2.50× / 3.00×", None)
+    text, needs = targets.ratio_cell([report(2.5), report(1.6)], "lstm", "inference",
+                                     "latency", 2.0, peers)
+    assert text == "± 2.50× / 1.60×"
+    # ORT at 1.6 ms runs 1e6 flops at 0.625 GFLOP/s: 0.0625 of the limit; 2x needs 0.125
+    assert needs[1] == (pytest.approx(0.125), 0.1, "onnxruntime")
+    text, _ = targets.ratio_cell([report(1.2)], "lstm", "inference", "latency", 2.0, peers)
+    assert text == "✗ 1.20×"
+    assert targets.ratio_cell([report(2.5)], "gru", "inference", "latency", 2.0,
+                              peers) == (None, None)
