@@ -1,9 +1,13 @@
 """What running right after something else does to one fastrnn call.
 
-``fastrnn bench`` runs the implementations in turn, so every timed call
-follows another implementation's. This measures how much that
-alone changes a call: the same fastrnn call (Cython backend, float32, 2
-threads as in the bench), median of ``--calls`` calls, each preceded by
+A call timed right after another implementation's pays for it: the peers'
+idle workers spin on (torch's OpenMP, ONNX Runtime's pool, both in their
+default configuration), and the core's caches and memory system take a
+while to come back (``benchmarks/after_idle.c``). That is why each turn of
+``fastrnn bench`` first calls its implementation untimed for a while
+(``bench.settle``). This measures what the neighbour alone does to one
+call: the same fastrnn call (Cython backend, float32, 2 threads as in the
+bench), median of ``--calls`` calls, each preceded by
 
 - ``nothing``:           back to back;
 - ``onnxruntime``:       one ONNX Runtime call of the same cell and shape;
