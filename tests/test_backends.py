@@ -108,6 +108,26 @@ def test_wide_projection_chunks_match_reference(backend, cell, reverse):
     assert_matches(out, ref, np.float32)
 
 
+@direction_cases
+@dtype_cases
+@cell_cases
+def test_weight_gradients_over_many_rows_match_reference(backend, cell, dtype, reverse):
+    """From 2048 rows (T*B) on, the Cython kernels compute the weight gradients
+    turned around, dW^T = a^T @ dg, and transpose them back, when dW has more
+    rows (G*H) than columns (I or H): WGRAD_TRANSPOSED_MIN_ROWS in
+    src_ext/_rnn_common.pxd. T=300, B=7 (2100 rows; B < 8, so one part, not a
+    split batch), with I=5 < H=6 <= G*H, takes that path for both dW_ih and
+    dW_hh of every cell."""
+    shape = (300, 7, 5, 6)
+    T, B, I, H = shape
+    assert T * B >= 2048
+    x, states, params, dy, dstates = make_case(cell, shape, dtype)
+    kw = dict(lengths=make_lengths("mixed", T, B), reverse=reverse)
+    out, grads = forward_backward(cell, backend, x, states, params, dy, dstates, **kw)
+    ref, ref_grads = reference64(cell, x, states, params, dy, dstates, **kw)
+    assert_matches(grads, ref_grads, dtype)
+
+
 def test_auto_is_the_fastest_available():
     x, states, params, _, _ = make_case("gru", (2, 2, 3, 4), np.float64)
     out = run_forward("gru", "auto", x, states, params, training=True)
