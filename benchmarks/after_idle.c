@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "_packed_gemm.h"
+#include "harness.h"
 
 #define ROUNDS 41
 #define REPS 400
@@ -33,19 +34,6 @@
 static const ptrdiff_t K = 128, N = 512;
 static float *h, *out, *packed;
 static volatile float sink;
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static int by_value(const void* a, const void* b)
-{
-    double x = *(const double*)a, y = *(const double*)b;
-    return (x > y) - (x < y);
-}
 
 __attribute__((noinline)) static void prod(void)
 {

@@ -17,22 +17,10 @@
 #include <time.h>
 
 #include "_packed_gemm.h"
+#include "harness.h"
 
 #define ROUNDS 201
 #define CALLS 50
-
-static double now(void)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + t.tv_nsec * 1e-9;
-}
-
-static int by_value(const void* a, const void* b)
-{
-    double x = *(const double*)a, y = *(const double*)b;
-    return (x > y) - (x < y);
-}
 
 /* sum of n floats, 64 at a time: the cost of reading them once */
 __attribute__((noinline)) static float read_all(const float* w, ptrdiff_t n)
