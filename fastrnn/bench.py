@@ -5,11 +5,11 @@ orders (``balanced_orders``), in one process, so the load of a shared machine
 slows them all alike. Each turn times one call after a tenth of a second of
 untimed calls of the same implementation (``settle``): every implementation is
 timed back to back with itself, in its default threading configuration, and
-none while another's idle workers still spin. The table gives each one's median time, fastrnn's
-GFLOP/s and its fraction of the machine's own measured GEMM rate (the limit: a
-recurrent layer is GEMMs plus element-wise work, so it cannot run faster than
-BLAS multiplies), and the ratio of each peer's median to fastrnn's (above 1:
-fastrnn is faster).
+none while another's idle workers still spin. The table gives each one's
+median time, fastrnn's GFLOP/s and its fraction of the machine's own measured
+GEMM rate (the limit: a recurrent layer is GEMMs plus element-wise work, so it
+cannot run faster than BLAS multiplies), and the ratio of each peer's median
+to fastrnn's (above 1: fastrnn is faster).
 
 Examples
 --------
