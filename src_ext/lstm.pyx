@@ -18,7 +18,8 @@ from _activations cimport sigmoid, tanh_
 from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients)
+                          zero_row, input_and_weight_gradients,
+                          weight_gradient)
 
 
 cdef inline floating cell_unit(floating* g, const floating* c_in, floating* c_out,
@@ -303,5 +304,4 @@ def backward(const floating[:, :, ::1] x,
                                    &dw_hh[0, 0], &db_ih[0], &db_hh[0])
         if w_hr_ != NULL:
             # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
-            gemm(True, False, <int> P, <int> H, <int> (T * B), <floating> 1, dh_total_,
-                 <int> P, &m[0, 0, 0], <int> H, <floating> 0, &dw_hr[0, 0], <int> H)
+            weight_gradient(dh_total_, &m[0, 0, 0], T * B, P, H, &dw_hr[0, 0])
