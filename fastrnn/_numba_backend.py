@@ -142,6 +142,8 @@ def backward(cell, data, dy, dstate_n):
     tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),
             T, B, I, H, reverse)
     grads = tuple(_out(a) for a in (dx, dw_ih, dw_hh, db_ih, db_hh))
+    # the turned-around weight gradients' scratch (empty when none turns around)
+    dw_t = np.empty(_k.wgrad_scratch_size(T * B, GH, (I, H)), dtype)
     if cell == "lstm" and "w_hr" in data:
         HC = GH // 4
         w_hr = data["w_hr"]
@@ -150,16 +152,16 @@ def backward(cell, data, dy, dstate_n):
                                    _in(data["cs"]), _in(data["m"]), tail[0], has_dy, tail[2],
                                    T, B, I, HC, H, reverse, _out(dstate[0]), _out(dstate[1]),
                                    _out(dg), _out(np.empty((T, B, H), dtype)),
-                                   _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr))
+                                   _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr), dw_t)
         return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
     if cell == "lstm":
         _k.lstm_backward(*head, _in(data["gates"]), _in(data["hs"]), _in(data["cs"]), *tail,
-                         _out(dstate[0]), _out(dstate[1]), _out(dg), *grads)
+                         _out(dstate[0]), _out(dstate[1]), _out(dg), *grads, dw_t)
     elif cell == "gru":
         dg_h = np.empty((T, B, GH), dtype)
         _k.gru_backward(*head, _in(data["gates"]), _in(data["ghn"]), _in(data["hs"]), *tail,
-                        _out(dstate[0]), _out(dg), _out(dg_h), *grads)
+                        _out(dstate[0]), _out(dg), _out(dg_h), *grads, dw_t)
     else:
         _k.rnn_backward(*head, _in(data["hs"]), *tail, cell == "rnn_relu",
-                        _out(dstate[0]), _out(dg), *grads)
+                        _out(dstate[0]), _out(dg), *grads, dw_t)
     return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh)

@@ -112,12 +112,12 @@ def test_wide_projection_chunks_match_reference(backend, cell, reverse):
 @dtype_cases
 @cell_cases
 def test_weight_gradients_over_many_rows_match_reference(backend, cell, dtype, reverse):
-    """From 2048 rows (T*B) on, the Cython kernels compute the weight gradients
+    """From 2048 rows (T*B) on, the native kernels compute the weight gradients
     turned around, dW^T = a^T @ dg, and transpose them back, when dW has more
     rows (G*H) than columns (I or H): WGRAD_TRANSPOSED_MIN_ROWS in
-    src_ext/_rnn_common.pxd. T=300, B=7 (2100 rows; B < 8, so one part, not a
-    split batch), with I=5 < H=6 <= G*H, takes that path for both dW_ih and
-    dW_hh of every cell."""
+    src_ext/_rnn_common.pxd and fastrnn/_numba/kernels.py. T=300, B=7 (2100
+    rows; B < 8, so one part, not a split batch), with I=5 < H=6 <= G*H, takes
+    that path for both dW_ih and dW_hh of every cell."""
     shape = (300, 7, 5, 6)
     T, B, I, H = shape
     assert T * B >= 2048

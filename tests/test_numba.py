@@ -135,6 +135,19 @@ def test_one_specialisation_per_kernel_and_dtype(cell):
         assert len(float32) == 1, (d.__name__, d.signatures)
 
 
+@needs_numba
+def test_weight_gradient_scratch_covers_each_turned_around_product():
+    """The backend sizes the scratch of the turned-around weight gradients
+    (dW^T = a^T @ dg, from WGRAD_TRANSPOSED_MIN_ROWS rows, when G > n) for the
+    largest dW that turns around, and allocates none when none does."""
+    from fastrnn._numba import kernels
+    rows = kernels.WGRAD_TRANSPOSED_MIN_ROWS
+    assert kernels.wgrad_scratch_size(rows - 1, 24, (5, 6)) == 0      # too few rows
+    assert kernels.wgrad_scratch_size(rows, 24, (5, 6)) == 24 * 6     # dW_ih and dW_hh
+    assert kernels.wgrad_scratch_size(rows, 24, (30, 6)) == 24 * 6    # dW_ih (24, 30) does not
+    assert kernels.wgrad_scratch_size(rows, 8, (8, 9)) == 0           # G <= n: neither
+
+
 # ------------------------------------------------------- float32 activations
 # The same bounds as src_ext/_vmath.h (checked for Cython in test_vmath.py): the
 # Numba kernels use the same algorithm and constants.

@@ -464,19 +464,51 @@ def column_sums(a, rows, cols, out):
             out[j] += a[r * cols + j]
 
 
+#: From this many rows, with G > n, a weight gradient dW (G, n) = dg^T @ a is
+#: computed turned around, dW^T = a^T @ dg, and transposed back: OpenBLAS runs
+#: the turned-around product faster over thousands of rows. The same rule and
+#: threshold as WGRAD_TRANSPOSED_MIN_ROWS in src_ext/_rnn_common.pxd, which
+#: holds the measurements.
+WGRAD_TRANSPOSED_MIN_ROWS = 2048
+
+
+def wgrad_scratch_size(rows, G, sizes):
+    """Values of the scratch ``weight_gradient`` needs for dW (G, n), n in ``sizes``."""
+    if rows < WGRAD_TRANSPOSED_MIN_ROWS:
+        return 0
+    return max([G * n for n in sizes if G > n], default=0)
+
+
+@_inline
+def weight_gradient(dg, a, rows, G, n, dw, dw_t, dw_t_size):
+    """dw (G, n) := dg^T @ a for dg (rows, G), a (rows, n), a sum over all rows;
+    turned around through the scratch dw_t (dw_t_size values) when it pays."""
+    one, zero = one_of(dw), zero_of(dw)
+    if rows < WGRAD_TRANSPOSED_MIN_ROWS or G <= n or dw_t_size < G * n:
+        gemm(True, False, G, n, rows, one, dg, G, a, n, zero, dw, n)
+        return
+    gemm(True, False, n, G, rows, one, a, n, dg, G, zero, dw_t, G)
+    # dw_t is (n, G); 16 rows of dw at a time keep both sides in cache
+    for i0 in range(0, G, 16):
+        for j in range(n):
+            for i in range(i0, min(i0 + 16, G)):
+                dw[i * n + j] = dw_t[j * G + i]
+
+
 @_inline
 def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
-                               dx, dw_ih, dw_hh, db_ih, db_hh):
+                               dx, dw_ih, dw_hh, db_ih, db_hh, dw_t, dw_t_size):
     """Everything BPTT needs after the time loop: a few GEMMs over all T*B rows.
 
     dg_x, dg_h (rows, G) gradients of the input- and recurrent-side
     pre-activations; x (rows, I); h_in (rows, H) the states that entered each
     step; w_ih (G, I). Out: dx (rows, I), dw_ih (G, I), dw_hh (G, H), db_* (G,).
+    Scratch: dw_t, ``wgrad_scratch_size(rows, G, (I, H))`` values.
     """
     one, zero = one_of(dx), zero_of(dx)
     gemm(False, False, rows, I, G, one, dg_x, G, w_ih, I, zero, dx, I)
-    gemm(True, False, G, I, rows, one, dg_x, G, x, I, zero, dw_ih, I)
-    gemm(True, False, G, H, rows, one, dg_h, G, h_in, H, zero, dw_hh, H)
+    weight_gradient(dg_x, x, rows, G, I, dw_ih, dw_t, dw_t_size)
+    weight_gradient(dg_h, h_in, rows, G, H, dw_hh, dw_t, dw_t_size)
     column_sums(dg_x, rows, G, db_ih)
     column_sums(dg_h, rows, G, db_hh)
 
@@ -583,7 +615,8 @@ def lstm_backward(x,           # IN    (T*B*I,)
                   dh,          # INOUT (B*H,) dh_n in, dh0 out
                   dc,          # INOUT (B*H,) dc_n in, dc0 out
                   dg,          # OUT   (T*B*4H,) gradient of the pre-activations
-                  dx, dw_ih, dw_hh, db_ih, db_hh):   # OUT
+                  dx, dw_ih, dw_hh, db_ih, db_hh,    # OUT
+                  dw_t):       # SCRATCH (wgrad_scratch_size(T*B, 4H, (I, H)),)
     G = 4 * H
     one = one_of(dh)
     dh_p, dc_p, w_hh_p = ptr(dh, 0), ptr(dc, 0), ptr(w_hh, 0)
@@ -613,7 +646,8 @@ def lstm_backward(x,           # IN    (T*B*I,)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                               ptr(dw_t, 0), dw_t.size)
 
 
 @_jit
@@ -683,7 +717,8 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                             dg,        # OUT   (T*B*4H,) gradient of the pre-activations
                             dh_total,  # OUT   (T*B*P,) dh + dy_t, 0 at padding
                             dm,        # SCRATCH (B*H,)
-                            dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr):   # OUT
+                            dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr,    # OUT
+                            dw_t):     # SCRATCH (wgrad_scratch_size(T*B, 4H, (I, P)),)
     G = 4 * H
     one, zero = one_of(dh), zero_of(dh)
     dh_p, dc_p, dm_p = ptr(dh, 0), ptr(dc, 0), ptr(dm, 0)
@@ -724,10 +759,11 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
                                T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                               ptr(dw_t, 0), dw_t.size)
     # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
-    gemm(True, False, P, H, T * B, one, ptr(dh_total, 0), P, ptr(m, 0), H, zero,
-         ptr(dw_hr, 0), H)
+    weight_gradient(ptr(dh_total, 0), ptr(m, 0), T * B, P, H, ptr(dw_hr, 0),
+                    ptr(dw_t, 0), dw_t.size)
 
 
 # ------------------------------------------------------------------------ GRU
@@ -800,7 +836,8 @@ def gru_backward(x,            # IN    (T*B*I,)
                  dh,           # INOUT (B*H,) dh_n in, dh0 out
                  dg_x,         # OUT   (T*B*3H,) gradient of the input-side pre-activations
                  dg_h,         # OUT   (T*B*3H,) gradient of h @ W_hh^T + b_hh
-                 dx, dw_ih, dw_hh, db_ih, db_hh):   # OUT
+                 dx, dw_ih, dw_hh, db_ih, db_hh,    # OUT
+                 dw_t):        # SCRATCH (wgrad_scratch_size(T*B, 3H, (I, H)),)
     G = 3 * H
     one = one_of(dh)
     dh_p, w_hh_p = ptr(dh, 0), ptr(w_hh, 0)
@@ -842,7 +879,8 @@ def gru_backward(x,            # IN    (T*B*I,)
     input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                               ptr(dw_t, 0), dw_t.size)
 
 
 # ------------------------------------------------------------------------ RNN
@@ -901,7 +939,8 @@ def rnn_backward(x,            # IN    (T*B*I,)
                  T, B, I, H, reverse, relu,
                  dh,           # INOUT (B*H,) dh_n in, dh0 out
                  dg,           # OUT   (T*B*H,) gradient of the pre-activations
-                 dx, dw_ih, dw_hh, db_ih, db_hh):   # OUT
+                 dx, dw_ih, dw_hh, db_ih, db_hh,    # OUT
+                 dw_t):        # SCRATCH (wgrad_scratch_size(T*B, H, (I, H)),)
     one, zero = one_of(dh), zero_of(dh)
     dh_p, w_hh_p = ptr(dh, 0), ptr(w_hh, 0)
     for s in range(T):
@@ -928,4 +967,5 @@ def rnn_backward(x,            # IN    (T*B*I,)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0))
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                               ptr(dw_t, 0), dw_t.size)
