@@ -24,3 +24,10 @@ cdef inline floating tanh_(floating a) noexcept nogil:
         return fr_tanhf(a)
     else:
         return tanh(a)
+
+
+cdef inline floating one_minus(floating a) noexcept nogil:
+    """1 - a in a's own precision. Cython writes a bare ``1 - a`` with the
+    double literal 1.0, which takes float32 arithmetic through double
+    (conversions both ways, half-width vectors) in the fused loops."""
+    return <floating> 1 - a
