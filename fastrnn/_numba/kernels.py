@@ -200,6 +200,12 @@ def _xgemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y):
 
 _N, _T = ord("N"), ord("T")
 
+#: products with at most this many rows go row by row through GEMV, as in the
+#: Cython kernels: OpenBLAS's GEMM repacks all of op(B) on every call, which
+#: dominates a product of a few rows (GEMV_MAX_ROWS in src_ext/_blas.pxd holds
+#: the measurements)
+GEMV_MAX_ROWS = 8
+
 
 @_inline
 def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
@@ -216,13 +222,16 @@ def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
             for j in range(n):
                 c[i * ldc + j] = beta * c[i * ldc + j] if beta != 0 else beta
         return
-    if m == 1:
-        # a single row: GEMM would repack all of op(B) for one product
+    if m <= GEMV_MAX_ROWS:
+        # a few rows: GEMM would repack all of op(B) for them, so stream op(B)
+        # once per row instead (row i of op(A) is a column of A if trans_a)
         incx = lda if trans_a else 1
-        if trans_b:
-            gemv(False, n, k, alpha, b, ldb, a, incx, beta, c)
-        else:
-            gemv(True, k, n, alpha, b, ldb, a, incx, beta, c)
+        for i in range(m):
+            ai = ptr(a, i if trans_a else i * lda)
+            if trans_b:
+                gemv(False, n, k, alpha, b, ldb, ai, incx, beta, ptr(c, i * ldc))
+            else:
+                gemv(True, k, n, alpha, b, ldb, ai, incx, beta, ptr(c, i * ldc))
         return
     _xgemm(_T if trans_b else _N, _T if trans_a else _N, n, m, k, alpha, b, ldb, a, lda,
            beta, c, ldc)
