@@ -7,7 +7,7 @@ a (B, 3H) scratch with beta = 0 and the fused pass combines the two. b_hr and
 b_hz are folded into the input projection's bias; only b_hn stays apart.
 """
 from cython cimport floating
-from _activations cimport sigmoid, tanh_, one_minus
+from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients)
@@ -103,7 +103,7 @@ cdef void gru_backward_kernel(
                 r_ = gt[b * G + j]
                 z_ = gt[b * G + H + j]
                 n_ = gt[b * G + 2 * H + j]
-                dn = dh_ * one_minus(z_) * one_minus(n_ * n_)
+                dn = dh_ * one_minus(z_) * one_minus_square(n_)
                 dz = dh_ * (h_in[b * H + j] - n_) * z_ * one_minus(z_)
                 dr = dn * ghn[(t * B + b) * H + j] * r_ * one_minus(r_)
                 dxt[b * G + j] = dr

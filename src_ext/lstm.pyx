@@ -14,7 +14,7 @@ dW_hr = sum_t (dh + dy_t)^T m_t is one GEMM over all T*B rows. Without a
 projection P = H and the kernels do exactly what they did before.
 """
 from cython cimport floating
-from _activations cimport sigmoid, tanh_, one_minus
+from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
@@ -51,10 +51,10 @@ cdef inline floating cell_unit_backward(const floating* g, floating* dg,
     cdef floating g_ = g[2 * H + j]
     cdef floating o_ = g[3 * H + j]
     cdef floating tc = tanh_(c_out)    # recomputed rather than stored
-    dc_ = dc_ + dh_ * o_ * one_minus(tc * tc)
+    dc_ = dc_ + dh_ * o_ * one_minus_square(tc)
     dg[j] = dc_ * g_ * i_ * one_minus(i_)
     dg[H + j] = dc_ * c_in * f_ * one_minus(f_)
-    dg[2 * H + j] = dc_ * i_ * one_minus(g_ * g_)
+    dg[2 * H + j] = dc_ * i_ * one_minus_square(g_)
     dg[3 * H + j] = dh_ * tc * o_ * one_minus(o_)
     return dc_ * f_
 

@@ -5,7 +5,7 @@ Backward needs only the states themselves (act' is a function of act's
 output), so training keeps the state slots and nothing else.
 """
 from cython cimport floating
-from _activations cimport tanh_, one_minus
+from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients)
@@ -84,7 +84,7 @@ cdef void rnn_backward_kernel(
                 if relu:
                     dgt[b * H + j] = dh_ if h_ > 0 else 0
                 else:
-                    dgt[b * H + j] = dh_ * one_minus(h_ * h_)
+                    dgt[b * H + j] = dh_ * one_minus_square(h_)
                 dh[b * H + j] = 0        # h reaches the past only through W_hh
         recurrent_product(rec, B, dgt, 1, dh)
 

@@ -128,6 +128,33 @@ def test_weight_gradients_over_many_rows_match_reference(backend, cell, dtype, r
     assert_matches(grads, ref_grads, dtype)
 
 
+@dtype_cases
+def test_saturated_tanh_derivative_keeps_its_relative_accuracy(backend, dtype):
+    """tanh's derivative at output y, 1 - y*y, is small where a unit saturates
+    (y near +-1). Computed as written, y*y is rounded before the subtraction
+    unless the compiler fuses the two (an FMA, which the baseline x86-64 build
+    does not have): in float32 that is off by up to 4.5e-5 relative for p in
+    +-[3, 8] (NumPy, no FMA). The native kernels compute (1 - y)(1 + y), whose
+    1 - y is exact there, in every build. One RNN step from h0 = 0 with
+    pre-activations p in +-[3, 8] makes dbias_ih = dy * (1 - y*y) for the
+    stored y, checked to a few roundings of the dtype against float64.
+    (CI runs it with FASTRNN_ISA=baseline too.)"""
+    if backend == "reference":
+        pytest.skip("the reference writes the textbook 1 - y*y (its tests use float64)")
+    p = np.concatenate([np.linspace(3, 8, 11), -np.linspace(3, 8, 11)])
+    n = p.size
+    x = np.ones((1, 1, 1), dtype)
+    params = (p[:, None].astype(dtype), np.zeros((n, n), dtype), np.zeros(n, dtype),
+              np.zeros(n, dtype))
+    out = fastrnn.rnn_forward(x, None, *params, training=True, backend=backend)
+    grads = fastrnn.rnn_backward(out.workspace, np.ones((1, 1, n), dtype))
+    y = out.y[0, 0].astype(np.float64)
+    assert np.all(np.abs(y) < 1)                   # saturated but not rounded to +-1
+    exact = (1 - y) * (1 + y)
+    rel = np.abs(grads.dbias_ih.astype(np.float64) - exact) / exact
+    assert rel.max() <= 4 * np.finfo(dtype).eps, rel.max()
+
+
 def test_auto_is_the_fastest_available():
     x, states, params, _, _ = make_case("gru", (2, 2, 3, 4), np.float64)
     out = run_forward("gru", "auto", x, states, params, training=True)

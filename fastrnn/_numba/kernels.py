@@ -562,10 +562,12 @@ def lstm_unit_backward(g, dg, c_in, c_out, dh_, dc_, j, H):
     g_ = g[2 * H + j]
     o_ = g[3 * H + j]
     tc = tanh_(c_out)    # recomputed rather than stored
-    dc_ = dc_ + dh_ * o_ * (one - tc * tc)
+    # tanh's derivative 1 - y*y as (1 - y)(1 + y), exact in 1 - y where a unit
+    # saturates (one_minus_square in src_ext/_activations.pxd), here and below
+    dc_ = dc_ + dh_ * o_ * (one - tc) * (one + tc)
     dg[j] = dc_ * g_ * i_ * (one - i_)
     dg[H + j] = dc_ * c_in * f_ * (one - f_)
-    dg[2 * H + j] = dc_ * i_ * (one - g_ * g_)
+    dg[2 * H + j] = dc_ * i_ * (one - g_) * (one + g_)
     dg[3 * H + j] = dh_ * tc * o_ * (one - o_)
     return dc_ * f_
 
@@ -874,7 +876,7 @@ def gru_backward(x,            # IN    (T*B*I,)
                 r_ = gb[j]
                 z_ = gb[H + j]
                 n_ = gb[2 * H + j]
-                dn = dh_ * (one - z_) * (one - n_ * n_)
+                dn = dh_ * (one - z_) * (one - n_) * (one + n_)
                 dz = dh_ * (h_in[b * H + j] - n_) * z_ * (one - z_)
                 dr = dn * ghn_t[b * H + j] * r_ * (one - r_)
                 dxb[j] = dr
@@ -970,7 +972,7 @@ def rnn_backward(x,            # IN    (T*B*I,)
                 if relu:
                     dgt[b * H + j] = dh_ if h_ > zero else zero
                 else:
-                    dgt[b * H + j] = dh_ * (one - h_ * h_)
+                    dgt[b * H + j] = dh_ * (one - h_) * (one + h_)
                 dh_p[b * H + j] = 0        # h reaches the past only through W_hh
         gemm(False, False, B, H, H, one, dgt, H, w_hh_p, H, one, dh_p, H)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
