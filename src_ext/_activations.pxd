@@ -38,5 +38,5 @@ cdef inline floating one_minus_square(floating a) noexcept nogil:
     saturated unit (|a| near 1) 1 - a is exact, where 1 - a*a loses a*a's
     rounding to cancellation unless the compiler fuses it into an FMA, which
     the baseline build cannot (float32: up to 4.5e-5 relative against ~1e-7;
-    tests/test_extremes.py)."""
+    test_saturated_tanh_derivative_keeps_its_relative_accuracy)."""
     return (<floating> 1 - a) * (<floating> 1 + a)
