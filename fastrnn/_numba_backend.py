@@ -1,11 +1,14 @@
 """The Numba kernels behind the backend interface (see ``_backends``).
 
 The same contract, buffers (``_buffers``) and memory ownership as
-``_cython_backend``: Python allocates outputs, the workspace and the scratch,
-transposes the weights once per call into the layout the per-step GEMM reads
-fastest ((K, G*H), K-major), and hands everything to ``fastrnn._numba.kernels``,
-whose compiled kernels run the whole time loop, allocate nothing and release
-the GIL. (Unlike Cython, it has no packed small-batch product yet.)
+``_cython_backend``: Python allocates outputs, the workspace and the scratch
+and hands everything to ``fastrnn._numba.kernels``, whose compiled kernels run
+the whole time loop, allocate nothing and release the GIL. As in Cython, a
+call of ``PREPARE_MIN_T`` steps or more prepares W_hh once for its per-step
+product (``prepare_forward``, ``prepare_backward``, shared by the halves of a
+split batch): packed panels for float32 batches up to ``PACKED_MAX_B`` rows,
+else a K-major copy W_hh^T for the forward; such a call also copies W_ih (and
+W_hr) K-major. Shorter calls read PyTorch's layout through BLAS's transpose flag.
 
 Buffers (T steps, B sequences, H hidden units, G gates)
 -------------------------------------------------------
@@ -44,12 +47,52 @@ from ._numba import kernels as _k
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True
 
-#: calls of at least this many steps copy the weights K-major (as Cython's PREPARE_MIN_T)
-COPY_MIN_T = 4
+#: float32 batches up to this size multiply by W_hh through packed panels
+#: (``kernels.packed_product``) instead of GEMV/sgemm; the same rule as
+#: ``_cython_backend.PACKED_MAX_B`` (whose measurements put the crossover
+#: with OpenBLAS between 32 and 64 rows). For these kernels, per-step products
+#: of the grid's half batches, 1 to 32 rows: 1.6-2.6x the GFLOP/s of the
+#: GEMV/sgemm path (``benchmarks/bench_numba_packed.py``, RESULTS.md).
+PACKED_MAX_B = 32
+#: calls of at least this many steps prepare W_hh (and copy W_ih, W_hr
+#: K-major); preparing costs about one step's product (as Cython's PREPARE_MIN_T)
+PREPARE_MIN_T = 4
 
 
+def prepare_forward(cell, dtype, T, B, params):
+    """How the forward kernels multiply by W_hh^T each step, prepared once.
+
+    Keyword arguments for ``forward``'s kernels: ``packed`` panels of W_hh^T
+    (float32 batches up to ``PACKED_MAX_B`` rows), a K-major copy ``w_hh_t``
+    (other batches), or none (calls of fewer than ``PREPARE_MIN_T`` steps).
+    ``_parallel.SplitBackend`` prepares once for all the parts of a split
+    batch, with ``B`` their largest, and the parts share it.
+    """
+    return _prepared(dtype, T, B, params[1], trans=True)
 
 
+def prepare_backward(cell, dtype, T, B, w_hh):
+    """The same for the backward kernels, which multiply by W_hh itself: packed
+    panels, or none (they read W_hh as it is)."""
+    return _prepared(dtype, T, B, w_hh, trans=False)
+
+
+def _prepared(dtype, T, B, w_hh, trans):
+    if T < PREPARE_MIN_T:
+        return {}
+    K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
+    if dtype == np.float32 and B <= PACKED_MAX_B:
+        packed = np.empty(_k.packed_size(K, N), np.float32)
+        _k.pack(_in(w_hh), trans, K, N, packed)
+        return dict(packed=_in(packed))
+    if trans:
+        return dict(w_hh_t=_in(np.ascontiguousarray(w_hh.T)))
+    return {}
+
+
+def _packed(rec, dtype):
+    """The kernels' ``packed`` argument: the panels, or an empty array (not packed)."""
+    return rec["packed"] if "packed" in rec else _in(np.empty(0, dtype))
 
 
 def _in(a):
@@ -68,18 +111,22 @@ def _lengths(lengths, T, B):
     return _in(np.full(B, T, np.intp) if lengths is None else lengths)
 
 
-def forward(cell, x, state0, params, lengths, reverse, training):
+def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
+    """The backend interface's forward; ``prepared``: ``prepare_forward``'s
+    result, shared by the parts of a split batch (None: prepare here)."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, I = x.shape
     H = w_hh.shape[1]               # the size of h: P with a projection
     GH = w_hh.shape[0]
     dtype = x.dtype
+    rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
     # a short call (streaming) reads PyTorch's layout through BLAS's transpose
-    # flag; a longer one copies the weights K-major once, which BLAS multiplies faster
-    trans = T < COPY_MIN_T
-    w_ih_t, w_hh_t = (w_ih, w_hh) if trans else (np.ascontiguousarray(w_ih.T),
-                                                 np.ascontiguousarray(w_hh.T))
+    # flag; a longer one copies the weights K-major once, which BLAS multiplies
+    # faster. W_hh^T comes prepared (the kernels do not read it when packed).
+    trans = T < PREPARE_MIN_T
+    w_ih_t = w_ih if trans else np.ascontiguousarray(w_ih.T)
+    w_hh_t = w_hh if trans else rec.get("w_hh_t", w_hh)
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
@@ -87,7 +134,7 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     chunk = gates.shape[0]
     n_slots = hs.shape[0]
     lens = _lengths(lengths, T, B)
-    common = (_in(x), _in(w_ih_t), _in(w_hh_t), trans)
+    common = (_in(x), _in(w_ih_t), _in(w_hh_t), _packed(rec, dtype), trans)
     data = None
     if cell == "lstm" and w_hr is not None:
         HC = GH // 4                # the size of c
@@ -129,7 +176,9 @@ def forward(cell, x, state0, params, lengths, reverse, training):
     return y, state_n, data
 
 
-def backward(cell, data, dy, dstate_n):
+def backward(cell, data, dy, dstate_n, prepared=None):
+    """The backend interface's backward; ``prepared`` as in ``forward``, from
+    ``prepare_backward``."""
     x, w_ih, w_hh = data["x"], data["w_ih"], data["w_hh"]
     lengths, reverse = data["lengths"], data["reverse"]
     T, B, I = x.shape
@@ -137,8 +186,9 @@ def backward(cell, data, dy, dstate_n):
     dtype = x.dtype
     dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
+    rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
     has_dy = dy is not None
-    head = (_in(x), _in(w_ih), _in(w_hh))
+    head = (_in(x), _in(w_ih), _in(w_hh), _packed(rec, dtype))
     tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),
             T, B, I, H, reverse)
     grads = tuple(_out(a) for a in (dx, dw_ih, dw_hh, db_ih, db_hh))

@@ -244,6 +244,173 @@ def gemv(trans, m, n, alpha, a, lda, x, incx, beta, y):
     _xgemv(_N if trans else _T, n, m, alpha, a, lda, x, incx, beta, y)
 
 
+# -------------------------------------------------------------- packed panels
+# The small-batch recurrent product of src_ext/_packed_gemm.h, float32 only in
+# practice (the backend packs for float32 batches up to PACKED_MAX_B rows; the
+# code is generic so that the float64 kernels, which never take this path,
+# still compile). OpenBLAS's sgemm repacks all of W_hh on every call, once per
+# step; here W_hh is packed once per call into column panels of PANEL values,
+# each panel K x PANEL contiguous, so each step streams W_hh once, in order,
+# and every W vector feeds BLOCK_ROWS rows of h. Against the GEMV/sgemm path
+# (``gemm`` above) for the grid's half batches, 1.6-2.6x the GFLOP/s of the
+# per-step product (``benchmarks/bench_numba_packed.py``).
+
+#: columns per panel, FR_PANEL of src_ext/_packed_gemm.h: two AVX2 vectors
+PANEL = 16
+#: rows of A per block: BLOCK_ROWS x PANEL sums, as many vector registers as
+#: AVX2 has to spare next to the two W vectors
+BLOCK_ROWS = 4
+
+
+def packed_size(K, N):
+    """Values in the packed copy of a (K, N) matrix: whole panels, zero-padded."""
+    return (N + PANEL - 1) // PANEL * K * PANEL
+
+
+@intrinsic
+def _stack_block(typingctx, like):
+    """Room for BLOCK_ROWS x PANEL values of ``like``'s dtype on the stack.
+
+    One ``alloca`` in the entry block, with constant offsets only in the
+    inner loops, which LLVM keeps in vector registers; a NumPy array there
+    stayed in memory and ran at about a third of the speed (the prototype in
+    ``benchmarks/bench_numba_packed.py``).
+    """
+    if not isinstance(like, (types.Array, types.CPointer)):
+        return None
+    sig = types.CPointer(like.dtype)(like)
+
+    def codegen(context, builder, sig, args):
+        return cgutils.alloca_once(builder, context.get_value_type(like.dtype),
+                                   size=BLOCK_ROWS * PANEL)
+    return sig, codegen
+
+
+@_jit
+def pack(w, trans, K, N, packed):
+    """Pack op(W) (K, N) into panels: packed[p, k, j] = op(W)[k, p*PANEL + j],
+    zero past column N.
+
+    w : (N*K,) W (N, K) row-major, PyTorch's layout, with op(W) = W^T when
+        ``trans`` (the forward's W_hh^T); else (K*N,), op(W) = W (K, N) itself
+        (the backward's W_hh).
+    packed : (packed_size(K, N),) out.
+    """
+    zero = zero_of(packed)
+    out = ptr(packed, 0)
+    src = ptr(w, 0)
+    for p in range((N + PANEL - 1) // PANEL):
+        width = min(PANEL, N - p * PANEL)
+        panel = ptr(out, p * K * PANEL)
+        if trans:
+            # column n of op(W) is row n of w: read it contiguously, write it
+            # with stride PANEL; the panel (K * 64 bytes) stays in cache meanwhile
+            for j in range(width):
+                col = ptr(src, (p * PANEL + j) * K)
+                for k in range(K):
+                    panel[k * PANEL + j] = col[k]
+        else:
+            for k in range(K):
+                for j in range(width):
+                    panel[k * PANEL + j] = src[k * N + p * PANEL + j]
+        if width < PANEL:
+            for k in range(K):
+                for j in range(width, PANEL):
+                    panel[k * PANEL + j] = zero
+
+
+@_inline
+def _store_rows(acc, rows, width, beta, c, ldc):
+    """c[r, :width] := acc[r, :width] (+ c when beta is 1) for ``rows`` rows."""
+    # beta = 0 must overwrite: c may be scratch from np.empty, NaN and all
+    if beta == 0:
+        for r in range(rows):
+            for j in range(width):
+                c[r * ldc + j] = acc[r * PANEL + j]
+    else:
+        for r in range(rows):
+            for j in range(width):
+                c[r * ldc + j] += acc[r * PANEL + j]
+
+
+@_inline
+def packed_product(B, N, K, a, lda, packed, beta, c, ldc):
+    """C := A @ W + beta * C with W (K, N) packed by :func:`pack`; beta 0 or 1.
+
+    a (B, K) with leading dimension lda, packed (packed_size(K, N),),
+    c (B, N) with leading dimension ldc: pointers.
+    """
+    acc = _stack_block(c)
+    zero = zero_of(c)
+    for p in range((N + PANEL - 1) // PANEL):
+        w = ptr(packed, p * K * PANEL)
+        cp = ptr(c, p * PANEL)
+        width = min(PANEL, N - p * PANEL)
+        b = 0
+        while b + BLOCK_ROWS <= B:
+            for j in range(BLOCK_ROWS * PANEL):
+                acc[j] = zero
+            ab = ptr(a, b * lda)
+            for k in range(K):
+                a0, a1 = ab[k], ab[lda + k]
+                a2, a3 = ab[2 * lda + k], ab[3 * lda + k]
+                for j in range(PANEL):
+                    wv = w[k * PANEL + j]
+                    acc[j] += a0 * wv
+                    acc[PANEL + j] += a1 * wv
+                    acc[2 * PANEL + j] += a2 * wv
+                    acc[3 * PANEL + j] += a3 * wv
+            _store_rows(acc, BLOCK_ROWS, width, beta, ptr(cp, b * ldc), ldc)
+            b += BLOCK_ROWS
+        # the last 1-3 rows one at a time. One row's sums would wait on the
+        # FMA latency (4-5 cycles) at every k, so four partial sums over k
+        # interleave, added in a fixed order at the end, as fr_panel_rows_1.
+        # (Written as one loop over j with four statements, like the block
+        # above: a loop of one statement is fully unrolled before LLVM's loop
+        # vectoriser sees it, and its SLP vectoriser left that scalar, at a
+        # fifth of the speed.)
+        K4 = K - K % 4
+        while b < B:
+            for j in range(BLOCK_ROWS * PANEL):
+                acc[j] = zero
+            ab = ptr(a, b * lda)
+            for k in range(0, K4, 4):
+                a0, a1, a2, a3 = ab[k], ab[k + 1], ab[k + 2], ab[k + 3]
+                for j in range(PANEL):
+                    acc[j] += a0 * w[k * PANEL + j]
+                    acc[PANEL + j] += a1 * w[(k + 1) * PANEL + j]
+                    acc[2 * PANEL + j] += a2 * w[(k + 2) * PANEL + j]
+                    acc[3 * PANEL + j] += a3 * w[(k + 3) * PANEL + j]
+            for k in range(K4, K):
+                for j in range(PANEL):
+                    acc[j] += ab[k] * w[k * PANEL + j]
+            for j in range(PANEL):
+                acc[j] = (acc[j] + acc[PANEL + j]) + (acc[2 * PANEL + j] + acc[3 * PANEL + j])
+            _store_rows(acc, 1, width, beta, ptr(cp, b * ldc), ldc)
+            b += 1
+
+
+@_inline
+def recurrent_product(B, N, K, h, w, trans, packed, beta, out):
+    """out (B, N) := h (B, K) @ op(W) + beta * out, the per-step product by W_hh.
+
+    Through the packed panels when ``packed`` (an array) is not empty, else
+    through ``gemm`` from ``w``: op(W) = w^T for w (N, K) when ``trans``,
+    else w (K, N). beta is 0 or 1; h, w and out are pointers, contiguous rows.
+    """
+    if packed.size > 0:
+        packed_product(B, N, K, h, K, ptr(packed, 0), beta, out, N)
+    else:
+        gemm(False, trans, B, N, K, one_of(out), h, K, w, K if trans else N, beta, out, N)
+
+
+@_jit
+def apply_recurrent_product(h, w, trans, packed, beta, out, B, K, N):
+    """out := h @ op(W) + beta * out through ``recurrent_product``, for testing;
+    h (B*K,), out (B*N,), w and packed as the kernels take them."""
+    recurrent_product(B, N, K, ptr(h, 0), ptr(w, 0), trans, packed, beta, ptr(out, 0))
+
+
 # ---------------------------------------------------------------- activations
 # float32: src_ext/_vmath.h, constant for constant (error bounds documented
 # there, checked for this module by tests/test_numba.py); float64: exact.
@@ -576,6 +743,7 @@ def lstm_unit_backward(g, dg, c_in, c_out, dh_, dc_, j, H):
 def lstm_forward(x,            # IN    (T*B*I,)
                  w_ih_t,       # IN    (I*4H,)
                  w_hh_t,       # IN    (H*4H,)
+                 packed,       # IN    (packed_size(H, 4H),) W_hh^T's panels, or empty: use w_hh_t
                  trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                  bias,         # IN    (4H,)  b_ih + b_hh
                  lengths,      # IN    (B,)   steps per sequence (T if not given)
@@ -597,7 +765,7 @@ def lstm_forward(x,            # IN    (T*B*I,)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        gemm(False, trans, B, G, H, one, h_in, H, w_hh_p, H if trans else G, one, g, G)
+        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, one, g)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -616,6 +784,7 @@ def lstm_forward(x,            # IN    (T*B*I,)
 def lstm_backward(x,           # IN    (T*B*I,)
                   w_ih,        # IN    (4H*I,)
                   w_hh,        # IN    (4H*H,)
+                  packed,      # IN    (packed_size(4H, H),) W_hh's panels, or empty: use w_hh
                   gates,       # IN    (T*B*4H,) activated i, f, g, o
                   hs,          # IN    ((T+1)*B*H,) state slots
                   cs,          # IN    ((T+1)*B*H,) cell-state slots
@@ -653,7 +822,7 @@ def lstm_backward(x,           # IN    (T*B*I,)
                                                      c_out[b * H + j], dh_,
                                                      dc_p[b * H + j], j, H)
                 dh_p[b * H + j] = 0        # h reaches the past only through the gates
-        gemm(False, False, B, H, G, one, dgt, G, w_hh_p, H, one, dh_p, H)
+        recurrent_product(B, H, G, dgt, w_hh_p, False, packed, one, dh_p)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
@@ -665,6 +834,7 @@ def lstm_backward(x,           # IN    (T*B*I,)
 def lstm_projected_forward(x,          # IN    (T*B*I,)
                            w_ih_t,     # IN    (I*4H,)
                            w_hh_t,     # IN    (P*4H,)
+                           packed,     # IN    (packed_size(P, 4H),) W_hh^T's panels, or empty
                            trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                            w_hr_t,     # IN    (H*P,)
                            bias,       # IN    (4H,)  b_ih + b_hh
@@ -690,7 +860,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * P)
         mt = ptr(m, t * B * H if keep_m else 0)
-        gemm(False, trans, B, G, P, one, h_in, P, w_hh_p, P if trans else G, one, g, G)
+        recurrent_product(B, G, P, h_in, w_hh_p, trans, packed, one, g)
         # the fused pass writes m_t, one GEMM projects it to y_t
         for b in range(B):
             if t >= lengths[b]:
@@ -714,6 +884,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
 def lstm_projected_backward(x,         # IN    (T*B*I,)
                             w_ih,      # IN    (4H*I,)
                             w_hh,      # IN    (4H*P,)
+                            packed,    # IN    (packed_size(4H, P),) W_hh's panels, or empty
                             w_hr,      # IN    (P*H,)
                             gates,     # IN    (T*B*4H,) activated i, f, g, o
                             hs,        # IN    ((T+1)*B*P,) state slots
@@ -766,7 +937,7 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                 dc_p[b * H + j] = lstm_unit_backward(gb, dgb, c_in[b * H + j],
                                                      c_out[b * H + j], dm_p[b * H + j],
                                                      dc_p[b * H + j], j, H)
-        gemm(False, False, B, P, G, one, dgt, G, w_hh_p, P, one, dh_p, P)
+        recurrent_product(B, P, G, dgt, w_hh_p, False, packed, one, dh_p)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
                                T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
@@ -787,6 +958,7 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
 def gru_forward(x,             # IN    (T*B*I,)
                 w_ih_t,        # IN    (I*3H,)
                 w_hh_t,        # IN    (H*3H,)
+                packed,        # IN    (packed_size(H, 3H),) W_hh^T's panels, or empty
                 trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                 bias,          # IN    (3H,) b_ih + (b_hr, b_hz, 0)
                 b_hn,          # IN    (H,)
@@ -810,7 +982,7 @@ def gru_forward(x,             # IN    (T*B*I,)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
         ghn_t = ptr(ghn, t * B * H if keep_ghn else 0)
-        gemm(False, trans, B, G, H, one, h_in, H, w_hh_p, H if trans else G, zero, gh_p, G)
+        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -837,6 +1009,7 @@ def gru_forward(x,             # IN    (T*B*I,)
 def gru_backward(x,            # IN    (T*B*I,)
                  w_ih,         # IN    (3H*I,)
                  w_hh,         # IN    (3H*H,)
+                 packed,       # IN    (packed_size(3H, H),) W_hh's panels, or empty
                  gates,        # IN    (T*B*3H,) activated r, z, n
                  ghn,          # IN    (T*B*H,) W_hn h + b_hn
                  hs,           # IN    ((T+1)*B*H,) state slots
@@ -886,7 +1059,7 @@ def gru_backward(x,            # IN    (T*B*I,)
                 dhb[H + j] = dz
                 dhb[2 * H + j] = dn * r_
                 dh_p[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
-        gemm(False, False, B, H, G, one, dht, G, w_hh_p, H, one, dh_p, H)
+        recurrent_product(B, H, G, dht, w_hh_p, False, packed, one, dh_p)
     input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
@@ -902,6 +1075,7 @@ def gru_backward(x,            # IN    (T*B*I,)
 def rnn_forward(x,             # IN    (T*B*I,)
                 w_ih_t,        # IN    (I*H,)
                 w_hh_t,        # IN    (H*H,)
+                packed,        # IN    (packed_size(H, H),) W_hh^T's panels, or empty
                 trans,        # the weights are W_ih, W_hh (, W_hr) themselves, read transposed
                 bias,          # IN    (H,) b_ih + b_hh
                 lengths,       # IN    (B,)
@@ -919,7 +1093,7 @@ def rnn_forward(x,             # IN    (T*B*I,)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        gemm(False, trans, B, H, H, one, h_in, H, w_hh_p, H, one, p, H)
+        recurrent_product(B, H, H, h_in, w_hh_p, trans, packed, one, p)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -943,6 +1117,7 @@ def rnn_forward(x,             # IN    (T*B*I,)
 def rnn_backward(x,            # IN    (T*B*I,)
                  w_ih,         # IN    (H*I,)
                  w_hh,         # IN    (H*H,)
+                 packed,       # IN    (packed_size(H, H),) W_hh's panels, or empty
                  hs,           # IN    ((T+1)*B*H,) state slots
                  dy,           # IN    (T*B*H,), read only if has_dy
                  has_dy,
@@ -974,7 +1149,7 @@ def rnn_backward(x,            # IN    (T*B*I,)
                 else:
                     dgt[b * H + j] = dh_ * (one - h_) * (one + h_)
                 dh_p[b * H + j] = 0        # h reaches the past only through W_hh
-        gemm(False, False, B, H, H, one, dgt, H, w_hh_p, H, one, dh_p, H)
+        recurrent_product(B, H, H, dgt, w_hh_p, False, packed, one, dh_p)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
