@@ -1,10 +1,11 @@
 """What only the Numba backend has: its on-disk cache, its behaviour when Numba
-is missing, one compiled specialisation per kernel and dtype, and its own
-float32 activations.
+is missing, one compiled specialisation per kernel and dtype, its own
+float32 activations, and its packed recurrent product.
 
-Correctness against the reference is not here: every test taking the
+Correctness against the reference is mostly not here: every test taking the
 ``backend`` fixture (test_backends.py, test_torch_parity.py, ...) runs the
-Numba backend too.
+Numba backend too. Only the packed path is forced here for every kernel, at
+the batch sizes and widths its remainders need.
 """
 import json
 import os
@@ -17,7 +18,11 @@ import pytest
 from scipy.special import expit
 
 import fastrnn
-from conftest import make_params, make_states, make_x, run_backward, run_forward
+from conftest import (cast, make_lengths, make_params, make_states, make_x, run_backward,
+                      run_forward)
+from test_backends import assert_matches, forward_backward, make_case
+from test_projection import forward_backward as projected_forward_backward
+from test_projection import projected_case
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -205,3 +210,130 @@ def test_float64_matches_numpy_to_rounding():
     np.testing.assert_allclose(out, np.tanh(x), rtol=1e-15, atol=1e-300)
     activation("sigmoid")(x, out)
     np.testing.assert_allclose(out, EXACT["sigmoid"](x), rtol=1e-15, atol=1e-300)
+
+
+# ------------------------------------------------- packed recurrent product
+# float32 batches up to PACKED_MAX_B rows multiply by W_hh through packed
+# panels (kernels.packed_product): blocks of 4 rows plus 1-3 rows one at a
+# time, panels of 16 columns with the last one zero-padded. B = 1..9 covers
+# every remainder with and without whole blocks; N = G*H = 5, 17, 33, 20, 68,
+# 132, ... panels that are partial or one column past whole.
+
+PACKED_B = [1, 2, 3, 4, 5, 7, 9]
+
+
+@needs_numba
+@pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
+@pytest.mark.parametrize("K", [1, 3, 4, 5, 17, 64])
+@pytest.mark.parametrize("N", [1, 5, 16, 17, 33, 70])
+def test_pack_lays_out_panels(K, N, trans):
+    """packed[p, k, j] = op(W)[k, p * PANEL + j], zero past column N, exactly,
+    and nothing written past ``packed_size``."""
+    from fastrnn._numba import kernels
+    P = kernels.PANEL
+    rng = np.random.default_rng(K * 1000 + N)
+    w = rng.standard_normal((N, K) if trans else (K, N)).astype(np.float32)
+    op_w = w.T if trans else w
+    n_panels = -(-N // P)
+    padded = np.zeros((K, n_panels * P), np.float32)
+    padded[:, :N] = op_w
+    expected = padded.reshape(K, n_panels, P).transpose(1, 0, 2).ravel()
+    size = kernels.packed_size(K, N)
+    assert size == expected.size
+    buf = np.full(size + 5, np.nan, np.float32)
+    kernels.pack(w.ravel(), trans, K, N, buf)
+    np.testing.assert_array_equal(buf[:size], expected)
+    assert np.isnan(buf[size:]).all()
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("packed", [True, False], ids=["packed", "gemm"])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
+@pytest.mark.parametrize("K,N", [(1, 1), (3, 5), (4, 16), (17, 33), (64, 70), (130, 20)])
+@pytest.mark.parametrize("B", PACKED_B)
+def test_recurrent_product_matches_float64(B, K, N, trans, beta, packed, dtype):
+    """``kernels.recurrent_product`` on both of its paths (the float64 kernels
+    compile the packed one too, though the backend never packs for them).
+
+    |error| <= K * eps * sum|h||W| bounds the rounding of a K-term dot
+    product; 4 * eps * sqrt(K) * scale is a comfortable practical margin
+    below that worst case (as tests/test_packing.py for the Cython product).
+    beta = 0 must overwrite ``out``: it starts as NaN then.
+    """
+    from fastrnn._numba import kernels
+    rng = np.random.default_rng(B * 10000 + K * 100 + N)
+    h = rng.standard_normal((B, K)).astype(dtype)
+    w = rng.standard_normal((N, K) if trans else (K, N)).astype(dtype)
+    out = rng.standard_normal((B, N)).astype(dtype)
+    op_w = (w.T if trans else w).astype(np.float64)
+    expected = h.astype(np.float64) @ op_w + beta * out.astype(np.float64)
+    if beta == 0:
+        out[:] = np.nan
+    buf = np.empty(0, dtype)
+    if packed:
+        buf = np.empty(kernels.packed_size(K, N), dtype)
+        kernels.pack(w.ravel(), trans, K, N, buf)
+    kernels.apply_recurrent_product(h.ravel(), w.ravel(), trans, buf, dtype(beta),
+                                    out.ravel(), B, K, N)
+    scale = np.abs(h).astype(np.float64) @ np.abs(op_w) + np.abs(expected)
+    assert np.all(np.abs(out - expected) <= 4 * np.finfo(dtype).eps * np.sqrt(K) * scale)
+
+
+@pytest.fixture
+def spy_packed(monkeypatch):
+    """The sizes of the ``packed`` arrays the Numba backend hands its kernels."""
+    from fastrnn import _numba_backend
+    sizes = []
+    real = _numba_backend._packed
+
+    def spy(rec, dtype):
+        arg = real(rec, dtype)
+        sizes.append(arg.size)
+        return arg
+    monkeypatch.setattr(_numba_backend, "_packed", spy)
+    return sizes
+
+
+def packed_path_case(cell, B, H, reverse):
+    """Inputs and output gradients of a float32 call that the Numba backend
+    multiplies through packed panels (T >= PREPARE_MIN_T, B <= PACKED_MAX_B,
+    too small to be split), with lengths 0, T and in between once B >= 3."""
+    from fastrnn import _numba_backend
+    T, I = 6, 7
+    assert T >= _numba_backend.PREPARE_MIN_T and B <= _numba_backend.PACKED_MAX_B
+    if cell == "lstm_projected":
+        x, states, params, dy, dstates = projected_case((T, B, I, H, max(H // 2, 1)),
+                                                        np.float32)
+    else:
+        x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
+    return x, states, params, dy, dstates, dict(lengths=make_lengths("mixed", T, B),
+                                                reverse=reverse)
+
+
+def run_packed_case(backend, cell, x, states, params, dy, dstates, kw):
+    if cell == "lstm_projected":
+        return projected_forward_backward(backend, x, states, params, dy, dstates, **kw)
+    return forward_backward(cell, backend, x, states, params, dy, dstates, **kw)
+
+
+@needs_numba
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+@pytest.mark.parametrize("H", [5, 17, 33])
+@pytest.mark.parametrize("B", PACKED_B)
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru", "lstm_projected"])
+def test_packed_path_matches_reference(spy_packed, cell, B, H, reverse):
+    """Every Numba kernel through the packed panels against the float64
+    reference: the forward's outputs and every gradient, at RTOL (justified in
+    test_backends.py). The forward multiplies by W_hh^T (K = H, N = G*H,
+    P and G*H with a projection), the backward by W_hh (K = G*H, N = H)."""
+    case = packed_path_case(cell, B, H, reverse)
+    out, grads = run_packed_case("numba", cell, *case)
+    assert len(spy_packed) == 2 and all(size > 0 for size in spy_packed)
+    x, states, params, dy, dstates, kw = case
+    f64 = np.float64
+    ref, ref_grads = run_packed_case("reference", cell, x.astype(f64), cast(states, f64),
+                                     cast(params, f64), dy.astype(f64), cast(dstates, f64), kw)
+    assert_matches(out, ref, np.float32)
+    assert_matches(grads, ref_grads, np.float32)

@@ -104,25 +104,29 @@ def test_blas_thread_count_does_not_change_a_bit(backend, cell):
         assert np.array_equal(a, results[1][name]), name
 
 
-@pytest.mark.skipif("cython" not in NATIVE, reason="the Cython backend is not built")
+@pytest.mark.parametrize("backend", NATIVE)
 @pytest.mark.parametrize("packed_max_b", [32, 4], ids=["packed", "largest-part-too-big"])
 @pytest.mark.parametrize("cell", CELLS)
-def test_parts_share_one_prepared_w_hh(split_small, monkeypatch, cell, packed_max_b):
+def test_parts_share_one_prepared_w_hh(split_small, monkeypatch, backend, cell, packed_max_b):
     """The parts of a split batch share W_hh as prepared once, forward and backward.
 
     With ``PACKED_MAX_B`` 4, the parts of 5 and 4 rows take the path of the
     larger one (BLAS), and both must still be right.
     """
-    from fastrnn import _cython_backend
-    monkeypatch.setattr(_cython_backend, "PACKED_MAX_B", packed_max_b)
-    monkeypatch.setattr(_cython_backend, "PREPARE_MIN_T", 1)
+    if backend == "cython":
+        from fastrnn import _cython_backend as module
+        packing = module._packing
+    else:
+        from fastrnn import _numba_backend as module
+        packing = module._k
+    monkeypatch.setattr(module, "PACKED_MAX_B", packed_max_b)
+    monkeypatch.setattr(module, "PREPARE_MIN_T", 1)
     packs = []
-    real_pack = _cython_backend._packing.pack
-    monkeypatch.setattr(_cython_backend._packing, "pack",
-                        lambda *a: (packs.append(a[1]), real_pack(*a))[1])
+    real_pack = packing.pack
+    monkeypatch.setattr(packing, "pack", lambda *a: (packs.append(a[1]), real_pack(*a))[1])
     T, B, I, H = 4, 9, 5, 6
     x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
-    out, grads = forward_backward(cell, "cython", x, states, params, dy, dstates)
+    out, grads = forward_backward(cell, backend, x, states, params, dy, dstates)
     assert out.workspace.data["split"] == [(0, 5), (5, 9)]
     # one forward (W_hh^T, trans) and one backward (W_hh) packing, not one per part
     assert packs == ([True, False] if packed_max_b == 32 else [])
