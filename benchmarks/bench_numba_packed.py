@@ -1,6 +1,7 @@
 """Could the Numba backend get a packed recurrent product like the Cython one?
 
-A prototype, not used by fastrnn: the per-step product h (B, K) @ W (K, N) of
+The prototype of what is now ``packed_product`` in ``fastrnn/_numba/kernels.py``
+(kept as the record of these measurements): the per-step product h (B, K) @ W (K, N) of
 the grid's half batches, float32, on one core, timed two ways, median of
 ``--repeats`` runs of about 0.1 s each, the two taking turns:
 

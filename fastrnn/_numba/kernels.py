@@ -15,6 +15,9 @@ time-aligned state slots and ``fastrnn._numba_backend`` for the buffers.
   the compiled code refers to them by name and can be cached on disk
   (a ctypes function pointer would be a constant address, which Numba
   refuses to cache).
+- The per-step recurrent product of float32 batches up to the backend's
+  PACKED_MAX_B rows runs through packed panels of W_hh (``packed_product``,
+  as ``src_ext/_packed_gemm.h``), not BLAS, which repacks W_hh on every call.
 - float32 uses the branch-free exp/sigmoid/tanh of ``src_ext/_vmath.h`` (same
   constants, same error bounds); float64 uses exact exp and tanh.
 - No Numba threads (``parallel=True``): the BLAS threads run the GEMMs, and
