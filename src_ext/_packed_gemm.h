@@ -113,14 +113,36 @@ static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, int trans, 
         fr_pack_rows(K, N, w, N, packed);
 }
 
-/* c[r][0:FR_PANEL] += sum_k a[r][k] * w[k][0:FR_PANEL] for ROWS rows of a; w one packed panel. */
+/* c[r][0:FR_PANEL] += sum_k a[r][k] * w[k][0:FR_PANEL] for ROWS rows of a; w one packed panel.
+ *
+ * k is unrolled by FR_UNROLL with the W vectors of all FR_UNROLL steps loaded
+ * before their FMAs: more loads in flight while W streams from L2/L3, and a
+ * quarter of the loop overhead. Each sum still adds its k in order, so the
+ * results are bit-identical to the plain loop. Against it (C harness, one
+ * core, the two alternating, median of 15, the grid's half-batch shapes
+ * B = 4-32, K = 64-512, N = 256-2048): 1.07-1.15x on one core alone,
+ * 1.02-1.10x with both cores running it. (LLVM unrolls the Numba version of
+ * this loop by 2 on its own; GCC does not.) */
+#define FR_UNROLL 4
 #define FR_PANEL_ROWS(ROWS)                                                           \
     static inline void fr_panel_rows_##ROWS(ptrdiff_t K, const float* a, ptrdiff_t lda,\
                                             const float* w, float* acc)               \
     {                                                                                 \
         fr_v8 lo[ROWS], hi[ROWS];                                                     \
         for (int r = 0; r < ROWS; r++) { lo[r] = (fr_v8){0}; hi[r] = (fr_v8){0}; }    \
-        for (ptrdiff_t k = 0; k < K; k++) {                                           \
+        ptrdiff_t k = 0;                                                              \
+        for (; k + FR_UNROLL <= K; k += FR_UNROLL) {                                  \
+            fr_v8 wv[2 * FR_UNROLL];                                                  \
+            for (int u = 0; u < 2 * FR_UNROLL; u++)                                   \
+                wv[u] = *(const fr_v8*)(w + k * FR_PANEL + 8 * u);                    \
+            for (int u = 0; u < FR_UNROLL; u++)                                       \
+                for (int r = 0; r < ROWS; r++) {                                      \
+                    float s = a[r * lda + k + u];                                     \
+                    lo[r] += s * wv[2 * u];                                           \
+                    hi[r] += s * wv[2 * u + 1];                                       \
+                }                                                                     \
+        }                                                                             \
+        for (; k < K; k++) {                                                          \
             fr_v8 w0 = *(const fr_v8*)(w + k * FR_PANEL);                             \
             fr_v8 w1 = *(const fr_v8*)(w + k * FR_PANEL + 8);                         \
             for (int r = 0; r < ROWS; r++) {                                          \
