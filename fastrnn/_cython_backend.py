@@ -17,6 +17,7 @@ Buffers (T steps, B sequences, H hidden units, G gates)
 ``gates`` : (T, B, G*H) activated gates in training (LSTM, GRU); in inference,
     and for the RNN always, (chunk, B, G*H) scratch for the input projection of
     ``chunk`` steps at a time, so inference memory does not grow with T.
+``gh`` : (B, G*H) LSTM and GRU, scratch for each step's h @ W_hh^T.
 ``ghn`` : (T, B, H) GRU only, W_hn h + b_hn, needed for the reset gate's gradient.
 
 LSTM with a projection (``params`` has a fifth entry ``w_hr`` (P, H)): ``hs``
@@ -139,7 +140,8 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
         proj = {}
         if w_hr is not None:
             proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
-        _lstm.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, hs, cs, y,
+        gh = np.empty((B, GH), dtype)
+        _lstm.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
                       **proj, **rec)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
