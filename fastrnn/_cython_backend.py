@@ -106,17 +106,17 @@ def prepare_backward(cell, dtype, T, B, w_hh):
 
 
 def _prepared(dtype, T, B, w_hh, trans):
-    if T < PREPARE_MIN_T:
-        return {}
-    K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
-    if dtype == np.float32 and B <= PACKED_MAX_B:
-        parallel = PARALLEL_MIN_MACS is not None and B * K * N >= PARALLEL_MIN_MACS
-        packed = np.empty(_packing.packed_size(K, N), np.float32)
-        _packing.pack(w_hh, trans, packed)
-        return dict(packed=packed, n_threads=_cores() if parallel else 1)
-    if trans:
-        return dict(w_hh_t=np.ascontiguousarray(w_hh.T))
-    return {}
+    rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T)
+    if "packed" in rec:
+        parallel = PARALLEL_MIN_MACS is not None and B * rec["packed"].size >= PARALLEL_MIN_MACS
+        rec["n_threads"] = _cores() if parallel else 1
+    return rec
+
+
+def _pack(w_hh, trans, K, N):
+    packed = np.empty(_packing.packed_size(K, N), np.float32)
+    _packing.pack(w_hh, trans, packed)
+    return packed
 
 
 def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):

@@ -80,16 +80,14 @@ def prepare_backward(cell, dtype, T, B, w_hh):
 
 
 def _prepared(dtype, T, B, w_hh, trans):
-    if T < PREPARE_MIN_T:
-        return {}
-    K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
-    if dtype == np.float32 and B <= PACKED_MAX_B:
-        packed = np.empty(_k.packed_size(K, N), np.float32)
-        _k.pack(_in(w_hh), trans, K, N, packed)
-        return dict(packed=_in(packed))
-    if trans:
-        return dict(w_hh_t=_in(np.ascontiguousarray(w_hh.T)))
-    return {}
+    rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T)
+    return {name: _in(a) for name, a in rec.items()}
+
+
+def _pack(w_hh, trans, K, N):
+    packed = np.empty(_k.packed_size(K, N), np.float32)
+    _k.pack(_in(w_hh), trans, K, N, packed)
+    return packed
 
 
 def _packed(rec, dtype):

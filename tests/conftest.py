@@ -247,3 +247,15 @@ def assert_representable_close(actual, expected, rtol, name=""):
     finite = expected[np.isfinite(expected)]
     scale = float(np.max(np.abs(finite), initial=0.0)) or 1.0
     assert_close(actual, expected, rtol + floor / scale, name)
+
+
+def expected_panels(w, trans, panel):
+    """What packing op(W) (K, N) into column panels must give, from NumPy:
+    ``packed[p, k, j] = op(W)[k, p * panel + j]``, zero past column N, flat;
+    op(W) = w.T when ``trans`` (w (N, K), PyTorch's layout), else w (K, N)."""
+    op_w = w.T if trans else w
+    K, N = op_w.shape
+    n_panels = -(-N // panel)
+    padded = np.zeros((K, n_panels * panel), w.dtype)
+    padded[:, :N] = op_w
+    return padded.reshape(K, n_panels, panel).transpose(1, 0, 2).ravel()

@@ -18,8 +18,8 @@ import pytest
 from scipy.special import expit
 
 import fastrnn
-from conftest import (cast, make_lengths, make_params, make_states, make_x, run_backward,
-                      run_forward)
+from conftest import (cast, expected_panels, make_lengths, make_params, make_states, make_x,
+                      run_backward, run_forward)
 from test_backends import assert_matches, forward_backward, make_case
 from test_projection import forward_backward as projected_forward_backward
 from test_projection import projected_case
@@ -233,11 +233,7 @@ def test_pack_lays_out_panels(K, N, trans):
     P = kernels.PANEL
     rng = np.random.default_rng(K * 1000 + N)
     w = rng.standard_normal((N, K) if trans else (K, N)).astype(np.float32)
-    op_w = w.T if trans else w
-    n_panels = -(-N // P)
-    padded = np.zeros((K, n_panels * P), np.float32)
-    padded[:, :N] = op_w
-    expected = padded.reshape(K, n_panels, P).transpose(1, 0, 2).ravel()
+    expected = expected_panels(w, trans, P)
     size = kernels.packed_size(K, N)
     assert size == expected.size
     buf = np.full(size + 5, np.nan, np.float32)

@@ -11,8 +11,8 @@ import pytest
 
 packing = pytest.importorskip("fastrnn._ext.packing", reason="the Cython extension is not built")
 
-from conftest import (RTOL, STATE_NAMES, assert_results_equal, cast, make_params,  # noqa: E402
-                      make_states, make_x, run_backward, run_forward)
+from conftest import (RTOL, STATE_NAMES, assert_results_equal, cast, expected_panels,  # noqa: E402
+                      make_params, make_states, make_x, run_backward, run_forward)
 
 SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 17), (4, 16, 16), (5, 33, 13), (9, 64, 100), (17, 40, 129)]
 
@@ -87,11 +87,7 @@ def test_pack_lays_out_panels(K, N, trans):
     P = packing.PANEL
     rng = np.random.default_rng(K * 1000 + N)
     w = rng.standard_normal((N, K) if trans else (K, N)).astype(np.float32)
-    op_w = w.T if trans else w
-    n_panels = -(-N // P)
-    padded = np.zeros((K, n_panels * P), np.float32)
-    padded[:, :N] = op_w
-    expected = padded.reshape(K, n_panels, P).transpose(1, 0, 2).ravel()
+    expected = expected_panels(w, trans, P)
     size = packing.packed_size(K, N)
     assert size == expected.size
     buf = np.full(size + 5, np.nan, np.float32)       # the pack writes no further
