@@ -18,6 +18,7 @@ Buffers (T steps, B sequences, H hidden units, G gates)
 ``gates`` : (T, B, G*H) activated gates in training (LSTM, GRU); in inference,
     and for the RNN always, (chunk, B, G*H) scratch for the input projection of
     ``chunk`` steps at a time, so inference memory does not grow with T.
+``gh`` : (B, G*H) LSTM and GRU, scratch for each step's h @ W_hh^T.
 ``ghn`` : (T, B, H) GRU only, W_hn h + b_hn, needed for the reset gate's gradient.
 
 LSTM with a projection (``params`` has a fifth entry ``w_hr`` (P, H)): ``hs``
@@ -140,16 +141,18 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
         HC = GH // 4                # the size of c
         cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
         m = np.empty((T if training else 1, B, HC), dtype)
-        _k.lstm_projected_forward(*common, _in(w_hr if trans else np.ascontiguousarray(w_hr.T)), _in(b_ih + b_hh),
-                                  lens, T, B, I, HC, H, reverse, chunk, _out(gates), _out(hs),
-                                  _out(cs), n_slots, _out(m), training, _out(y))
+        w_hr_t = w_hr if trans else np.ascontiguousarray(w_hr.T)
+        _k.lstm_projected_forward(*common, _in(w_hr_t), _in(b_ih + b_hh), lens, T, B, I, HC, H,
+                                  reverse, chunk, _out(gates), _out(np.empty((B, GH), dtype)),
+                                  _out(hs), _out(cs), n_slots, _out(m), training, _out(y))
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs, w_hr=w_hr, m=m)
     elif cell == "lstm":
         cs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[1])
         _k.lstm_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse, chunk,
-                        _out(gates), _out(hs), _out(cs), n_slots, _out(y))
+                        _out(gates), _out(np.empty((B, GH), dtype)), _out(hs), _out(cs),
+                        n_slots, _out(y))
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)

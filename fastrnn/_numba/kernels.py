@@ -706,13 +706,13 @@ def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
 # is one GEMM over all T*B rows.
 
 @_inline_ir
-def lstm_unit(g, c_in, c_out, j, H):
-    """Unit j of one row: activate its four gates in g in place, write
-    c' = f*c + i*g to c_out[j], return o * tanh(c')."""
-    i_ = sigmoid(g[j])
-    f_ = sigmoid(g[H + j])
-    g_ = tanh_(g[2 * H + j])
-    o_ = sigmoid(g[3 * H + j])
+def lstm_unit(g, gh, c_in, c_out, j, H):
+    """Unit j of one row: activate its four gates g + gh (input and recurrent
+    parts) into g, write c' = f*c + i*g to c_out[j], return o * tanh(c')."""
+    i_ = sigmoid(g[j] + gh[j])
+    f_ = sigmoid(g[H + j] + gh[H + j])
+    g_ = tanh_(g[2 * H + j] + gh[2 * H + j])
+    o_ = sigmoid(g[3 * H + j] + gh[3 * H + j])
     g[j] = i_
     g[H + j] = f_
     g[2 * H + j] = g_
@@ -753,13 +753,15 @@ def lstm_forward(x,            # IN    (T*B*I,)
                  T, B, I, H, reverse,
                  chunk,        # steps projected per input GEMM
                  gates,        # OUT   (chunk*B*4H,) activated i, f, g, o
+                 gh,           # SCRATCH (B*4H,) h @ W_hh^T, which the fused pass adds:
+                               # not accumulated into the gate rows (src_ext/lstm.pyx says why)
                  hs,           # INOUT state slots, h0 in the first the loop reads
                  cs,           # INOUT same for c
                  n_slots,      # T+1 keeps every state; 2 alternates (inference)
                  y):           # OUT   (T*B*H,)
     G = 4 * H
-    one = one_of(y)
-    w_hh_p = ptr(w_hh_t, 0)
+    zero = zero_of(y)
+    w_hh_p, gh_p = ptr(w_hh_t, 0), ptr(gh, 0)
     for s in range(T):
         t = time_at(s, T, reverse)
         g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans)
@@ -768,17 +770,17 @@ def lstm_forward(x,            # IN    (T*B*I,)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, one, g)
+        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
                 carry_row(ptr(c_in, b * H), ptr(c_out, b * H), H)
                 zero_row(ptr(yt, b * H), H)
                 continue
-            gb = row(g, b * G)
+            gb, ghb = row(g, b * G), row(gh_p, b * G)
             c_in_b, c_out_b = ptr(c_in, b * H), ptr(c_out, b * H)
             for j in range(H):
-                h_ = lstm_unit(gb, c_in_b, c_out_b, j, H)
+                h_ = lstm_unit(gb, ghb, c_in_b, c_out_b, j, H)
                 h_out[b * H + j] = h_
                 yt[b * H + j] = h_
 
@@ -845,6 +847,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
                            T, B, I, H, P, reverse,
                            chunk,      # steps projected per input GEMM
                            gates,      # OUT   (chunk*B*4H,) activated i, f, g, o
+                           gh,         # SCRATCH (B*4H,) h @ W_hh^T
                            hs,         # INOUT (n_slots*B*P,) state slots, h0 in the first read
                            cs,         # INOUT (n_slots*B*H,) same for c
                            n_slots,    # T+1 keeps every state; 2 alternates (inference)
@@ -853,7 +856,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
                            y):         # OUT   (T*B*P,)
     G = 4 * H
     one, zero = one_of(y), zero_of(y)
-    w_hh_p, w_hr_p = ptr(w_hh_t, 0), ptr(w_hr_t, 0)
+    w_hh_p, w_hr_p, gh_p = ptr(w_hh_t, 0), ptr(w_hr_t, 0), ptr(gh, 0)
     for s in range(T):
         t = time_at(s, T, reverse)
         g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans)
@@ -863,17 +866,17 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * P)
         mt = ptr(m, t * B * H if keep_m else 0)
-        recurrent_product(B, G, P, h_in, w_hh_p, trans, packed, one, g)
+        recurrent_product(B, G, P, h_in, w_hh_p, trans, packed, zero, gh_p)
         # the fused pass writes m_t, one GEMM projects it to y_t
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(c_in, b * H), ptr(c_out, b * H), H)
                 zero_row(ptr(mt, b * H), H)
                 continue
-            gb = row(g, b * G)
+            gb, ghb = row(g, b * G), row(gh_p, b * G)
             c_in_b, c_out_b = ptr(c_in, b * H), ptr(c_out, b * H)
             for j in range(H):
-                mt[b * H + j] = lstm_unit(gb, c_in_b, c_out_b, j, H)
+                mt[b * H + j] = lstm_unit(gb, ghb, c_in_b, c_out_b, j, H)
         gemm(False, trans, B, P, H, one, mt, H, w_hr_p, H if trans else P, zero, yt, P)
         for b in range(B):
             if t < lengths[b]:
