@@ -694,8 +694,9 @@ def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
 
 # ----------------------------------------------------------------------- LSTM
 # Gate order i, f, g, o, as PyTorch. Forward: one GEMM projects the inputs of
-# many steps at once; each step adds h_{t-1} @ W_hh^T into its gate rows
-# (beta = 1) and runs one fused element-wise pass. Backward: one fused pass and
+# many steps at once; each step writes h_{t-1} @ W_hh^T to a (B, 4H) scratch
+# and runs one fused element-wise pass that adds it to the gate rows (not
+# beta = 1 into them: src_ext/lstm.pyx says why). Backward: one fused pass and
 # one GEMM per step, then a few GEMMs over all steps.
 #
 # Projection (PyTorch's proj_size P < H, separate kernels so that the plain
