@@ -409,8 +409,9 @@ def recurrent_product(B, N, K, h, w, trans, packed, beta, out):
 
 @_jit
 def apply_recurrent_product(h, w, trans, packed, beta, out, B, K, N):
-    """out := h @ op(W) + beta * out through ``recurrent_product``, for testing;
-    h (B*K,), out (B*N,), w and packed as the kernels take them."""
+    """out := h @ op(W) + beta * out through ``recurrent_product``, for the tests
+    and ``benchmarks/bench_numba_packed.py``; h (B*K,), out (B*N,), w and
+    packed as the kernels take them."""
     recurrent_product(B, N, K, ptr(h, 0), ptr(w, 0), trans, packed, beta, ptr(out, 0))
 
 
