@@ -29,6 +29,7 @@ _MODULES = {
 }
 _loaded = {}
 _errors = {}
+_auto = None
 
 
 def _load(name):
@@ -57,7 +58,10 @@ def get(name):
     if not isinstance(name, str):
         raise TypeError(f"backend must be a str, got {type(name).__name__}")
     if name == "auto":
-        return _loaded[available_backends()[0]]
+        global _auto
+        if _auto is None:           # loading is tried once per backend: the choice is final
+            _auto = _loaded[available_backends()[0]]
+        return _auto
     if name not in _MODULES:
         raise ValueError(f"backend must be 'auto' or one of {sorted(_MODULES)}, got {name!r}")
     module = _load(name)
