@@ -70,6 +70,16 @@ ISA, _lstm, _gru, _rnn = _kernel_modules(os.environ.get("FASTRNN_ISA", "auto"))
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True
 
+#: the kernels' fused-type specialization for each dtype
+_SPECIALIZATION = {np.dtype(np.float32): "float", np.dtype(np.float64): "double"}
+
+
+def _typed(kernel, dtype):
+    """``kernel``'s specialization for ``dtype``: calling it directly skips the
+    fused function's dispatch on the argument types, 1.7 us of a ~30 us
+    streaming call (the arrays' dtypes are checked either way)."""
+    return kernel[_SPECIALIZATION[dtype]]
+
 
 
 #: float32 batches up to this size multiply by W_hh with the packed-panel
@@ -141,8 +151,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
         if w_hr is not None:
             proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
         gh = np.empty((B, GH), dtype)
-        _lstm.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
-                      **proj, **rec)
+        kernel = _typed(_lstm.forward, dtype)
+        kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
+               **proj, **rec)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
@@ -154,14 +165,16 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
         bias[:2 * H] += b_hh[:2 * H]
         ghn = np.empty((T, B, H), dtype) if training else None
         gh = np.empty((B, GH), dtype)
-        _gru.forward(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
-                     gates, gh, ghn, hs, y, **rec)
+        kernel = _typed(_gru.forward, dtype)
+        kernel(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
+               gates, gh, ghn, hs, y, **rec)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
-        _rnn.forward(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse,
-                     cell == "rnn_relu", gates, hs, y, **rec)
+        kernel = _typed(_rnn.forward, dtype)
+        kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse,
+               cell == "rnn_relu", gates, hs, y, **rec)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(hs=hs)
@@ -184,19 +197,23 @@ def backward(cell, data, dy, dstate_n, prepared=None):
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)
-        _lstm.backward(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
-                       lengths, reverse, dstate[0], dstate[1], dg, *grads,
-                       w_hr=w_hr, m=data["m"], dh_total=np.empty((T, B, H), dtype),
-                       dm=np.empty((B, GH // 4), dtype), dw_hr=dw_hr, **rec)
+        kernel = _typed(_lstm.backward, dtype)
+        kernel(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
+               lengths, reverse, dstate[0], dstate[1], dg, *grads,
+               w_hr=w_hr, m=data["m"], dh_total=np.empty((T, B, H), dtype),
+               dm=np.empty((B, GH // 4), dtype), dw_hr=dw_hr, **rec)
         return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
     if cell == "lstm":
-        _lstm.backward(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
-                       lengths, reverse, dstate[0], dstate[1], dg, *grads, **rec)
+        kernel = _typed(_lstm.backward, dtype)
+        kernel(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
+               lengths, reverse, dstate[0], dstate[1], dg, *grads, **rec)
     elif cell == "gru":
         dg_h = np.empty((T, B, GH), dtype)
-        _gru.backward(x, w_ih, w_hh, data["gates"], data["ghn"], data["hs"], dy,
-                      lengths, reverse, dstate[0], dg, dg_h, *grads, **rec)
+        kernel = _typed(_gru.backward, dtype)
+        kernel(x, w_ih, w_hh, data["gates"], data["ghn"], data["hs"], dy,
+               lengths, reverse, dstate[0], dg, dg_h, *grads, **rec)
     else:
-        _rnn.backward(x, w_ih, w_hh, data["hs"], dy, lengths, reverse,
-                      cell == "rnn_relu", dstate[0], dg, *grads, **rec)
+        kernel = _typed(_rnn.backward, dtype)
+        kernel(x, w_ih, w_hh, data["hs"], dy, lengths, reverse,
+               cell == "rnn_relu", dstate[0], dg, *grads, **rec)
     return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh)
