@@ -127,22 +127,31 @@ def _forward(cell, x, states, weight_ih, weight_hh, bias_ih, bias_hh,
     state0 = tuple(_initial_state(name, s, B, H, P, x.dtype)
                    for name, s in zip(STATE_NAMES[cell], states))
     lengths = v.lengths_array(lengths, T, B)
-    x = _without_nonfinite_padding(x, lengths)
     reverse = v.flag("reverse", reverse)
     training = v.flag("training", training)
+    return _run(cell, x, state0, params, has_bias, H, P, lengths, reverse, training, backend)
+
+
+def _run(cell, x, state0, params, has_bias, H, P, lengths, reverse, training, backend):
+    """``_forward`` on arguments already checked: ``x`` (T, B, I) C-contiguous,
+    ``state0`` C-contiguous (B, n) arrays, ``params`` as ``v.layer_params``
+    returns them, ``lengths`` as ``v.lengths_array``. The layers call it
+    directly with the parameters they checked once, not on every call."""
+    T, B, _ = x.shape
+    x = _without_nonfinite_padding(x, lengths)
     module = _backends.get(backend) if P is None else _projection_backend(backend)
     if T == 0 or B == 0:
         # nothing to compute; the reference handles empty arrays exactly
         module = _backends.get("reference")
     y, state_n, data = module.forward(cell, x, state0, params, lengths, reverse, training)
+    if not training:
+        return y, state_n, None
     reference = _backends.get("reference")
-    if training and module is not reference and \
+    if module is not reference and \
             _nonfinite_meets_padding(lengths, T, params, state0, state_n, reverse):
         module = reference
         y, state_n, data = module.forward(cell, x, state0, params, lengths, reverse, training)
-    ws = None
-    if training:
-        ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data, P)
+    ws = Workspace(cell, _backends.name_of(module), x.dtype, x.shape, H, has_bias, data, P)
     return y, state_n, ws
 
 

@@ -45,18 +45,15 @@ class _Cell(NamedTuple):
     """What differs between the cells: data, not code."""
     n_gates: int
     state_names: tuple           # ("h",) or ("h", "c")
-    forward: object              # kernels.*_forward
     backward: object             # kernels.*_backward
-    kernel_kw: dict              # extra keywords of the kernel forward
 
 
+# the forward goes through kernels._run, which takes the mode ("rnn_tanh", ...) itself
 _CELLS = {
-    "rnn_tanh": _Cell(1, ("h",), kernels.rnn_forward, kernels.rnn_backward,
-                      {"nonlinearity": "tanh"}),
-    "rnn_relu": _Cell(1, ("h",), kernels.rnn_forward, kernels.rnn_backward,
-                      {"nonlinearity": "relu"}),
-    "lstm": _Cell(4, ("h", "c"), kernels.lstm_forward, kernels.lstm_backward, {}),
-    "gru": _Cell(3, ("h",), kernels.gru_forward, kernels.gru_backward, {}),
+    "rnn_tanh": _Cell(1, ("h",), kernels.rnn_backward),
+    "rnn_relu": _Cell(1, ("h",), kernels.rnn_backward),
+    "lstm": _Cell(4, ("h", "c"), kernels.lstm_backward),
+    "gru": _Cell(3, ("h",), kernels.gru_backward),
 }
 
 
@@ -137,7 +134,7 @@ class _RNNBase:
                  batch_first=False, dropout=0.0, bidirectional=False, proj_size=0, *,
                  dtype=np.float32, backend="auto", rng=None):
         self._params = {}              # set first: __getattr__ looks here
-        self._args_cache = {}
+        self._params_cache = {}
         self.mode = mode
         self._cell = _CELLS[mode]
         self.input_size = _positive_int("input_size", input_size)
@@ -211,7 +208,7 @@ class _RNNBase:
         params = self.__dict__.get("_params")
         if params is not None and name in params:
             params[name] = self._checked_param(name, value)
-            self._args_cache.clear()
+            self._params_cache.clear()
             return
         if name in _FIXED and name in self.__dict__:
             raise AttributeError(f"{name} is fixed when the layer is built (it shapes the "
@@ -327,7 +324,7 @@ class _RNNBase:
                                  "sequence pass x[:length] instead")
         elif self.batch_first:
             x = x.transpose(1, 0, 2)
-        x = v.contiguous(x)
+        x = v.sequence_input(x)     # also BLAS's size limit, which kernels._run trusts
         T, B, _ = x.shape
         states = self._check_states("hx", hx, B, unbatched)
         lengths = v.lengths_array(lengths, T, B)
@@ -372,23 +369,31 @@ class _RNNBase:
 
     # ---------------------------------------------------------------- forward
 
-    def _kernel_args(self, idx):
-        """Positional parameters and keywords of the kernel call for layer/direction ``idx``.
+    def _kernel_params(self, idx):
+        """``params`` of layer/direction ``idx`` as ``kernels._run`` takes them.
 
-        Cached: parameters change in place, or through ``__setattr__``, which clears it.
+        ``(weight_ih, weight_hh, bias_ih, bias_hh[, weight_hr])``, read-only
+        zeros for absent biases: what ``v.layer_params`` would return, without
+        checking again on every call (a streaming step is ~30 us) what cannot
+        change. Cached: the parameters are C-contiguous arrays of the layer's
+        dtype and shape, changed in place or through ``__setattr__``, which
+        checks the new array and clears the cache.
         """
-        cached = self._args_cache.get(idx)
-        if cached is not None:
-            return cached
-        names = self._names[idx]
-        p = self._params
-        args = (p[names["weight_ih"]], p[names["weight_hh"]],
-                p.get(names.get("bias_ih")), p.get(names.get("bias_hh")))
-        kw = dict(self._cell.kernel_kw)
-        if self.proj_size:
-            kw["weight_hr"] = p[names["weight_hr"]]
-        self._args_cache[idx] = args, kw
-        return args, kw
+        params = self._params_cache.get(idx)
+        if params is None:
+            names = self._names[idx]
+            p = self._params
+            if self.bias:
+                biases = (p[names["bias_ih"]], p[names["bias_hh"]])
+            else:
+                zeros = np.zeros(self._cell.n_gates * self.hidden_size, self.dtype)
+                zeros.flags.writeable = False
+                biases = (zeros, zeros)
+            params = (p[names["weight_ih"]], p[names["weight_hh"]]) + biases
+            if self.proj_size:
+                params += (p[names["weight_hr"]],)
+            self._params_cache[idx] = params
+        return params
 
     def forward(self, x, hx=None, lengths=None, *, training=False, rng=None):
         """Run the layer over a batch of sequences.
@@ -432,15 +437,17 @@ class _RNNBase:
             outs = []
             for d in range(D):
                 idx = k * D + d
-                args, kw = self._kernel_args(idx)
-                res = cell.forward(layer_in, *[None if s is None else s[idx] for s in states],
-                                   *args, lengths=lengths, reverse=d == 1, training=training,
-                                   backend=self.backend, **kw)
-                outs.append(res[0])
-                for j, f in enumerate(finals):
-                    f[idx] = res[1 + j]
+                state0 = tuple(np.zeros((B, n), self.dtype) if s is None else v.contiguous(s[idx])
+                               for s, n in zip(states, self._state_sizes))
+                y_d, state_n, ws = kernels._run(
+                    self.mode, layer_in, state0, self._kernel_params(idx), self.bias,
+                    self.hidden_size, self.proj_size or None, lengths, d == 1, training,
+                    self.backend)
+                outs.append(y_d)
+                for f, s_n in zip(finals, state_n):
+                    f[idx] = s_n
                 if training:
-                    workspaces.append(res[-1])
+                    workspaces.append(ws)
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if p > 0 and k < L - 1:
                 if gen is None:

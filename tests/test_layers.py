@@ -259,6 +259,38 @@ def test_parameter_assignment_is_checked():
         lstm.weight_ih_l1
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_forward_sees_every_kind_of_parameter_change(bias):
+    """The layer keeps its checked parameters between calls: changes in place,
+    by assignment and by load_state_dict must all reach the next forward,
+    which must equal the kernel function called with the current arrays."""
+    rng = np.random.default_rng(5)
+    gru = fastrnn.GRU(3, 4, bias=bias)
+    x = rng.standard_normal((5, 2, 3)).astype(np.float32)
+
+    def expected():
+        p = gru.state_dict()
+        biases = (p["bias_ih_l0"], p["bias_hh_l0"]) if bias else (None, None)
+        return fastrnn.gru_forward(x, None, p["weight_ih_l0"], p["weight_hh_l0"], *biases).y
+
+    def changes():
+        gru.weight_hh_l0 *= 2                                     # in place
+        yield
+        gru.weight_ih_l0 = rng.standard_normal((12, 3))           # assignment
+        yield
+        gru.load_state_dict({k: rng.standard_normal(a.shape)      # copied in
+                             for k, a in gru.state_dict().items()})
+        yield
+
+    previous = gru(x)[0]
+    np.testing.assert_array_equal(previous, expected())
+    for _ in changes():
+        y = gru(x)[0]
+        assert not np.array_equal(y, previous)
+        np.testing.assert_array_equal(y, expected())
+        previous = y
+
+
 # ----------------------------------------------------------- input checking
 
 def test_input_validation_messages():
