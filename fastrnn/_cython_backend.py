@@ -81,7 +81,6 @@ def _typed(kernel, dtype):
     return kernel[_SPECIALIZATION[dtype]]
 
 
-
 #: float32 batches up to this size multiply by W_hh with the packed-panel
 #: kernel (src_ext/_packed_gemm.h) instead of BLAS, which repacks W_hh on every
 #: call. Measured (interleaved, 2 cores): packed beats 2-thread OpenBLAS at

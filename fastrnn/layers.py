@@ -426,7 +426,6 @@ class _RNNBase:
         training = v.flag("training", training)
         x, states, lengths, unbatched = self._check_input(x, hx, lengths)
         T, B, _ = x.shape
-        cell = self._cell
         L, D = self.num_layers, self.num_directions
         finals = [np.empty((L * D, B, n), self.dtype) for n in self._state_sizes]
         workspaces, masks = [], []
