@@ -1,10 +1,12 @@
 """Build of the Cython kernels: every src_ext/*.pyx becomes fastrnn._ext.<name>.
 
-On x86-64 the kernel modules (``KERNELS``) are built a second time as
+On x86-64 the kernel modules (``KERNELS``) are built twice more, as
 ``fastrnn._ext.<name>_v3`` with ``-march=x86-64-v3`` (AVX2, FMA: Haswell, Zen
-and later), and ``fastrnn._cython_backend`` imports those where the CPU has
-them: the wheel stays portable and the fused loops still run 8 wide with FMA.
-FASTRNN_V3=0 skips the second build; FASTRNN_NATIVE=1 builds everything for
+and later) and ``fastrnn._ext.<name>_v4`` with ``-march=x86-64-v4`` (AVX-512:
+Skylake-SP, Ice Lake, Sapphire Rapids, Zen 4 and later), and
+``fastrnn._cython_backend`` imports the best build the CPU runs: the wheel
+stays portable and the kernels still use the vector units of the machine.
+FASTRNN_V3=0 skips both extra builds; FASTRNN_NATIVE=1 builds everything for
 this CPU only.
 
 OpenMP is used where the compiler accepts it and the build still works without
@@ -69,39 +71,44 @@ class BuildExt(build_ext):
         if os.environ.get("FASTRNN_NATIVE") == "1":
             # opt-in: tuned for this CPU only, the wheel will not run elsewhere
             opt += ["-march=native"]
-        v3 = [e for e in self.extensions if e.name.endswith("_v3")]
-        if v3 and not compiler_accepts(self.compiler, V3_FLAGS):
-            print("fastrnn: the compiler does not accept -march=x86-64-v3; "
-                  "building the baseline kernels only")
-            self.extensions = [e for e in self.extensions if e not in v3]
+        isa_flags = {}
+        for suffix, level_flags in ISA_LEVELS.items():
+            level = [e for e in self.extensions if e.name.endswith(suffix)]
+            if level and not compiler_accepts(self.compiler, level_flags):
+                print(f"fastrnn: the compiler does not accept {level_flags[0]}; "
+                      f"not building the {suffix[1:]} kernels")
+                self.extensions = [e for e in self.extensions if e not in level]
+            isa_flags.update((e.name, level_flags) for e in level)
         for ext in self.extensions:
-            ext.extra_compile_args = opt + (flags if use else []) + \
-                (V3_FLAGS if ext in v3 else [])
+            ext.extra_compile_args = opt + (flags if use else []) + isa_flags.get(ext.name, [])
             ext.extra_link_args = flags if use else []
         super().build_extensions()
 
 
-#: the modules with the time loops, built a second time for x86-64-v3, and the
-#: activations module through which tests bound that build's error too
-KERNELS = ("lstm", "gru", "rnn", "activations")
-V3_FLAGS = ["-march=x86-64-v3"]
+#: the modules with the time loops, built again for each x86-64 level; the
+#: activations and packing modules, through which tests check each build's
+#: activations and packed product directly
+KERNELS = ("lstm", "gru", "rnn", "activations", "packing")
+#: module suffix -> the flags of that build
+ISA_LEVELS = {"_v3": ["-march=x86-64-v3"], "_v4": ["-march=x86-64-v4"]}
 
 
-def v3_sources():
-    """Copies of the kernel sources named <name>_v3.pyx (Cython names a module
-    after its file), or none where a second build cannot help."""
+def isa_sources():
+    """Copies of the kernel sources named <name>_v3.pyx, <name>_v4.pyx (Cython
+    names a module after its file), or none where more builds cannot help."""
     if platform.machine().lower() not in ("x86_64", "amd64") or sys.platform == "win32" \
             or os.environ.get("FASTRNN_V3", "1") == "0" or os.environ.get("FASTRNN_NATIVE") == "1":
         return []
-    out = HERE / "build" / "src_v3"
-    out.mkdir(parents=True, exist_ok=True)
     copies = []
-    for name in KERNELS:
-        src, dst = HERE / "src_ext" / f"{name}.pyx", out / f"{name}_v3.pyx"
-        text = src.read_text()
-        if not dst.exists() or dst.read_text() != text:    # keep the mtime: no needless rebuild
-            dst.write_text(text)
-        copies.append(str(dst.relative_to(HERE)))
+    for suffix in ISA_LEVELS:
+        out = HERE / "build" / f"src{suffix}"
+        out.mkdir(parents=True, exist_ok=True)
+        for name in KERNELS:
+            src, dst = HERE / "src_ext" / f"{name}.pyx", out / f"{name}{suffix}.pyx"
+            text = src.read_text()
+            if not dst.exists() or dst.read_text() != text:    # keep the mtime: no needless rebuild
+                dst.write_text(text)
+            copies.append(str(dst.relative_to(HERE)))
     return copies
 
 
@@ -109,7 +116,7 @@ extensions = [
     Extension(f"fastrnn._ext.{Path(p).stem}", [p],
               include_dirs=["src_ext"],
               define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")])
-    for p in sorted(glob.glob("src_ext/*.pyx")) + v3_sources()
+    for p in sorted(glob.glob("src_ext/*.pyx")) + isa_sources()
 ]
 
 setup(

@@ -38,33 +38,47 @@ from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
 
+#: the builds of the kernel modules setup.py makes, best first: (FASTRNN_ISA
+#: name, module suffix, whether this CPU runs it)
+_BUILDS = (("x86-64-v4", "_v4", _cpu.supports_x86_64_v4),
+           ("x86-64-v3", "_v3", _cpu.supports_x86_64_v3),
+           ("baseline", "", lambda: True))
+
+
+def runnable_builds():
+    """``[(isa, suffix)]``, best first: the builds this CPU runs and this
+    install has (for tests that check each build's modules directly)."""
+    return [(isa, suffix) for isa, suffix, supported in _BUILDS
+            if supported() and importlib.util.find_spec(f"{__package__}._ext.lstm{suffix}")]
+
+
 def _kernel_modules(choice):
     """``(isa, lstm, gru, rnn)``: the build of the kernel modules to run.
 
-    setup.py builds them for the baseline x86-64 and again for x86-64-v3;
-    ``choice`` is FASTRNN_ISA: "auto" (the v3 build where the CPU has it),
-    "baseline" or "x86-64-v3" (an error if this CPU or build lacks it).
+    setup.py builds them for the baseline x86-64 and again for x86-64-v3 and
+    x86-64-v4; ``choice`` is FASTRNN_ISA: "auto" (the best build this CPU
+    runs), or one build's name (an error if this CPU or build lacks it).
     """
-    if choice not in ("auto", "baseline", "x86-64-v3"):
-        raise ValueError(f"FASTRNN_ISA: expected 'auto', 'baseline' or 'x86-64-v3', "
-                         f"got {choice!r}")
-    names = ("lstm", "gru", "rnn")
-    if choice != "baseline":
+    isas = [isa for isa, _, _ in _BUILDS]
+    if choice != "auto" and choice not in isas:
+        expected = ", ".join(repr(n) for n in ["auto"] + isas)
+        raise ValueError(f"FASTRNN_ISA: expected one of {expected}, got {choice!r}")
+    for isa, suffix, supported in _BUILDS:
+        if choice not in ("auto", isa):
+            continue
         reason = None
-        if not _cpu.supports_x86_64_v3():
+        if not supported():
             reason = "this CPU lacks it"
-        elif importlib.util.find_spec(f"{__package__}._ext.lstm_v3") is None:
-            reason = "this build of fastrnn has no x86-64-v3 kernels"
+        elif importlib.util.find_spec(f"{__package__}._ext.lstm{suffix}") is None:
+            reason = f"this build of fastrnn has no {isa} kernels"
         if reason is None:
-            return ("x86-64-v3",) + tuple(
-                importlib.import_module(f"{__package__}._ext.{n}_v3") for n in names)
-        if choice == "x86-64-v3":
-            raise RuntimeError(f"FASTRNN_ISA=x86-64-v3, but {reason}")
-    return ("baseline",) + tuple(
-        importlib.import_module(f"{__package__}._ext.{n}") for n in names)
+            return (isa,) + tuple(importlib.import_module(f"{__package__}._ext.{n}{suffix}")
+                                  for n in ("lstm", "gru", "rnn"))
+        if choice == isa:
+            raise RuntimeError(f"FASTRNN_ISA={isa}, but {reason}")
 
 
-#: which build of the kernels runs: "x86-64-v3" or "baseline"
+#: which build of the kernels runs: "x86-64-v4", "x86-64-v3" or "baseline"
 ISA, _lstm, _gru, _rnn = _kernel_modules(os.environ.get("FASTRNN_ISA", "auto"))
 
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection

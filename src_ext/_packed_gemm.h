@@ -9,6 +9,8 @@
  * Panels are independent, so threads split them (fr_gemm_packed takes a panel
  * range). The x86-64-v3 (AVX2 + FMA) clone is chosen at load time where the
  * compiler and the C library support it; elsewhere the generic build runs.
+ * The x86-64-v4 build of the kernel modules (setup.py) compiles the AVX-512
+ * row blocks instead: the same panels, twice the FMA width.
  */
 #ifndef FASTRNN_PACKED_GEMM_H
 #define FASTRNN_PACKED_GEMM_H
@@ -20,7 +22,10 @@
 
 #define FR_PANEL 16
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+/* A build for x86-64-v4 (AVX-512) has its own row blocks below; a clone for
+ * x86-64-v3 would be picked there too and run them two halves at a time. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) \
+    && !defined(__AVX512F__)
 #define FR_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
 #else
 #define FR_CLONES
@@ -156,8 +161,8 @@ static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, int trans, 
             *(fr_v8*)(acc + r * FR_PANEL + 8) = hi[r];                                \
         }                                                                             \
     }
-FR_PANEL_ROWS(4)
 
+#if !defined(__AVX512F__) || !defined(FR_VECTOR_EXT)
 /* One row: the same product, but FMA latency (4-5 cycles) would leave two
  * accumulators waiting on each other, so four interleaved partial sums over k
  * keep eight FMAs in flight; they are added in a fixed order at the end. */
@@ -181,6 +186,77 @@ static inline void fr_panel_rows_1(ptrdiff_t K, const float* a, ptrdiff_t lda,
     *(fr_v8*)acc = (lo[0] + lo[1]) + (lo[2] + lo[3]);
     *(fr_v8*)(acc + 8) = (hi[0] + hi[1]) + (hi[2] + hi[3]);
 }
+#endif
+
+#if defined(__AVX512F__) && defined(FR_VECTOR_EXT)
+/* AVX-512 (the x86-64-v4 build): a panel row is one 16-float register, so
+ * the blocks take twice the rows for the same eight FMA chains in flight
+ * (two FMA units, four cycles each), with the same packed layout. The
+ * blocks of fewer rows keep eight chains with partial sums over k, added in
+ * a fixed order at the end. */
+typedef float fr_v16 __attribute__((vector_size(64), aligned(4)));
+#define FR_MAX_ROWS 8
+
+/* 8 rows, one sum each; k unrolled by FR_UNROLL, W loads first (as above) */
+static inline void fr_panel_rows_8(ptrdiff_t K, const float* a, ptrdiff_t lda,
+                                   const float* w, float* acc)
+{
+    fr_v16 s[8];
+    for (int r = 0; r < 8; r++) s[r] = (fr_v16){0};
+    ptrdiff_t k = 0;
+    for (; k + FR_UNROLL <= K; k += FR_UNROLL) {
+        fr_v16 wv[FR_UNROLL];
+        for (int u = 0; u < FR_UNROLL; u++)
+            wv[u] = *(const fr_v16*)(w + (k + u) * FR_PANEL);
+        for (int u = 0; u < FR_UNROLL; u++)
+            for (int r = 0; r < 8; r++)
+                s[r] += a[r * lda + k + u] * wv[u];
+    }
+    for (; k < K; k++) {
+        fr_v16 w0 = *(const fr_v16*)(w + k * FR_PANEL);
+        for (int r = 0; r < 8; r++)
+            s[r] += a[r * lda + k] * w0;
+    }
+    for (int r = 0; r < 8; r++)
+        *(fr_v16*)(acc + r * FR_PANEL) = s[r];
+}
+
+/* ROWS rows (4 or 1), 8 / ROWS partial sums each: sum u takes the k with
+ * k % (8 / ROWS) == u */
+#define FR_PANEL_ROWS_SPLIT(ROWS)                                                     \
+    static inline void fr_panel_rows_##ROWS(ptrdiff_t K, const float* a, ptrdiff_t lda,\
+                                            const float* w, float* acc)               \
+    {                                                                                 \
+        enum { U = 8 / ROWS };                                                        \
+        fr_v16 s[U][ROWS];                                                            \
+        for (int u = 0; u < U; u++)                                                   \
+            for (int r = 0; r < ROWS; r++) s[u][r] = (fr_v16){0};                     \
+        ptrdiff_t k = 0;                                                              \
+        for (; k + U <= K; k += U) {                                                  \
+            fr_v16 wv[U];                                                             \
+            for (int u = 0; u < U; u++)                                               \
+                wv[u] = *(const fr_v16*)(w + (k + u) * FR_PANEL);                     \
+            for (int u = 0; u < U; u++)                                               \
+                for (int r = 0; r < ROWS; r++)                                        \
+                    s[u][r] += a[r * lda + k + u] * wv[u];                            \
+        }                                                                             \
+        for (; k < K; k++) {                                                          \
+            fr_v16 w0 = *(const fr_v16*)(w + k * FR_PANEL);                           \
+            for (int r = 0; r < ROWS; r++)                                            \
+                s[0][r] += a[r * lda + k] * w0;                                       \
+        }                                                                             \
+        for (int r = 0; r < ROWS; r++) {                                              \
+            fr_v16 t = s[0][r];                                                       \
+            for (int u = 1; u < U; u++) t += s[u][r];                                 \
+            *(fr_v16*)(acc + r * FR_PANEL) = t;                                       \
+        }                                                                             \
+    }
+FR_PANEL_ROWS_SPLIT(4)
+FR_PANEL_ROWS_SPLIT(1)
+#else
+#define FR_MAX_ROWS 4
+FR_PANEL_ROWS(4)
+#endif
 
 /* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1. */
 FR_CLONES
@@ -188,13 +264,18 @@ static void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A
                            const float* packed, float beta, float* C, ptrdiff_t ldc,
                            ptrdiff_t p0, ptrdiff_t p1)
 {
-    float acc[4 * FR_PANEL];
+    float acc[FR_MAX_ROWS * FR_PANEL];
     for (ptrdiff_t p = p0; p < p1; p++) {
         const float* w = packed + p * K * FR_PANEL;
         ptrdiff_t n0 = p * FR_PANEL;
         ptrdiff_t width = N - n0 < FR_PANEL ? N - n0 : FR_PANEL;
         for (ptrdiff_t b = 0; b < B;) {
-            int rows = B - b >= 4 ? 4 : 1;
+            int rows = B - b >= FR_MAX_ROWS ? FR_MAX_ROWS : B - b >= 4 ? 4 : 1;
+#if FR_MAX_ROWS == 8
+            if (rows == 8)
+                fr_panel_rows_8(K, A + b * lda, lda, w, acc);
+            else
+#endif
             if (rows == 4)
                 fr_panel_rows_4(K, A + b * lda, lda, w, acc);
             else

@@ -407,12 +407,14 @@ def test_kernel_build_choice():
     assert isa == "baseline"
     assert [m.__name__ for m in (lstm, gru, rnn)] == [
         "fastrnn._ext.lstm", "fastrnn._ext.gru", "fastrnn._ext.rnn"]
-    with pytest.raises(ValueError, match="FASTRNN_ISA: expected 'auto', 'baseline' or"):
+    with pytest.raises(ValueError, match="FASTRNN_ISA: expected one of 'auto', 'x86-64-v4'"):
         _cython_backend._kernel_modules("avx512")
-    auto = _cython_backend._kernel_modules("auto")[0]
-    assert auto in ("baseline", "x86-64-v3")
-    if auto == "x86-64-v3":
-        assert _cython_backend._kernel_modules("x86-64-v3")[1].__name__ == "fastrnn._ext.lstm_v3"
-    else:
-        with pytest.raises(RuntimeError, match="FASTRNN_ISA=x86-64-v3, but"):
-            _cython_backend._kernel_modules("x86-64-v3")
+    runnable = dict(_cython_backend.runnable_builds())
+    assert "baseline" in runnable
+    assert _cython_backend._kernel_modules("auto")[0] == next(iter(runnable))
+    for isa, suffix, _ in _cython_backend._BUILDS:
+        if isa in runnable:
+            assert _cython_backend._kernel_modules(isa)[1].__name__ == f"fastrnn._ext.lstm{suffix}"
+        else:
+            with pytest.raises(RuntimeError, match=f"FASTRNN_ISA={isa}, but"):
+                _cython_backend._kernel_modules(isa)

@@ -6,15 +6,29 @@ product to float32 accuracy: |error| <= K * eps32 * sum|h||W| bounds the
 rounding of a K-term dot product, and 4 * eps32 * sqrt(K) * scale is a
 comfortable practical margin below that worst case.
 """
+import importlib
+
 import numpy as np
 import pytest
 
 packing = pytest.importorskip("fastrnn._ext.packing", reason="the Cython extension is not built")
+from fastrnn._cython_backend import runnable_builds  # noqa: E402
 
 from conftest import (RTOL, STATE_NAMES, assert_results_equal, cast, expected_panels,  # noqa: E402
                       make_params, make_states, make_x, run_backward, run_forward)
 
-SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 17), (4, 16, 16), (5, 33, 13), (9, 64, 100), (17, 40, 129)]
+# B covers every block of rows the builds use (8, 4 and 1 rows, and their
+# mixes), K every remainder of their unrolled loops over k
+SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 17), (4, 16, 16), (5, 33, 13), (8, 19, 16),
+          (9, 64, 100), (12, 9, 33), (15, 130, 47), (17, 40, 129)]
+
+
+@pytest.fixture(params=[suffix for _, suffix in runnable_builds()],
+                ids=lambda suffix: "packing" + suffix)
+def build(request):
+    """The packing module of each build of the kernels this CPU runs (each has
+    its own packed product: setup.py, src_ext/_packed_gemm.h)."""
+    return importlib.import_module(f"fastrnn._ext.packing{request.param}")
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])
@@ -22,15 +36,15 @@ SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 17), (4, 16, 16), (5, 33, 13), (9, 64, 10
 @pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
 @pytest.mark.parametrize("packed", [True, False], ids=["packed", "blas"])
 @pytest.mark.parametrize("B,K,N", SHAPES)
-def test_product_matches_float64(B, K, N, packed, trans, beta, n_threads):
+def test_product_matches_float64(build, B, K, N, packed, trans, beta, n_threads):
     rng = np.random.default_rng(B * 1000 + K * 10 + N)
     h = rng.standard_normal((B, K)).astype(np.float32)
     w = rng.standard_normal((N, K) if trans else (K, N)).astype(np.float32)
     out = rng.standard_normal((B, N)).astype(np.float32)
     op_w = w.T.astype(np.float64) if trans else w.astype(np.float64)
     expected = h.astype(np.float64) @ op_w + beta * out.astype(np.float64)
-    buf = np.empty(packing.packed_size(K, N), np.float32) if packed else None
-    packing.product(h, w, trans, np.float32(beta), out, packed=buf, n_threads=n_threads)
+    buf = np.empty(build.packed_size(K, N), np.float32) if packed else None
+    build.product(h, w, trans, np.float32(beta), out, packed=buf, n_threads=n_threads)
     scale = np.abs(h).astype(np.float64) @ np.abs(op_w) + np.abs(expected)
     assert np.all(np.abs(out - expected) <= 4 * np.finfo(np.float32).eps * np.sqrt(K) * scale)
 

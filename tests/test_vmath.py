@@ -13,13 +13,11 @@ from scipy.special import expit
 
 pytest.importorskip("fastrnn._ext.activations", reason="the Cython extension is not built")
 
-# every build of the kernels (setup.py: baseline, and x86-64-v3 where the CPU
-# runs it, whose fused multiply-adds round differently) must keep the bounds
-from fastrnn._ext import cpu  # noqa: E402
+# every build of the kernels this CPU runs (setup.py: baseline, x86-64-v3 and
+# x86-64-v4, whose fused multiply-adds round differently) must keep the bounds
+from fastrnn._cython_backend import runnable_builds  # noqa: E402
 
-BUILDS = ["fastrnn._ext.activations"]
-if cpu.supports_x86_64_v3() and importlib.util.find_spec("fastrnn._ext.activations_v3"):
-    BUILDS.append("fastrnn._ext.activations_v3")
+BUILDS = [f"fastrnn._ext.activations{suffix}" for _, suffix in runnable_builds()]
 
 
 @pytest.fixture(params=BUILDS, ids=lambda name: name.rsplit(".", 1)[1])
