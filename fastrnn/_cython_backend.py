@@ -97,9 +97,13 @@ def _typed(kernel, dtype):
 
 #: float32 batches up to this size multiply by W_hh with the packed-panel
 #: kernel (src_ext/_packed_gemm.h) instead of BLAS, which repacks W_hh on every
-#: call. Measured (interleaved, 2 cores): packed beats 2-thread OpenBLAS at
+#: call. AVX2 (interleaved, 2 cores): packed beats 2-thread OpenBLAS at
 #: B = 1, 16, 32 and loses at B = 64 (LSTM large inference 433 vs 351 ms).
-PACKED_MAX_B = 32
+#: The x86-64-v4 build's 8-row AVX-512 blocks against one-thread OpenBLAS
+#: (SkylakeX kernels; a C harness, one core, median of 21, per-step products
+#: of H = 256 and 512): 1.5-1.7x at B = 64, 1.3-1.4x at 128, 1.06-1.16x at
+#: 256, 0.98-1.09x at 512.
+PACKED_MAX_B = 256 if ISA == "x86-64-v4" else 32
 #: preparing W_hh costs about one step's product: not worth it for fewer steps
 PREPARE_MIN_T = 4
 #: multiply-adds per step from which the packed panels are split over OpenMP
