@@ -71,7 +71,8 @@ PATHS = {   # _cython_backend settings that force each way of multiplying by W_h
 @pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
 def test_every_recurrent_path_matches_the_reference(monkeypatch, cell, reverse, path):
     """Each way the Cython backend can multiply by W_hh, forced in turn, in
-    float32 with lengths, against the float64 reference."""
+    float32 with lengths, against the float64 reference, in training and in
+    inference (which alternates two state slots instead of keeping T+1)."""
     cython_backend = pytest.importorskip("fastrnn._cython_backend")
     for name, value in PATHS[path].items():
         monkeypatch.setattr(cython_backend, name, value)
@@ -89,6 +90,10 @@ def test_every_recurrent_path_matches_the_reference(monkeypatch, cell, reverse, 
                                            cast(dstates, dtype))
     for got, expected in zip(results[np.float32], results[np.float64]):
         assert_results_equal(got, expected, exact=False, rtol=RTOL[np.dtype(np.float32)])
+    inference = run_forward(cell, "cython", cast((x,), np.float32)[0], cast(states, np.float32),
+                            cast(params, np.float32), lengths=lengths, reverse=reverse)
+    assert_results_equal(inference, results[np.float64][0], exact=False,
+                         rtol=RTOL[np.dtype(np.float32)])
 
 
 @pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
