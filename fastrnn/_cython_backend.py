@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from . import _buffers
-from ._parallel import cores as _cores
+from ._parallel import cores as _cores, get_num_threads as _threads
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -115,6 +115,40 @@ PREPARE_MIN_T = 4
 PARALLEL_MIN_MACS = None
 
 
+#: In the x86-64-v4 build, an LSTM inference call can split its hidden units
+#: across the cores instead of its batch (``unit_parts``): each core then
+#: streams its half of W_hh^T for all the rows, and with half of it a big
+#: W_hh^T fits in each core's L2; the price is a barrier per step. The
+#: smallest W_hh^T (bytes) for which it does, by batch rows; measured against
+#: the batch split (one core below 8 rows), the two alternating in one
+#: process, 11 rounds, median of per-round ratios, (B, H: speed-up):
+#: 1, 32-64: 0.33-0.64x; 1, 96: 1.02x; 1, 128: 1.32x; 1, 256: 1.56x;
+#: 1, 512: 2.95x; 4, 64: 0.50x; 4, 128: 0.98x; 4, 256: 1.45x; 2-6, 512:
+#: 2.0-2.5x; 4, 1024: 1.82x; 8, 64: 0.40x; 8-12, 512: 1.42-1.50x; 16,
+#: 256: 0.84-0.90x; 16, 512-1024: 1.10-1.15x; 24, 512: 1.10x; 32, 512:
+#: 0.96-0.98x. None: never (the other builds).
+UNIT_SPLIT_MIN_BYTES = ({1: 256 << 10, 7: 1 << 20, 24: 3 << 20}
+                        if ISA == "x86-64-v4" else None)
+
+
+def unit_parts(cell, dtype, T, B, params, training):
+    """Parts to split the hidden units into for this call (0: none; the batch
+    split of ``_parallel`` applies). Inference of an LSTM without projection,
+    float32, a call that packs W_hh (``prepare_forward``), H a multiple of
+    the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
+    smallest batch bound not under B.
+    """
+    if UNIT_SPLIT_MIN_BYTES is None or training or cell != "lstm" or len(params) > 4:
+        return 0
+    GH, H = params[1].shape
+    if dtype != np.float32 or H % _packing.PANEL or T < PREPARE_MIN_T or B > PACKED_MAX_B:
+        return 0
+    bound = min((b for b in UNIT_SPLIT_MIN_BYTES if b >= B), default=None)
+    if bound is None or GH * H * 4 < UNIT_SPLIT_MIN_BYTES[bound]:
+        return 0
+    return 2
+
+
 def prepare_forward(cell, dtype, T, B, params):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
@@ -146,9 +180,11 @@ def _pack(w_hh, trans, K, N):
     return packed
 
 
-def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
+def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, unit_parts=0):
     """The backend interface's forward; ``prepared``: ``prepare_forward``'s
-    result, shared by the parts of a split batch (None: prepare here)."""
+    result, shared by the parts of a split batch (None: prepare here);
+    ``unit_parts``: as ``unit_parts()`` returns, run on up to that many of
+    fastrnn's threads."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
@@ -168,6 +204,8 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
         if w_hr is not None:
             proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
         gh = np.empty((B, GH), dtype)
+        if unit_parts:
+            proj.update(unit_parts=unit_parts, n_team=min(_threads(), unit_parts))
         kernel = _typed(_lstm.forward, dtype)
         kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
                **proj, **rec)

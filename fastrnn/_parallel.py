@@ -231,6 +231,12 @@ class SplitBackend:
 
     def _forward(self, cell, x, state0, params, lengths, reverse, training):
         T, B, I = x.shape
+        units = getattr(self.module, "unit_parts", None)
+        n_units = units(cell, x.dtype, T, B, params, training) if units else 0
+        if n_units:
+            # the backend splits the hidden units across the threads instead
+            return self.module.forward(cell, x, state0, params, lengths, reverse, training,
+                                       unit_parts=n_units)
         G = {"lstm": 4, "gru": 3}.get(cell, 1)
         ranges = parts(B, T, I, params[1].shape[0] // G, G)
         if len(ranges) == 1:

@@ -14,6 +14,7 @@ from cython.parallel cimport prange
 from _blas cimport gemm
 
 cdef extern from "_packed_gemm.h" nogil:
+    int FR_PANEL
     Py_ssize_t fr_n_panels(Py_ssize_t N)
     Py_ssize_t fr_packed_size(Py_ssize_t K, Py_ssize_t N)
     void fr_pack_panels(Py_ssize_t K, Py_ssize_t N, const float* w, int trans,

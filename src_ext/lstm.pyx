@@ -26,9 +26,11 @@ dW_hr = sum_t (dh + dy_t)^T m_t is one GEMM over all T*B rows. Without a
 projection P = H and the kernels do exactly what they did before.
 """
 from cython cimport floating
+from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _blas cimport gemm
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
+from _recurrent cimport (Recurrent, recurrent, recurrent_product, check_packed,
+                         fr_gemm_packed, FR_PANEL)
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients,
                           weight_gradient)
@@ -142,6 +144,83 @@ cdef void lstm_forward_kernel(
                 zero_row(yt + b * P, P)
 
 
+cdef extern from "_team.h" nogil:
+    int fr_team_size()
+    int fr_team_rank()
+    void fr_team_barrier()
+
+
+cdef inline void lstm_units_step(
+        const float* x, const float* w_ih, const float* packed, const float* bias,
+        const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T, Py_ssize_t B,
+        Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
+        float* gh, float* hs, float* cs, float* y, Py_ssize_t u0,
+        Py_ssize_t u1) noexcept nogil:
+    """Step s of an inference forward for units [u0, u1) of every row: the
+    chunk's input projection (at its first step) and the recurrent product
+    for those units' columns of the four gates, then their fused pass. The
+    columns are whole panels (u0, u1 and H multiples of FR_PANEL)."""
+    cdef Py_ssize_t G = 4 * H, n_units = u1 - u0
+    cdef Py_ssize_t t = time_at(s, T, reverse)
+    cdef Py_ssize_t first = s - s % chunk
+    cdef Py_ssize_t n = min(chunk, T - first)
+    cdef Py_ssize_t t_low = T - first - n if reverse else first
+    cdef Py_ssize_t gate, col, r, b, j
+    cdef float* g = gates + (t - t_low) * B * G
+    cdef float* h_in = hs + slot_in(t, reverse) % 2 * B * H
+    cdef float* c_in = cs + slot_in(t, reverse) % 2 * B * H
+    cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
+    cdef float* c_out = cs + slot_out(t, reverse) % 2 * B * H
+    cdef float* yt = y + t * B * H
+    cdef float h_
+    if s == first:
+        for gate in range(4):
+            col = gate * H + u0
+            for r in range(n * B):
+                for j in range(n_units):
+                    gates[r * G + col + j] = bias[col + j]
+            gemm(False, True, <int> (n * B), <int> n_units, <int> I, <float> 1,
+                 x + t_low * B * I, <int> I, w_ih + col * I, <int> I, <float> 1,
+                 gates + col, <int> G)
+    for gate in range(4):
+        fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (gate * H + u0) // FR_PANEL,
+                       (gate * H + u1) // FR_PANEL)
+    for b in range(B):
+        if not is_valid(lengths, b, t):
+            carry_row(h_in + b * H + u0, h_out + b * H + u0, n_units)
+            carry_row(c_in + b * H + u0, c_out + b * H + u0, n_units)
+            zero_row(yt + b * H + u0, n_units)
+            continue
+        for j in range(u0, u1):
+            h_ = cell_unit(g + b * G, gh + b * G, c_in + b * H, c_out + b * H, j, H)
+            h_out[b * H + j] = h_
+            yt[b * H + j] = h_
+
+
+cdef void lstm_forward_units(
+        const float* x, const float* w_ih, const float* packed, const float* bias,
+        const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+        Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates, float* gh,
+        float* hs, float* cs, float* y, int n_parts) noexcept nogil:
+    """The inference forward with the hidden units split into ``n_parts``
+    parts instead of the batch, run by the calling OpenMP team: thread k takes
+    parts k, k + team size, ..., and the team meets at a barrier after every
+    step (the next one reads every unit's h). Each core then streams only its
+    parts' columns of W_hh^T, for all the rows. Every part is computed the
+    same way whichever thread runs it: the bits do not depend on the team's
+    size. ``hs``, ``cs``: two slots (inference)."""
+    cdef int rank = fr_team_rank(), size = fr_team_size(), part
+    cdef Py_ssize_t s, panels = H // FR_PANEL
+    for s in range(T):
+        part = rank
+        while part < n_parts:
+            lstm_units_step(x, w_ih, packed, bias, lengths, s, T, B, I, H, reverse, chunk,
+                            gates, gh, hs, cs, y, panels * part // n_parts * FR_PANEL,
+                            panels * (part + 1) // n_parts * FR_PANEL)
+            part += size
+        fr_team_barrier()
+
+
 cdef void lstm_backward_kernel(
         const floating* gates,      # IN    (T, B, 4H) activated i, f, g, o
         const floating* cs,         # IN    (T+1, B, H) cell-state slots
@@ -224,7 +303,9 @@ def forward(const floating[:, :, ::1] x,
             floating[:, :, ::1] m=None,
             float[::1] packed=None,
             int n_threads=1,
-            const floating[:, ::1] w_hh_t=None):
+            const floating[:, ::1] w_hh_t=None,
+            int unit_parts=0,
+            int n_team=1):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
@@ -233,6 +314,11 @@ def forward(const floating[:, :, ::1] x,
     one (T or 1). Weights are in PyTorch's layout. ``packed`` (float32 only)
     selects the packed recurrent product: W_hh^T (P, 4H) as packed by
     ``packing.pack(w_hh, True, packed)``.
+
+    ``unit_parts`` > 0 (float32 inference with ``packed``, no projection, H a
+    multiple of the panel width): split the hidden units into that many parts
+    run by a team of ``n_team`` threads, a barrier per step
+    (``lstm_forward_units``), instead of one thread for the whole batch.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -251,6 +337,17 @@ def forward(const floating[:, :, ::1] x,
         raise ValueError("h and c differ in size but there is no projection")
     if gh.shape[0] != B or gh.shape[1] != 4 * H:
         raise ValueError(f"gh must be ({B}, {4 * H}) scratch, got ({gh.shape[0]}, {gh.shape[1]})")
+    if unit_parts > 0:
+        if floating is not float or packed_ == NULL or w_hr is not None or hs.shape[0] != 2 \
+                or H % FR_PANEL != 0 or n_team < 1:
+            raise ValueError(f"unit_parts needs float32 inference with packed panels, no "
+                             f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
+        if floating is float:
+            with nogil, parallel(num_threads=n_team):
+                lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], lens, T, B, I,
+                                   H, reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
+                                   &hs[0, 0, 0], &cs[0, 0, 0], &y[0, 0, 0], unit_parts)
+        return
     with nogil:
         if w_hh_t_ != NULL:
             rec = recurrent(w_hh_t_, False, P, 4 * H, <float*> NULL, 1)

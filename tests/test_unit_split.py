@@ -1,0 +1,105 @@
+"""The LSTM inference forward with its hidden units split across a thread team
+(``lstm_forward_units`` in src_ext/lstm.pyx, chosen by
+``_cython_backend.unit_parts``): right against the reference, the same bits
+on any thread count, and chosen only where it applies.
+
+The rule normally picks it only in the x86-64-v4 build and for a large W_hh;
+the fixture lowers the threshold so that small odd shapes take it on every
+build.
+"""
+import numpy as np
+import pytest
+
+import fastrnn
+from conftest import RTOL, assert_results_equal, make_lengths, make_params, make_states, make_x
+from fastrnn import _parallel
+
+cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
+
+F32 = np.dtype(np.float32)
+# H a multiple of the panel width (16), with one part of one panel and one of
+# two (H = 48); B from 1 to past the batch split's threshold
+SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 9, 5, 64), (7, 16, 12, 32), (9, 13, 33, 16)]
+
+
+@pytest.fixture
+def unit_split_everywhere(monkeypatch):
+    """Split the units of every LSTM inference call the rule allows at all."""
+    monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
+    calls = []
+    real = cb.forward
+
+    def spy(*args, **kw):
+        calls.append(kw.get("unit_parts", 0))
+        return real(*args, **kw)
+    monkeypatch.setattr(cb, "forward", spy)
+    threads = _parallel.get_num_threads()
+    yield calls
+    _parallel.set_num_threads(threads)
+
+
+def run(x, states, params, lengths, reverse, threads):
+    _parallel.set_num_threads(threads)
+    return fastrnn.lstm_forward(x, *states, *params, lengths=lengths, reverse=reverse,
+                                backend="cython")
+
+
+@pytest.mark.parametrize("lengths_kind", [None, "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+def test_unit_split_matches_reference_and_any_thread_count(unit_split_everywhere, T, B, I, H,
+                                                           reverse, lengths_kind):
+    x, states, params = make_x(T, B, I), make_states("lstm", B, H), make_params("lstm", I, H)
+    lengths = make_lengths(lengths_kind, T, B)
+    f32 = [a.astype(np.float32) for a in (x, *states, *params)]
+    two = run(f32[0], f32[1:3], f32[3:], lengths, reverse, threads=2)
+    assert unit_split_everywhere == [2], "the call did not take the unit split"
+    one = run(f32[0], f32[1:3], f32[3:], lengths, reverse, threads=1)
+    assert_results_equal(two, one)                       # bit for bit
+    expected = fastrnn.lstm_forward(x, *states, *params, lengths=lengths, reverse=reverse,
+                                    backend="reference")
+    assert_results_equal(two, expected, exact=False, rtol=RTOL[F32])
+
+
+def test_unit_split_applies_only_where_it_can(monkeypatch):
+    monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
+    params = tuple(make_params("lstm", 8, 32, np.float32))
+    assert cb.unit_parts("lstm", F32, 10, 4, params, training=False) == 2
+    assert cb.unit_parts("lstm", F32, 10, 4, params, training=True) == 0     # keeps the tape
+    assert cb.unit_parts("gru", F32, 10, 4, tuple(make_params("gru", 8, 32, np.float32)),
+                         training=False) == 0
+    assert cb.unit_parts("lstm", np.dtype(np.float64), 10, 4, params, training=False) == 0
+    assert cb.unit_parts("lstm", F32, cb.PREPARE_MIN_T - 1, 4, params, training=False) == 0
+    assert cb.unit_parts("lstm", F32, 10, 300, params, training=False) == 0  # past 256 rows
+    odd = tuple(make_params("lstm", 8, 40, np.float32))                       # 40 % 16 != 0
+    assert cb.unit_parts("lstm", F32, 10, 4, odd, training=False) == 0
+    projected = params + (np.zeros((16, 32), np.float32),)
+    assert cb.unit_parts("lstm", F32, 10, 4, projected, training=False) == 0
+
+
+def test_unit_split_rule_in_each_build():
+    """Only the x86-64-v4 build splits units, and there by the measured table:
+    the grid's LSTM latency shape (B = 1, H = 128) and small one (B = 16,
+    H = 512) do, its long (B = 8, H = 64) and medium (B = 32, H = 256) do not."""
+    def parts(B, H):
+        return cb.unit_parts("lstm", F32, 100, B, tuple(make_params("lstm", H, H, np.float32)),
+                             training=False)
+    if cb.ISA != "x86-64-v4":
+        assert cb.UNIT_SPLIT_MIN_BYTES is None and parts(1, 128) == 0
+        return
+    assert (parts(1, 128), parts(16, 512), parts(8, 64), parts(32, 256)) == (2, 2, 0, 0)
+
+
+def test_kernel_rejects_unit_parts_it_cannot_run():
+    """The raw kernel's ``unit_parts`` needs float32, packed panels, inference
+    slots and whole panels; anything else is a clear error, not a crash."""
+    T, B, I, H = 4, 2, 3, 16
+    x = np.zeros((T, B, I), np.float32)
+    w_ih, w_hh = np.zeros((4 * H, I), np.float32), np.zeros((4 * H, H), np.float32)
+    args = (x, w_ih, w_hh, np.zeros(4 * H, np.float32), None, False,
+            np.empty((1, B, 4 * H), np.float32), np.empty((B, 4 * H), np.float32),
+            np.zeros((2, B, H), np.float32), np.zeros((2, B, H), np.float32),
+            np.empty((T, B, H), np.float32))
+    kernel = cb._typed(cb._lstm.forward, F32)
+    with pytest.raises(ValueError, match="unit_parts needs float32 inference with packed"):
+        kernel(*args, unit_parts=2)                       # no packed panels
