@@ -115,30 +115,34 @@ PREPARE_MIN_T = 4
 PARALLEL_MIN_MACS = None
 
 
-#: In the x86-64-v4 build, an LSTM inference call can split its hidden units
-#: across the cores instead of its batch (``unit_parts``): each core then
-#: streams its half of W_hh^T for all the rows, and with half of it a big
+#: In the x86-64-v4 build, an LSTM or GRU inference call can split its hidden
+#: units across the cores instead of its batch (``unit_parts``): each core
+#: then streams its half of W_hh^T for all the rows, and with half of it a big
 #: W_hh^T fits in each core's L2; the price is a barrier per step. The
 #: smallest W_hh^T (bytes) for which it does, by batch rows; measured against
 #: the batch split (one core below 8 rows), the two alternating in one
-#: process, 11 rounds, median of per-round ratios, (B, H: speed-up):
-#: 1, 32-64: 0.33-0.64x; 1, 96: 1.02x; 1, 128: 1.32x; 1, 256: 1.56x;
-#: 1, 512: 2.95x; 4, 64: 0.50x; 4, 128: 0.98x; 4, 256: 1.45x; 2-6, 512:
-#: 2.0-2.5x; 4, 1024: 1.82x; 8, 64: 0.40x; 8-12, 512: 1.42-1.50x; 16,
-#: 256: 0.84-0.90x; 16, 512-1024: 1.10-1.15x; 24, 512: 1.10x; 32, 512:
-#: 0.96-0.98x. None: never (the other builds).
-UNIT_SPLIT_MIN_BYTES = ({1: 256 << 10, 7: 1 << 20, 24: 3 << 20}
+#: process, 11-15 rounds, median of per-round ratios, (B, H: speed-up).
+#: LSTM: 1, 32-64: 0.33-0.64x; 1, 96: 0.90-1.02x; 1, 128: 1.22-1.32x;
+#: 1, 256: 1.51-1.56x; 1, 512: 2.95x; 4, 64: 0.50x; 4, 128: 0.98x;
+#: 4, 256: 1.45x; 2-6, 512: 2.0-2.5x; 4, 1024: 1.82x; 8, 64: 0.40x;
+#: 8-12, 512: 1.36-1.50x; 16, 256: 0.84-0.90x; 16, 512-1024: 1.08-1.15x;
+#: 24, 512: 1.10x; 32, 512: 0.96-0.98x. GRU (W_hh^T 3/4 the LSTM's):
+#: 1, 64-96: 0.51-0.68x; 1, 128: 1.13x; 4, 128: 1.06x; 8, 128: 0.70x;
+#: 16, 256: 0.89x; 32, 256: 0.88x; 4, 512: 2.21x; 16, 512: 1.17x;
+#: 24, 512: 1.08x; 32, 512: 1.00x. None: never (the other builds).
+UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
                         if ISA == "x86-64-v4" else None)
 
 
 def unit_parts(cell, dtype, T, B, params, training):
     """Parts to split the hidden units into for this call (0: none; the batch
-    split of ``_parallel`` applies). Inference of an LSTM without projection,
+    split of ``_parallel`` applies). Inference of an LSTM without projection or a GRU,
     float32, a call that packs W_hh (``prepare_forward``), H a multiple of
     the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
     smallest batch bound not under B.
     """
-    if UNIT_SPLIT_MIN_BYTES is None or training or cell != "lstm" or len(params) > 4:
+    if UNIT_SPLIT_MIN_BYTES is None or training or cell not in ("lstm", "gru") \
+            or len(params) > 4:
         return 0
     GH, H = params[1].shape
     if dtype != np.float32 or H % _packing.PANEL or T < PREPARE_MIN_T or B > PACKED_MAX_B:
@@ -196,6 +200,8 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     y = np.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
     gates = np.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
+    # the hidden units split across a team of fastrnn's threads (``unit_parts``)
+    team = dict(unit_parts=unit_parts, n_team=min(_threads(), unit_parts)) if unit_parts else {}
     data = None
     if cell == "lstm":
         HC = GH // 4                # the size of c
@@ -204,11 +210,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         if w_hr is not None:
             proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
         gh = np.empty((B, GH), dtype)
-        if unit_parts:
-            proj.update(unit_parts=unit_parts, n_team=min(_threads(), unit_parts))
         kernel = _typed(_lstm.forward, dtype)
         kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
-               **proj, **rec)
+               **proj, **team, **rec)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
@@ -222,7 +226,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         gh = np.empty((B, GH), dtype)
         kernel = _typed(_gru.forward, dtype)
         kernel(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
-               gates, gh, ghn, hs, y, **rec)
+               gates, gh, ghn, hs, y, **team, **rec)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)

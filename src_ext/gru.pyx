@@ -7,11 +7,44 @@ a (B, 3H) scratch with beta = 0 and the fused pass combines the two. b_hr and
 b_hz are folded into the input projection's bias; only b_hn stays apart.
 """
 from cython cimport floating
+from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients)
+from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
+
+
+cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_hn,
+                            const floating* h_in, floating* h_out, floating* yt,
+                            floating* ghn_t, const Py_ssize_t* lengths, Py_ssize_t t,
+                            Py_ssize_t B, Py_ssize_t H, Py_ssize_t u0,
+                            Py_ssize_t u1) noexcept nogil:
+    """One step's fused pass for units [u0, u1) of every row: g (input part)
+    and gh (recurrent part) into the activated r, z, n in g, W_hn h + b_hn to
+    ``ghn_t`` (B, H) unless NULL, h' to h_out and yt; padded rows pass h
+    through and output zeros."""
+    cdef Py_ssize_t G = 3 * H, b, j
+    cdef floating r_, z_, n_, hn_, h_
+    for b in range(B):
+        if not is_valid(lengths, b, t):
+            carry_row(h_in + b * H + u0, h_out + b * H + u0, u1 - u0)
+            zero_row(yt + b * H + u0, u1 - u0)
+            continue
+        for j in range(u0, u1):
+            r_ = sigmoid(g[b * G + j] + gh[b * G + j])
+            z_ = sigmoid(g[b * G + H + j] + gh[b * G + H + j])
+            hn_ = gh[b * G + 2 * H + j] + b_hn[j]
+            n_ = tanh_(g[b * G + 2 * H + j] + r_ * hn_)
+            g[b * G + j] = r_
+            g[b * G + H + j] = z_
+            g[b * G + 2 * H + j] = n_
+            if ghn_t != NULL:
+                ghn_t[b * H + j] = hn_
+            h_ = one_minus(z_) * n_ + z_ * h_in[b * H + j]
+            h_out[b * H + j] = h_
+            yt[b * H + j] = h_
 
 cdef void gru_forward_kernel(
         const floating* x,          # IN    (T, B, I)
@@ -31,12 +64,11 @@ cdef void gru_forward_kernel(
         floating* y,                # OUT   (T, B, H)
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t s, t, b, j
+    cdef Py_ssize_t s, t
     cdef floating *g
     cdef floating *h_in
     cdef floating *h_out
     cdef floating *yt
-    cdef floating r_, z_, n_, hn_, h_
     for s in range(T):
         t = time_at(s, T, reverse)
         g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse)
@@ -44,24 +76,44 @@ cdef void gru_forward_kernel(
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * H
         recurrent_product(rec, B, h_in, 0, gh)
-        for b in range(B):
-            if not is_valid(lengths, b, t):
-                carry_row(h_in + b * H, h_out + b * H, H)
-                zero_row(yt + b * H, H)
-                continue
-            for j in range(H):
-                r_ = sigmoid(g[b * G + j] + gh[b * G + j])
-                z_ = sigmoid(g[b * G + H + j] + gh[b * G + H + j])
-                hn_ = gh[b * G + 2 * H + j] + b_hn[j]
-                n_ = tanh_(g[b * G + 2 * H + j] + r_ * hn_)
-                g[b * G + j] = r_
-                g[b * G + H + j] = z_
-                g[b * G + 2 * H + j] = n_
-                if ghn != NULL:
-                    ghn[(t * B + b) * H + j] = hn_
-                h_ = one_minus(z_) * n_ + z_ * h_in[b * H + j]
-                h_out[b * H + j] = h_
-                yt[b * H + j] = h_
+        fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL if ghn == NULL else ghn + t * B * H,
+                   lengths, t, B, H, 0, H)
+
+
+cdef inline void gru_units_step(
+        const float* x, const float* w_ih, const float* packed, const float* bias,
+        const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T,
+        Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk,
+        float* gates, float* gh, float* hs, float* y, Py_ssize_t u0,
+        Py_ssize_t u1) noexcept nogil:
+    """Step s of an inference forward for units [u0, u1) of every row
+    (``part_gates``, then those units' fused pass)."""
+    cdef Py_ssize_t t = time_at(s, T, reverse)
+    cdef float* h_in = hs + slot_in(t, reverse) % 2 * B * H
+    cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
+    cdef float* yt = y + t * B * H
+    cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 3, reverse, chunk,
+                               gates, gh, u0, u1)
+    fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL, lengths, t, B, H, u0, u1)
+
+
+cdef void gru_forward_units(
+        const float* x, const float* w_ih, const float* packed, const float* bias,
+        const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
+        Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
+        float* gh, float* hs, float* y, int n_parts) noexcept nogil:
+    """The inference forward with the hidden units split into ``n_parts``
+    parts across the calling OpenMP team, as ``lstm_forward_units``."""
+    cdef int rank = fr_team_rank(), size = fr_team_size(), part
+    cdef Py_ssize_t s
+    for s in range(T):
+        part = rank
+        while part < n_parts:
+            gru_units_step(x, w_ih, packed, bias, b_hn, lengths, s, T, B, I, H, reverse,
+                           chunk, gates, gh, hs, y, part_start(H, part, n_parts),
+                           part_start(H, part + 1, n_parts))
+            part += size
+        fr_team_barrier()
 
 
 cdef void gru_backward_kernel(
@@ -130,14 +182,31 @@ def forward(const floating[:, :, ::1] x,
             floating[:, :, ::1] y,
             float[::1] packed=None,
             int n_threads=1,
-            const floating[:, ::1] w_hh_t=None):
-    """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``."""
+            const floating[:, ::1] w_hh_t=None,
+            int unit_parts=0,
+            int n_team=1):
+    """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``.
+
+    ``unit_parts``, ``n_team``: the hidden units split across a thread team,
+    as in ``lstm.forward``.
+    """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
     cdef float* packed_ = check_packed(packed, H, 3 * H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Recurrent rec
+    if unit_parts > 0:
+        if floating is not float or packed_ == NULL or ghn is not None or hs.shape[0] != 2 \
+                or H % FR_PANEL != 0 or n_team < 1:
+            raise ValueError(f"unit_parts needs float32 inference with packed panels, "
+                             f"H a multiple of {FR_PANEL} and n_team >= 1")
+        if floating is float:
+            with nogil, parallel(num_threads=n_team):
+                gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], &b_hn[0], lens,
+                                  T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
+                                  &gh[0, 0], &hs[0, 0, 0], &y[0, 0, 0], unit_parts)
+        return
     with nogil:
         if w_hh_t_ != NULL:
             rec = recurrent(w_hh_t_, False, H, 3 * H, <float*> NULL, 1)

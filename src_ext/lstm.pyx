@@ -29,11 +29,11 @@ from cython cimport floating
 from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _blas cimport gemm
-from _recurrent cimport (Recurrent, recurrent, recurrent_product, check_packed,
-                         fr_gemm_packed, FR_PANEL)
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients,
                           weight_gradient)
+from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
 cdef inline floating cell_unit(floating* g, const floating* gh, const floating* c_in,
@@ -71,6 +71,27 @@ cdef inline floating cell_unit_backward(const floating* g, floating* dg,
     dg[2 * H + j] = dc_ * i_ * one_minus_square(g_)
     dg[3 * H + j] = dh_ * tc * o_ * one_minus(o_)
     return dc_ * f_
+
+
+cdef inline void fused_rows(floating* g, const floating* gh, const floating* h_in,
+                            const floating* c_in, floating* h_out, floating* c_out,
+                            floating* yt, const Py_ssize_t* lengths, Py_ssize_t t,
+                            Py_ssize_t B, Py_ssize_t H, Py_ssize_t u0,
+                            Py_ssize_t u1) noexcept nogil:
+    """One step's fused pass for units [u0, u1) of every row (no projection):
+    padded rows pass h and c through and output zeros."""
+    cdef Py_ssize_t G = 4 * H, b, j
+    cdef floating h_
+    for b in range(B):
+        if not is_valid(lengths, b, t):
+            carry_row(h_in + b * H + u0, h_out + b * H + u0, u1 - u0)
+            carry_row(c_in + b * H + u0, c_out + b * H + u0, u1 - u0)
+            zero_row(yt + b * H + u0, u1 - u0)
+            continue
+        for j in range(u0, u1):
+            h_ = cell_unit(g + b * G, gh + b * G, c_in + b * H, c_out + b * H, j, H)
+            h_out[b * H + j] = h_
+            yt[b * H + j] = h_
 
 
 cdef void lstm_forward_kernel(
@@ -113,16 +134,7 @@ cdef void lstm_forward_kernel(
         yt = y + t * B * P
         recurrent_product(rec, B, h_in, 0, gh)
         if w_hr == NULL:
-            for b in range(B):
-                if not is_valid(lengths, b, t):
-                    carry_row(h_in + b * H, h_out + b * H, H)
-                    carry_row(c_in + b * H, c_out + b * H, H)
-                    zero_row(yt + b * H, H)
-                    continue
-                for j in range(H):
-                    h_ = cell_unit(g + b * G, gh + b * G, c_in + b * H, c_out + b * H, j, H)
-                    h_out[b * H + j] = h_
-                    yt[b * H + j] = h_
+            fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, 0, H)
             continue
         # projection: the fused pass writes m_t, one GEMM projects it to y_t
         mt = m + (t * B * H if keep_m else 0)
@@ -144,57 +156,23 @@ cdef void lstm_forward_kernel(
                 zero_row(yt + b * P, P)
 
 
-cdef extern from "_team.h" nogil:
-    int fr_team_size()
-    int fr_team_rank()
-    void fr_team_barrier()
-
-
 cdef inline void lstm_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
         float* gh, float* hs, float* cs, float* y, Py_ssize_t u0,
         Py_ssize_t u1) noexcept nogil:
-    """Step s of an inference forward for units [u0, u1) of every row: the
-    chunk's input projection (at its first step) and the recurrent product
-    for those units' columns of the four gates, then their fused pass. The
-    columns are whole panels (u0, u1 and H multiples of FR_PANEL)."""
-    cdef Py_ssize_t G = 4 * H, n_units = u1 - u0
+    """Step s of an inference forward for units [u0, u1) of every row
+    (``part_gates``, then those units' fused pass)."""
     cdef Py_ssize_t t = time_at(s, T, reverse)
-    cdef Py_ssize_t first = s - s % chunk
-    cdef Py_ssize_t n = min(chunk, T - first)
-    cdef Py_ssize_t t_low = T - first - n if reverse else first
-    cdef Py_ssize_t gate, col, r, b, j
-    cdef float* g = gates + (t - t_low) * B * G
     cdef float* h_in = hs + slot_in(t, reverse) % 2 * B * H
     cdef float* c_in = cs + slot_in(t, reverse) % 2 * B * H
     cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
     cdef float* c_out = cs + slot_out(t, reverse) % 2 * B * H
     cdef float* yt = y + t * B * H
-    cdef float h_
-    if s == first:
-        for gate in range(4):
-            col = gate * H + u0
-            for r in range(n * B):
-                for j in range(n_units):
-                    gates[r * G + col + j] = bias[col + j]
-            gemm(False, True, <int> (n * B), <int> n_units, <int> I, <float> 1,
-                 x + t_low * B * I, <int> I, w_ih + col * I, <int> I, <float> 1,
-                 gates + col, <int> G)
-    for gate in range(4):
-        fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (gate * H + u0) // FR_PANEL,
-                       (gate * H + u1) // FR_PANEL)
-    for b in range(B):
-        if not is_valid(lengths, b, t):
-            carry_row(h_in + b * H + u0, h_out + b * H + u0, n_units)
-            carry_row(c_in + b * H + u0, c_out + b * H + u0, n_units)
-            zero_row(yt + b * H + u0, n_units)
-            continue
-        for j in range(u0, u1):
-            h_ = cell_unit(g + b * G, gh + b * G, c_in + b * H, c_out + b * H, j, H)
-            h_out[b * H + j] = h_
-            yt[b * H + j] = h_
+    cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 4, reverse, chunk,
+                               gates, gh, u0, u1)
+    fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, u0, u1)
 
 
 cdef void lstm_forward_units(
@@ -210,13 +188,13 @@ cdef void lstm_forward_units(
     same way whichever thread runs it: the bits do not depend on the team's
     size. ``hs``, ``cs``: two slots (inference)."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
-    cdef Py_ssize_t s, panels = H // FR_PANEL
+    cdef Py_ssize_t s
     for s in range(T):
         part = rank
         while part < n_parts:
             lstm_units_step(x, w_ih, packed, bias, lengths, s, T, B, I, H, reverse, chunk,
-                            gates, gh, hs, cs, y, panels * part // n_parts * FR_PANEL,
-                            panels * (part + 1) // n_parts * FR_PANEL)
+                            gates, gh, hs, cs, y, part_start(H, part, n_parts),
+                            part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
 

@@ -1,5 +1,6 @@
-"""The LSTM inference forward with its hidden units split across a thread team
-(``lstm_forward_units`` in src_ext/lstm.pyx, chosen by
+"""The LSTM and GRU inference forwards with their hidden units split across a
+thread team (``lstm_forward_units`` in src_ext/lstm.pyx, ``gru_forward_units``
+in src_ext/gru.pyx, chosen by
 ``_cython_backend.unit_parts``): right against the reference, the same bits
 on any thread count, and chosen only where it applies.
 
@@ -38,26 +39,29 @@ def unit_split_everywhere(monkeypatch):
     _parallel.set_num_threads(threads)
 
 
-def run(x, states, params, lengths, reverse, threads):
+FORWARD = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward}
+
+
+def run(cell, x, states, params, lengths, reverse, threads, backend="cython"):
     _parallel.set_num_threads(threads)
-    return fastrnn.lstm_forward(x, *states, *params, lengths=lengths, reverse=reverse,
-                                backend="cython")
+    return FORWARD[cell](x, *states, *params, lengths=lengths, reverse=reverse, backend=backend)
 
 
 @pytest.mark.parametrize("lengths_kind", [None, "mixed"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
-def test_unit_split_matches_reference_and_any_thread_count(unit_split_everywhere, T, B, I, H,
-                                                           reverse, lengths_kind):
-    x, states, params = make_x(T, B, I), make_states("lstm", B, H), make_params("lstm", I, H)
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unit_split_matches_reference_and_any_thread_count(unit_split_everywhere, cell, T, B, I,
+                                                           H, reverse, lengths_kind):
+    x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
     lengths = make_lengths(lengths_kind, T, B)
+    n = len(states)
     f32 = [a.astype(np.float32) for a in (x, *states, *params)]
-    two = run(f32[0], f32[1:3], f32[3:], lengths, reverse, threads=2)
+    two = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, reverse, threads=2)
     assert unit_split_everywhere == [2], "the call did not take the unit split"
-    one = run(f32[0], f32[1:3], f32[3:], lengths, reverse, threads=1)
+    one = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, reverse, threads=1)
     assert_results_equal(two, one)                       # bit for bit
-    expected = fastrnn.lstm_forward(x, *states, *params, lengths=lengths, reverse=reverse,
-                                    backend="reference")
+    expected = run(cell, x, states, params, lengths, reverse, 2, backend="reference")
     assert_results_equal(two, expected, exact=False, rtol=RTOL[F32])
 
 
@@ -67,7 +71,9 @@ def test_unit_split_applies_only_where_it_can(monkeypatch):
     assert cb.unit_parts("lstm", F32, 10, 4, params, training=False) == 2
     assert cb.unit_parts("lstm", F32, 10, 4, params, training=True) == 0     # keeps the tape
     assert cb.unit_parts("gru", F32, 10, 4, tuple(make_params("gru", 8, 32, np.float32)),
-                         training=False) == 0
+                         training=False) == 2
+    assert cb.unit_parts("rnn_tanh", F32, 10, 4,
+                         tuple(make_params("rnn_tanh", 8, 32, np.float32)), training=False) == 0
     assert cb.unit_parts("lstm", np.dtype(np.float64), 10, 4, params, training=False) == 0
     assert cb.unit_parts("lstm", F32, cb.PREPARE_MIN_T - 1, 4, params, training=False) == 0
     assert cb.unit_parts("lstm", F32, 10, 300, params, training=False) == 0  # past 256 rows
@@ -77,12 +83,13 @@ def test_unit_split_applies_only_where_it_can(monkeypatch):
     assert cb.unit_parts("lstm", F32, 10, 4, projected, training=False) == 0
 
 
-def test_unit_split_rule_in_each_build():
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unit_split_rule_in_each_build(cell):
     """Only the x86-64-v4 build splits units, and there by the measured table:
-    the grid's LSTM latency shape (B = 1, H = 128) and small one (B = 16,
-    H = 512) do, its long (B = 8, H = 64) and medium (B = 32, H = 256) do not."""
+    the grid's latency shape (B = 1, H = 128) and small one (B = 16, H = 512)
+    do, its long (B = 8, H = 64) and medium (B = 32, H = 256) do not."""
     def parts(B, H):
-        return cb.unit_parts("lstm", F32, 100, B, tuple(make_params("lstm", H, H, np.float32)),
+        return cb.unit_parts(cell, F32, 100, B, tuple(make_params(cell, H, H, np.float32)),
                              training=False)
     if cb.ISA != "x86-64-v4":
         assert cb.UNIT_SPLIT_MIN_BYTES is None and parts(1, 128) == 0

@@ -1,0 +1,56 @@
+# cython: language_level=3
+"""The hidden units split across a thread team, for float32 inference with
+packed panels (``lstm_forward_units``, ``gru_forward_units``): what every
+cell's step does for its part of the units before its own fused pass, and
+the team (src_ext/_team.h).
+
+A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
+[k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
+"""
+from _blas cimport gemm
+from _recurrent cimport fr_gemm_packed, FR_PANEL
+from _rnn_common cimport time_at
+
+cdef extern from "_team.h" nogil:
+    int fr_team_size()
+    int fr_team_rank()
+    void fr_team_barrier()
+
+
+cdef inline Py_ssize_t part_start(Py_ssize_t H, int part, int n_parts) noexcept nogil:
+    """The first unit of ``part``: the panels split as evenly as they go."""
+    return (H // FR_PANEL) * part // n_parts * FR_PANEL
+
+
+cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
+                              const float* w_ih,     # IN  (G*H, I)
+                              const float* packed,   # IN  W_hh^T's panels (H, G*H)
+                              const float* bias,     # IN  (G*H,) the projection's
+                              const float* h_in,     # IN  (B, H) the state entering the step
+                              Py_ssize_t s, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                              Py_ssize_t H, Py_ssize_t n_gates, bint reverse,
+                              Py_ssize_t chunk,
+                              float* gates,          # OUT (chunk, B, G*H) the projection
+                              float* gh,             # OUT (B, G*H) h_in @ W_hh^T
+                              Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """For units [u0, u1) of every row at step s: the chunk's input projection
+    (at its first step, as ``step_gates``) and the step's recurrent product, in
+    each gate's columns for those units. Returns the step's rows of ``gates``."""
+    cdef Py_ssize_t G = n_gates * H, n_units = u1 - u0
+    cdef Py_ssize_t first = s - s % chunk
+    cdef Py_ssize_t n = min(chunk, T - first)
+    cdef Py_ssize_t t_low = T - first - n if reverse else first
+    cdef Py_ssize_t k, col, r, j
+    if s == first:
+        for k in range(n_gates):
+            col = k * H + u0
+            for r in range(n * B):
+                for j in range(n_units):
+                    gates[r * G + col + j] = bias[col + j]
+            gemm(False, True, <int> (n * B), <int> n_units, <int> I, <float> 1,
+                 x + t_low * B * I, <int> I, w_ih + col * I, <int> I, <float> 1,
+                 gates + col, <int> G)
+    for k in range(n_gates):
+        fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (k * H + u0) // FR_PANEL,
+                       (k * H + u1) // FR_PANEL)
+    return gates + (time_at(s, T, reverse) - t_low) * B * G
