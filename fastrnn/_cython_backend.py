@@ -141,11 +141,12 @@ def unit_parts(cell, dtype, T, B, params, training):
     the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
     smallest batch bound not under B.
     """
-    if UNIT_SPLIT_MIN_BYTES is None or training or cell not in ("lstm", "gru") \
-            or len(params) > 4:
+    # every call of a native backend asks, streaming steps too: the cheap tests first
+    if UNIT_SPLIT_MIN_BYTES is None or training or T < PREPARE_MIN_T \
+            or cell not in ("lstm", "gru") or len(params) > 4:
         return 0
     GH, H = params[1].shape
-    if dtype != np.float32 or H % _packing.PANEL or T < PREPARE_MIN_T or B > PACKED_MAX_B:
+    if dtype != np.float32 or H % _packing.PANEL or B > PACKED_MAX_B:
         return 0
     bound = min((b for b in UNIT_SPLIT_MIN_BYTES if b >= B), default=None)
     if bound is None or GH * H * 4 < UNIT_SPLIT_MIN_BYTES[bound]:

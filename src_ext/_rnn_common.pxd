@@ -47,18 +47,29 @@ cdef inline bint is_valid(const Py_ssize_t* lengths, Py_ssize_t b, Py_ssize_t t)
     return lengths == NULL or t < lengths[b]
 
 
+cdef inline void project_columns(const floating* x,      # IN  (rows, I)
+                                 const floating* w_ih,   # IN  (G, I), PyTorch's layout
+                                 const floating* bias,   # IN  (G,)
+                                 floating* gates,        # OUT (rows, G), columns [c0, c1)
+                                 Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G,
+                                 Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
+    """gates[:, c0:c1] := x @ w_ih[c0:c1]^T + bias[c0:c1], for many steps at
+    once (one large GEMM); a unit-split kernel projects its own columns."""
+    cdef Py_ssize_t r, j
+    for r in range(rows):
+        for j in range(c0, c1):
+            gates[r * G + j] = bias[j]
+    gemm(False, True, <int> rows, <int> (c1 - c0), <int> I, <floating> 1, x, <int> I,
+         w_ih + c0 * I, <int> I, <floating> 1, gates + c0, <int> G)
+
+
 cdef inline void project_inputs(const floating* x,       # IN  (rows, I)
                                 const floating* w_ih,    # IN  (G, I), PyTorch's layout
                                 const floating* bias,    # IN  (G,)
                                 floating* gates,         # OUT (rows, G)
                                 Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G) noexcept nogil:
     """gates := x @ w_ih^T + bias, for many steps at once (one large GEMM)."""
-    cdef Py_ssize_t r, j
-    for r in range(rows):
-        for j in range(G):
-            gates[r * G + j] = bias[j]
-    gemm(False, True, <int> rows, <int> G, <int> I, <floating> 1, x, <int> I,
-         w_ih, <int> I, <floating> 1, gates, <int> G)
+    project_columns(x, w_ih, bias, gates, rows, I, G, 0, G)
 
 
 cdef inline void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
@@ -116,6 +127,15 @@ cdef inline void weight_gradient(const floating* dg,    # IN  (rows, G)
     free(dw_t)
 
 
+cdef inline Py_ssize_t chunk_start(Py_ssize_t s, Py_ssize_t T, Py_ssize_t chunk, bint reverse,
+                                   Py_ssize_t* n) noexcept nogil:
+    """The earliest time of the chunk the s-th visited step falls in (whose
+    inputs are projected together, in time order); its step count to ``n``."""
+    cdef Py_ssize_t first = s - s % chunk
+    n[0] = min(chunk, T - first)
+    return T - first - n[0] if reverse else first
+
+
 cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
                                  const floating* w_ih,    # IN  (G, I)
                                  const floating* bias,    # IN  (G,)
@@ -127,10 +147,9 @@ cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
     Steps are projected ``chunk`` at a time: the first step of a chunk runs one
     GEMM for the inputs of the whole chunk, stored in time order.
     """
-    cdef Py_ssize_t first = s - s % chunk
-    cdef Py_ssize_t n = min(chunk, T - first)
-    cdef Py_ssize_t t_low = T - first - n if reverse else first   # earliest time in the chunk
-    if s == first:
+    cdef Py_ssize_t n
+    cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
+    if s % chunk == 0:
         project_inputs(x + t_low * B * I, w_ih, bias, gates, n * B, I, G)
     return gates + (time_at(s, T, reverse) - t_low) * B * G
 

@@ -7,9 +7,8 @@ the team (src_ext/_team.h).
 A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 [k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
 """
-from _blas cimport gemm
 from _recurrent cimport fr_gemm_packed, FR_PANEL
-from _rnn_common cimport time_at
+from _rnn_common cimport time_at, chunk_start, project_columns
 
 cdef extern from "_team.h" nogil:
     int fr_team_size()
@@ -36,20 +35,12 @@ cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
     """For units [u0, u1) of every row at step s: the chunk's input projection
     (at its first step, as ``step_gates``) and the step's recurrent product, in
     each gate's columns for those units. Returns the step's rows of ``gates``."""
-    cdef Py_ssize_t G = n_gates * H, n_units = u1 - u0
-    cdef Py_ssize_t first = s - s % chunk
-    cdef Py_ssize_t n = min(chunk, T - first)
-    cdef Py_ssize_t t_low = T - first - n if reverse else first
-    cdef Py_ssize_t k, col, r, j
-    if s == first:
+    cdef Py_ssize_t G = n_gates * H, n, k
+    cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
+    if s % chunk == 0:
         for k in range(n_gates):
-            col = k * H + u0
-            for r in range(n * B):
-                for j in range(n_units):
-                    gates[r * G + col + j] = bias[col + j]
-            gemm(False, True, <int> (n * B), <int> n_units, <int> I, <float> 1,
-                 x + t_low * B * I, <int> I, w_ih + col * I, <int> I, <float> 1,
-                 gates + col, <int> G)
+            project_columns(x + t_low * B * I, w_ih, bias, gates, n * B, I, G,
+                            k * H + u0, k * H + u1)
     for k in range(n_gates):
         fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (k * H + u0) // FR_PANEL,
                        (k * H + u1) // FR_PANEL)

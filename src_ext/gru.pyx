@@ -15,7 +15,6 @@ from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carr
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
-
 cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_hn,
                             const floating* h_in, floating* h_out, floating* yt,
                             floating* ghn_t, const Py_ssize_t* lengths, Py_ssize_t t,
@@ -45,6 +44,7 @@ cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_h
             h_ = one_minus(z_) * n_ + z_ * h_in[b * H + j]
             h_out[b * H + j] = h_
             yt[b * H + j] = h_
+
 
 cdef void gru_forward_kernel(
         const floating* x,          # IN    (T, B, I)
