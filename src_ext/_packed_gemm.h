@@ -273,15 +273,23 @@ static inline void fr_block(int rows, int np, ptrdiff_t K, const float* a, ptrdi
 }
 #endif
 
-/* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1. */
+/* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1.
+ *
+ * ``descending`` walks the panels from p1 down. The time loops alternate
+ * it step by step, so each step first reads the panels the last one read
+ * last, which are still in the caches: the share of W that fits stays there
+ * instead of being evicted, in LRU order, just before it is needed. A
+ * column's sums do not depend on the order or the pairing of the panels,
+ * so the bits do not change. */
 FR_CLONES
 static void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
                            const float* packed, float beta, float* C, ptrdiff_t ldc,
-                           ptrdiff_t p0, ptrdiff_t p1)
+                           ptrdiff_t p0, ptrdiff_t p1, int descending)
 {
     float acc[FR_MAX_ROWS * FR_STEP_PANELS * FR_PANEL];
-    for (ptrdiff_t p = p0; p < p1;) {
-        int np = p1 - p >= FR_STEP_PANELS ? FR_STEP_PANELS : 1;
+    for (ptrdiff_t done = 0; done < p1 - p0;) {
+        int np = p1 - p0 - done >= FR_STEP_PANELS ? FR_STEP_PANELS : 1;
+        ptrdiff_t p = descending ? p1 - done - np : p0 + done;
         const float* w = packed + p * K * FR_PANEL;
         ptrdiff_t n0 = p * FR_PANEL, cols = np * FR_PANEL;
         ptrdiff_t width = N - n0 < cols ? N - n0 : cols;
@@ -295,7 +303,7 @@ static void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A
                 }
             b += rows;
         }
-        p += np;
+        done += np;
     }
 }
 #endif

@@ -21,7 +21,7 @@ cdef extern from "_packed_gemm.h" nogil:
                         float* packed)
     void fr_gemm_packed(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const float* A,
                         Py_ssize_t lda, const float* packed, float beta, float* C,
-                        Py_ssize_t ldc, Py_ssize_t p0, Py_ssize_t p1)
+                        Py_ssize_t ldc, Py_ssize_t p0, Py_ssize_t p1, int descending)
 
 
 cdef struct Recurrent:
@@ -57,19 +57,23 @@ cdef inline void pack(const float* w, bint trans, Py_ssize_t K, Py_ssize_t N,
 
 
 cdef inline void recurrent_product(const Recurrent* r, Py_ssize_t B, const floating* h,
-                                   floating beta, floating* out) noexcept nogil:
-    """out := h @ op(W) + beta * out for h (B, K), out (B, N); beta is 0 or 1."""
+                                   floating beta, floating* out, Py_ssize_t step) noexcept nogil:
+    """out := h @ op(W) + beta * out for h (B, K), out (B, N); beta is 0 or 1.
+
+    ``step``: the time loop's counter. Packed panels are walked in the
+    opposite order on odd steps (see fr_gemm_packed), same bits either way."""
     cdef Py_ssize_t n_panels, c
     cdef int nt = r.n_threads
     if floating is float:
         if r.packed != NULL:
             n_panels = fr_n_panels(r.N)
             if nt == 1:
-                fr_gemm_packed(B, r.N, r.K, h, r.K, r.packed, beta, out, r.N, 0, n_panels)
+                fr_gemm_packed(B, r.N, r.K, h, r.K, r.packed, beta, out, r.N, 0, n_panels,
+                               step & 1)
             else:
                 for c in prange(nt, num_threads=nt, schedule="static"):
                     fr_gemm_packed(B, r.N, r.K, h, r.K, r.packed, beta, out, r.N,
-                                   n_panels * c // nt, n_panels * (c + 1) // nt)
+                                   n_panels * c // nt, n_panels * (c + 1) // nt, step & 1)
             return
     gemm(False, r.trans, <int> B, <int> r.N, <int> r.K, <floating> 1, h, <int> r.K,
          <const floating*> r.w, <int> (r.K if r.trans else r.N), beta, out, <int> r.N)

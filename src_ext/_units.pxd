@@ -35,13 +35,16 @@ cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
     """For units [u0, u1) of every row at step s: the chunk's input projection
     (at its first step, as ``step_gates``) and the step's recurrent product, in
     each gate's columns for those units. Returns the step's rows of ``gates``."""
-    cdef Py_ssize_t G = n_gates * H, n, k
+    cdef Py_ssize_t G = n_gates * H, n, k, q
     cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
     if s % chunk == 0:
         for k in range(n_gates):
             project_columns(x + t_low * B * I, w_ih, bias, gates, n * B, I, G,
                             k * H + u0, k * H + u1)
-    for k in range(n_gates):
+    # the gates, like the panels within each, in the opposite order on odd steps
+    # (see fr_gemm_packed)
+    for q in range(n_gates):
+        k = n_gates - 1 - q if s & 1 else q
         fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (k * H + u0) // FR_PANEL,
-                       (k * H + u1) // FR_PANEL)
+                       (k * H + u1) // FR_PANEL, s & 1)
     return gates + (time_at(s, T, reverse) - t_low) * B * G

@@ -75,7 +75,7 @@ cdef void gru_forward_kernel(
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * H
-        recurrent_product(rec, B, h_in, 0, gh)
+        recurrent_product(rec, B, h_in, 0, gh, s)
         fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL if ghn == NULL else ghn + t * B * H,
                    lengths, t, B, H, 0, H)
 
@@ -165,7 +165,7 @@ cdef void gru_backward_kernel(
                 dht[b * G + H + j] = dz
                 dht[b * G + 2 * H + j] = dn * r_
                 dh[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
-        recurrent_product(rec, B, dht, 1, dh)
+        recurrent_product(rec, B, dht, 1, dh, s)
 
 
 def forward(const floating[:, :, ::1] x,

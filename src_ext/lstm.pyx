@@ -132,7 +132,7 @@ cdef void lstm_forward_kernel(
         h_out = hs + slot_out(t, reverse) % n_slots * B * P
         c_out = cs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * P
-        recurrent_product(rec, B, h_in, 0, gh)
+        recurrent_product(rec, B, h_in, 0, gh, s)
         if w_hr == NULL:
             fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, 0, H)
             continue
@@ -263,7 +263,7 @@ cdef void lstm_backward_kernel(
                                                    c_in[b * H + j], c_out[b * H + j],
                                                    dh_, dc[b * H + j], j, H)
                 dh[b * H + j] = 0        # h reaches the past only through the gates
-        recurrent_product(rec, B, dgt, 1, dh)
+        recurrent_product(rec, B, dgt, 1, dh, s)
 
 
 def forward(const floating[:, :, ::1] x,

@@ -16,11 +16,13 @@ def packed_size(Py_ssize_t K, Py_ssize_t N):
 
 
 def product(const floating[:, ::1] h, const floating[:, ::1] w, bint trans,
-            floating beta, floating[:, ::1] out, float[::1] packed=None, int n_threads=1):
+            floating beta, floating[:, ::1] out, float[::1] packed=None, int n_threads=1,
+            Py_ssize_t step=0):
     """out := h @ op(w) + beta * out exactly as the kernels compute it per step.
 
     op(w) is w.T when ``trans`` (w is (N, K)), else w (K, N); with ``packed``
-    (float32 only) the packed-panel kernel runs, otherwise BLAS.
+    (float32 only) the packed-panel kernel runs, otherwise BLAS. ``step``: the
+    time loop's step it stands for (odd steps walk the panels backwards).
     """
     cdef Py_ssize_t B = h.shape[0], K = h.shape[1], N = out.shape[1]
     cdef tuple op_shape = (w.shape[1], w.shape[0]) if trans else (w.shape[0], w.shape[1])
@@ -35,7 +37,7 @@ def product(const floating[:, ::1] h, const floating[:, ::1] w, bint trans,
             if packed_ != NULL:
                 pack_(&w[0, 0], trans, K, N, packed_)
         r = recurrent(&w[0, 0], trans, K, N, packed_, n_threads)
-        recurrent_product(&r, B, &h[0, 0], beta, &out[0, 0])
+        recurrent_product(&r, B, &h[0, 0], beta, &out[0, 0], step)
 
 
 def pack(const float[:, ::1] w, bint trans, float[::1] packed):

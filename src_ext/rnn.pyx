@@ -37,7 +37,7 @@ cdef void rnn_forward_kernel(
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * B * H
-        recurrent_product(rec, B, h_in, 1, p)
+        recurrent_product(rec, B, h_in, 1, p, s)
         for b in range(B):
             if not is_valid(lengths, b, t):
                 carry_row(h_in + b * H, h_out + b * H, H)
@@ -86,7 +86,7 @@ cdef void rnn_backward_kernel(
                 else:
                     dgt[b * H + j] = dh_ * one_minus_square(h_)
                 dh[b * H + j] = 0        # h reaches the past only through W_hh
-        recurrent_product(rec, B, dgt, 1, dh)
+        recurrent_product(rec, B, dgt, 1, dh, s)
 
 
 def forward(const floating[:, :, ::1] x,

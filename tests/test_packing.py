@@ -49,6 +49,26 @@ def test_product_matches_float64(build, B, K, N, packed, trans, beta, n_threads)
     assert np.all(np.abs(out - expected) <= 4 * np.finfo(np.float32).eps * np.sqrt(K) * scale)
 
 
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("B,K,N", SHAPES + [(2, 64, 80), (9, 48, 112)])
+def test_odd_steps_walk_the_panels_backwards_with_the_same_bits(build, B, K, N, n_threads):
+    """The time loops pass their step: odd steps walk the panels from the last,
+    which pairs them differently when their number is odd (fr_gemm_packed).
+    Each column's sums must not notice."""
+    rng = np.random.default_rng(B * 7 + K * 3 + N)
+    h = rng.standard_normal((B, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    outs = []
+    for step in (0, 1, 2, 7):
+        out = np.full((B, N), np.nan, np.float32)
+        build.product(h, w, True, np.float32(0), out, n_threads=n_threads, step=step,
+                      packed=np.empty(build.packed_size(K, N), np.float32))
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    assert np.all(np.isfinite(outs[0]))
+
+
 def test_packed_buffer_too_small_is_an_error():
     h = np.ones((2, 8), np.float32)
     w = np.ones((8, 20), np.float32)
