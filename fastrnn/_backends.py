@@ -10,7 +10,9 @@ A backend is a module with two functions over validated, C-contiguous arrays:
     (meaning zero).
 
 The native backends are registered wrapped in ``_parallel.SplitBackend``,
-which runs large batches in parts on several cores.
+which runs large batches in parts on several cores. Their ``forward`` also
+takes ``y=``, the (T, B, H) array to write the output into (a part writes
+its rows of the whole batch's output).
 
 ``cell`` is one of ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``; ``params`` is
 ``(weight_ih, weight_hh, bias_ih, bias_hh)`` in PyTorch's layout.

@@ -185,11 +185,13 @@ def _pack(w_hh, trans, K, N):
     return packed
 
 
-def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, unit_parts=0):
+def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, unit_parts=0,
+            y=None):
     """The backend interface's forward; ``prepared``: ``prepare_forward``'s
     result, shared by the parts of a split batch (None: prepare here);
     ``unit_parts``: as ``unit_parts()`` returns, run on up to that many of
-    fastrnn's threads."""
+    fastrnn's threads; ``y``: (T, B, H) to write the output into, rows of a
+    larger batch's output for a part of a split batch (None: a new array)."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
@@ -198,7 +200,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     dtype = x.dtype
     rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-    y = np.empty((T, B, H), dtype)
+    y = np.empty((T, B, H), dtype) if y is None else y
     keep_gates = training and cell in ("lstm", "gru")
     gates = np.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
     # the hidden units split across a team of fastrnn's threads (``unit_parts``)

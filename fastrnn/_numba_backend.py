@@ -112,9 +112,16 @@ def _lengths(lengths, T, B):
     return _in(np.full(B, T, np.intp) if lengths is None else lengths)
 
 
-def forward(cell, x, state0, params, lengths, reverse, training, prepared=None):
+def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, y=None):
     """The backend interface's forward; ``prepared``: ``prepare_forward``'s
-    result, shared by the parts of a split batch (None: prepare here)."""
+    result, shared by the parts of a split batch (None: prepare here); ``y``:
+    (T, B, H) to copy the output into (the compiled kernels write a flat,
+    contiguous one), rows of a larger batch's output for a part of a split
+    batch (None: return that one)."""
+    if y is not None:
+        out = forward(cell, x, state0, params, lengths, reverse, training, prepared)
+        y[...] = out[0]
+        return (y,) + out[1:]
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, I = x.shape

@@ -243,14 +243,16 @@ class SplitBackend:
             return self.module.forward(cell, x, state0, params, lengths, reverse, training)
 
         shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params)
+        # each part writes its rows of y in place: no concatenation afterwards
+        y = np.empty((T, B, params[1].shape[1]), x.dtype)
 
         def part(k):
             b0, b1 = ranges[k]
             return self.module.forward(
                 cell, _rows(x, b0, b1, 1), tuple(_rows(s, b0, b1, 0) for s in state0),
-                params, _rows(lengths, b0, b1, 0), reverse, training, **shared)
+                params, _rows(lengths, b0, b1, 0), reverse, training, y=y[:, b0:b1],
+                **shared)
         results = run_parts(part, len(ranges))
-        y = np.concatenate([r[0] for r in results], axis=1)
         state_n = tuple(np.concatenate([r[1][i] for r in results])
                         for i in range(len(results[0][1])))
         data = None

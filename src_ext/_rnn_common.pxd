@@ -165,3 +165,19 @@ cdef inline void zero_row(floating* dst, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     for j in range(n):
         dst[j] = 0
+
+
+cdef inline Py_ssize_t output_step(floating[:, :, :] y, Py_ssize_t T, Py_ssize_t B,
+                                   Py_ssize_t H) except -1:
+    """Elements between the steps of the output ``y`` (T, B, H): B*H, or more
+    when y is a part's rows of a larger batch's output, which the parts of a
+    split batch write in place (``_parallel``). Each step's rows must be
+    contiguous."""
+    if y.shape[0] != T or y.shape[1] != B or y.shape[2] != H \
+            or (H > 1 and y.strides[2] != <Py_ssize_t> sizeof(floating)) \
+            or (B > 1 and y.strides[1] != H * <Py_ssize_t> sizeof(floating)) \
+            or y.strides[0] % <Py_ssize_t> sizeof(floating) != 0:
+        raise ValueError(f"y must be ({T}, {B}, {H}) with each step's rows contiguous, got "
+                         f"shape ({y.shape[0]}, {y.shape[1]}, {y.shape[2]}) and strides "
+                         f"({y.strides[0]}, {y.strides[1]}, {y.strides[2]})")
+    return y.strides[0] // <Py_ssize_t> sizeof(floating)

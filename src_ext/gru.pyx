@@ -11,7 +11,7 @@ from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients)
+                          zero_row, input_and_weight_gradients, output_step)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
@@ -61,7 +61,8 @@ cdef void gru_forward_kernel(
         floating* ghn,              # OUT   (T, B, H) W_hn h + b_hn, or NULL (inference)
         floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
         Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
-        floating* y,                # OUT   (T, B, H)
+        floating* y,                # OUT   (T, B, H), y_step apart
+        Py_ssize_t y_step,          # elements between y's steps (see output_step)
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t s, t
@@ -74,7 +75,7 @@ cdef void gru_forward_kernel(
         g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
-        yt = y + t * B * H
+        yt = y + t * y_step
         recurrent_product(rec, B, h_in, 0, gh, s)
         fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL if ghn == NULL else ghn + t * B * H,
                    lengths, t, B, H, 0, H)
@@ -84,14 +85,14 @@ cdef inline void gru_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T,
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk,
-        float* gates, float* gh, float* hs, float* y, Py_ssize_t u0,
+        float* gates, float* gh, float* hs, float* y, Py_ssize_t y_step, Py_ssize_t u0,
         Py_ssize_t u1) noexcept nogil:
     """Step s of an inference forward for units [u0, u1) of every row
     (``part_gates``, then those units' fused pass)."""
     cdef Py_ssize_t t = time_at(s, T, reverse)
     cdef float* h_in = hs + slot_in(t, reverse) % 2 * B * H
     cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
-    cdef float* yt = y + t * B * H
+    cdef float* yt = y + t * y_step
     cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 3, reverse, chunk,
                                gates, gh, u0, u1)
     fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL, lengths, t, B, H, u0, u1)
@@ -101,7 +102,7 @@ cdef void gru_forward_units(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
-        float* gh, float* hs, float* y, int n_parts) noexcept nogil:
+        float* gh, float* hs, float* y, Py_ssize_t y_step, int n_parts) noexcept nogil:
     """The inference forward with the hidden units split into ``n_parts``
     parts across the calling OpenMP team, as ``lstm_forward_units``."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
@@ -110,7 +111,7 @@ cdef void gru_forward_units(
         part = rank
         while part < n_parts:
             gru_units_step(x, w_ih, packed, bias, b_hn, lengths, s, T, B, I, H, reverse,
-                           chunk, gates, gh, hs, y, part_start(H, part, n_parts),
+                           chunk, gates, gh, hs, y, y_step, part_start(H, part, n_parts),
                            part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
@@ -179,7 +180,7 @@ def forward(const floating[:, :, ::1] x,
             floating[:, ::1] gh,
             floating[:, :, ::1] ghn,
             floating[:, :, ::1] hs,
-            floating[:, :, ::1] y,
+            floating[:, :, :] y,             # rows contiguous (see output_step)
             float[::1] packed=None,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None,
@@ -195,6 +196,7 @@ def forward(const floating[:, :, ::1] x,
     cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
     cdef float* packed_ = check_packed(packed, H, 3 * H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
+    cdef Py_ssize_t y_step = output_step(y, T, B, H)
     cdef Recurrent rec
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or ghn is not None or hs.shape[0] != 2 \
@@ -205,7 +207,7 @@ def forward(const floating[:, :, ::1] x,
             with nogil, parallel(num_threads=n_team):
                 gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], &b_hn[0], lens,
                                   T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                                  &gh[0, 0], &hs[0, 0, 0], &y[0, 0, 0], unit_parts)
+                                  &gh[0, 0], &hs[0, 0, 0], &y[0, 0, 0], y_step, unit_parts)
         return
     with nogil:
         if w_hh_t_ != NULL:
@@ -214,7 +216,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, H, 3 * H, packed_, n_threads)
         gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], &b_hn[0],
                            lens, T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                           &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0])
+                           &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step)
 
 
 def backward(const floating[:, :, ::1] x,

@@ -32,7 +32,7 @@ from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients,
-                          weight_gradient)
+                          weight_gradient, output_step)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
@@ -112,7 +112,8 @@ cdef void lstm_forward_kernel(
         floating* m,                # OUT   projection only: (T, B, H) o*tanh(c) if
                                     #       keep_m, else (B, H) scratch
         bint keep_m,
-        floating* y,                # OUT   (T, B, P)
+        floating* y,                # OUT   (T, B, P), y_step apart
+        Py_ssize_t y_step,          # elements between y's steps (see output_step)
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, j
@@ -131,7 +132,7 @@ cdef void lstm_forward_kernel(
         c_in = cs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * P
         c_out = cs + slot_out(t, reverse) % n_slots * B * H
-        yt = y + t * B * P
+        yt = y + t * y_step
         recurrent_product(rec, B, h_in, 0, gh, s)
         if w_hr == NULL:
             fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, 0, H)
@@ -160,7 +161,7 @@ cdef inline void lstm_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
-        float* gh, float* hs, float* cs, float* y, Py_ssize_t u0,
+        float* gh, float* hs, float* cs, float* y, Py_ssize_t y_step, Py_ssize_t u0,
         Py_ssize_t u1) noexcept nogil:
     """Step s of an inference forward for units [u0, u1) of every row
     (``part_gates``, then those units' fused pass)."""
@@ -169,7 +170,7 @@ cdef inline void lstm_units_step(
     cdef float* c_in = cs + slot_in(t, reverse) % 2 * B * H
     cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
     cdef float* c_out = cs + slot_out(t, reverse) % 2 * B * H
-    cdef float* yt = y + t * B * H
+    cdef float* yt = y + t * y_step
     cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 4, reverse, chunk,
                                gates, gh, u0, u1)
     fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, u0, u1)
@@ -179,7 +180,7 @@ cdef void lstm_forward_units(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates, float* gh,
-        float* hs, float* cs, float* y, int n_parts) noexcept nogil:
+        float* hs, float* cs, float* y, Py_ssize_t y_step, int n_parts) noexcept nogil:
     """The inference forward with the hidden units split into ``n_parts``
     parts instead of the batch, run by the calling OpenMP team: thread k takes
     parts k, k + team size, ..., and the team meets at a barrier after every
@@ -193,7 +194,7 @@ cdef void lstm_forward_units(
         part = rank
         while part < n_parts:
             lstm_units_step(x, w_ih, packed, bias, lengths, s, T, B, I, H, reverse, chunk,
-                            gates, gh, hs, cs, y, part_start(H, part, n_parts),
+                            gates, gh, hs, cs, y, y_step, part_start(H, part, n_parts),
                             part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
@@ -276,7 +277,7 @@ def forward(const floating[:, :, ::1] x,
             floating[:, ::1] gh,
             floating[:, :, ::1] hs,
             floating[:, :, ::1] cs,
-            floating[:, :, ::1] y,
+            floating[:, :, :] y,             # rows contiguous (see output_step)
             const floating[:, ::1] w_hr=None,
             floating[:, :, ::1] m=None,
             float[::1] packed=None,
@@ -305,6 +306,7 @@ def forward(const floating[:, :, ::1] x,
     cdef floating* m_ = NULL
     cdef float* packed_ = check_packed(packed, P, 4 * H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
+    cdef Py_ssize_t y_step = output_step(y, T, B, P)
     cdef Recurrent rec
     if w_hr is not None:
         if m is None or w_hr.shape[0] != P or w_hr.shape[1] != H:
@@ -324,7 +326,8 @@ def forward(const floating[:, :, ::1] x,
             with nogil, parallel(num_threads=n_team):
                 lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], lens, T, B, I,
                                    H, reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
-                                   &hs[0, 0, 0], &cs[0, 0, 0], &y[0, 0, 0], unit_parts)
+                                   &hs[0, 0, 0], &cs[0, 0, 0], &y[0, 0, 0], y_step,
+                                   unit_parts)
         return
     with nogil:
         if w_hh_t_ != NULL:
@@ -334,7 +337,7 @@ def forward(const floating[:, :, ::1] x,
         lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, w_hr_, &bias[0], lens,
                             T, B, I, H, P, reverse, gates.shape[0], &gates[0, 0, 0],
                             &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
-                            m is not None and m.shape[0] > 1, &y[0, 0, 0])
+                            m is not None and m.shape[0] > 1, &y[0, 0, 0], y_step)
 
 
 def backward(const floating[:, :, ::1] x,

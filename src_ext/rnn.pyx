@@ -8,7 +8,7 @@ from cython cimport floating
 from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients)
+                          zero_row, input_and_weight_gradients, output_step)
 
 
 cdef void rnn_forward_kernel(
@@ -23,7 +23,8 @@ cdef void rnn_forward_kernel(
         floating* pre,              # SCRATCH (chunk, B, H) pre-activations
         floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
         Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
-        floating* y,                # OUT   (T, B, H)
+        floating* y,                # OUT   (T, B, H), y_step apart
+        Py_ssize_t y_step,          # elements between y's steps (see output_step)
 ) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
     cdef floating *p
@@ -36,7 +37,7 @@ cdef void rnn_forward_kernel(
         p = step_gates(x, w_ih, bias, pre, s, T, B, I, H, chunk, reverse)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
-        yt = y + t * B * H
+        yt = y + t * y_step
         recurrent_product(rec, B, h_in, 1, p, s)
         for b in range(B):
             if not is_valid(lengths, b, t):
@@ -98,7 +99,7 @@ def forward(const floating[:, :, ::1] x,
             bint relu,
             floating[:, :, ::1] pre,
             floating[:, :, ::1] hs,
-            floating[:, :, ::1] y,
+            floating[:, :, :] y,             # rows contiguous (see output_step)
             float[::1] packed=None,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None):
@@ -107,6 +108,7 @@ def forward(const floating[:, :, ::1] x,
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
+    cdef Py_ssize_t y_step = output_step(y, T, B, H)
     cdef Recurrent rec
     with nogil:
         if w_hh_t_ != NULL:
@@ -115,7 +117,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, H, H, packed_, n_threads)
         rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], lens,
                            T, B, I, H, reverse, relu, pre.shape[0], &pre[0, 0, 0],
-                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0])
+                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step)
 
 
 def backward(const floating[:, :, ::1] x,

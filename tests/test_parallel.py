@@ -133,3 +133,40 @@ def test_parts_share_one_prepared_w_hh(split_small, monkeypatch, backend, cell, 
     ref, ref_grads = reference64(cell, x, states, params, dy, dstates)
     assert_matches(out, ref, np.float32)
     assert_matches(grads, ref_grads, np.float32)
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_part_writes_its_rows_of_y_in_place(backend, cell, dtype, training):
+    """A part of a split batch writes its rows of the whole batch's y (the
+    backends' ``y=``): the bits of a y of its own, and no other row touched."""
+    module = fastrnn._backends.get(backend).module
+    T, B, I, H = 6, 5, 7, 9                 # 6 steps: W_hh is prepared (packed in float32)
+    x, states, params, _, _ = make_case(cell, (T, B, I, H), dtype)
+    lengths = make_lengths("mixed", T, B)
+    alone = module.forward(cell, x, states, params, lengths, False, training)
+    whole = np.full((T, B + 3, H), np.nan, dtype)
+    part = module.forward(cell, x, states, params, lengths, False, training,
+                          y=whole[:, 2:2 + B])
+    assert np.shares_memory(part[0], whole)
+    np.testing.assert_array_equal(whole[:, 2:2 + B], alone[0])
+    assert np.isnan(whole[:, :2]).all() and np.isnan(whole[:, 2 + B:]).all()
+    for a, b in zip(part[1], alone[1]):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cython_rejects_a_y_whose_rows_are_not_contiguous(cell):
+    if "cython" not in NATIVE:
+        pytest.skip("the Cython backend is not built")
+    module = fastrnn._backends.get("cython").module
+    T, B, I, H = 4, 3, 5, 6
+    x, states, params, _, _ = make_case(cell, (T, B, I, H), np.float32)
+    with pytest.raises(ValueError, match=r"y must be \(4, 3, 6\) with each step's rows"):
+        module.forward(cell, x, states, params, None, False, False,
+                       y=np.empty((T, B, 2 * H), np.float32)[:, :, ::2])
+    with pytest.raises(ValueError, match=r"y must be \(4, 3, 6\)"):
+        module.forward(cell, x, states, params, None, False, False,
+                       y=np.empty((T, B + 1, H), np.float32))
