@@ -79,9 +79,9 @@ def main():
         expect = h.reshape(B, K).astype(np.float64) @ w.reshape(N, K).T
         runs = {
             "gemm": lambda: kernels.apply_recurrent_product(h, w_t, False, no_panels, zero, out,
-                                                            B, K, N),
+                                                            B, K, N, 0),
             "packed": lambda: kernels.apply_recurrent_product(h, w, True, packed, zero, out,
-                                                              B, K, N),
+                                                              B, K, N, 0),
         }
         for fn in runs.values():
             fn()

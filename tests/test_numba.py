@@ -249,7 +249,8 @@ def test_pack_lays_out_panels(K, N, trans):
 @pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
 @pytest.mark.parametrize("K,N", [(1, 1), (3, 5), (4, 16), (17, 33), (64, 70), (130, 20)])
 @pytest.mark.parametrize("B", PACKED_B)
-def test_recurrent_product_matches_float64(B, K, N, trans, beta, packed, dtype):
+@pytest.mark.parametrize("step", [0, 1], ids=["even-step", "odd-step"])
+def test_recurrent_product_matches_float64(B, K, N, trans, beta, packed, dtype, step):
     """``kernels.recurrent_product`` on both of its paths (the float64 kernels
     compile the packed one too, though the backend never packs for them).
 
@@ -272,9 +273,31 @@ def test_recurrent_product_matches_float64(B, K, N, trans, beta, packed, dtype):
         buf = np.empty(kernels.packed_size(K, N), dtype)
         kernels.pack(w.ravel(), trans, K, N, buf)
     kernels.apply_recurrent_product(h.ravel(), w.ravel(), trans, buf, dtype(beta),
-                                    out.ravel(), B, K, N)
+                                    out.ravel(), B, K, N, step)
     scale = np.abs(h).astype(np.float64) @ np.abs(op_w) + np.abs(expected)
     assert np.all(np.abs(out - expected) <= 4 * np.finfo(dtype).eps * np.sqrt(K) * scale)
+
+
+@needs_numba
+@pytest.mark.parametrize("B,K,N", [(1, 9, 40), (5, 17, 33), (9, 64, 80)])
+def test_odd_steps_walk_the_panels_backwards_with_the_same_bits(B, K, N):
+    """The time loops pass their step; odd steps walk the panels from the
+    last (``packed_product``). Each column's sums must not notice."""
+    from fastrnn._numba import kernels
+    rng = np.random.default_rng(B + K + N)
+    h = rng.standard_normal((B, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    buf = np.empty(kernels.packed_size(K, N), np.float32)
+    kernels.pack(w.ravel(), True, K, N, buf)
+    outs = []
+    for step in (0, 1, 2, 7):
+        out = np.full(B * N, np.nan, np.float32)
+        kernels.apply_recurrent_product(h.ravel(), w.ravel(), True, buf, np.float32(0), out,
+                                        B, K, N, step)
+        outs.append(out)
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+    assert np.all(np.isfinite(outs[0]))
 
 
 @pytest.fixture

@@ -337,15 +337,19 @@ def _store_rows(acc, rows, width, beta, c, ldc):
 
 
 @_inline
-def packed_product(B, N, K, a, lda, packed, beta, c, ldc):
+def packed_product(B, N, K, a, lda, packed, beta, c, ldc, descending):
     """C := A @ W + beta * C with W (K, N) packed by :func:`pack`; beta 0 or 1.
 
     a (B, K) with leading dimension lda, packed (packed_size(K, N),),
-    c (B, N) with leading dimension ldc: pointers.
+    c (B, N) with leading dimension ldc: pointers. ``descending`` walks the
+    panels from the last, as fr_gemm_packed of src_ext/_packed_gemm.h (the
+    time loops alternate it: each step starts on the panels still cached).
     """
     acc = _stack_block(c)
     zero = zero_of(c)
-    for p in range((N + PANEL - 1) // PANEL):
+    n_panels = (N + PANEL - 1) // PANEL
+    for q in range(n_panels):
+        p = n_panels - 1 - q if descending else q
         w = ptr(packed, p * K * PANEL)
         cp = ptr(c, p * PANEL)
         width = min(PANEL, N - p * PANEL)
@@ -394,25 +398,26 @@ def packed_product(B, N, K, a, lda, packed, beta, c, ldc):
 
 
 @_inline
-def recurrent_product(B, N, K, h, w, trans, packed, beta, out):
+def recurrent_product(B, N, K, h, w, trans, packed, beta, out, step):
     """out (B, N) := h (B, K) @ op(W) + beta * out, the per-step product by W_hh.
 
     Through the packed panels when ``packed`` (an array) is not empty, else
     through ``gemm`` from ``w``: op(W) = w^T for w (N, K) when ``trans``,
     else w (K, N). beta is 0 or 1; h, w and out are pointers, contiguous rows.
+    ``step``: the time loop's counter (odd steps walk the panels backwards).
     """
     if packed.size > 0:
-        packed_product(B, N, K, h, K, ptr(packed, 0), beta, out, N)
+        packed_product(B, N, K, h, K, ptr(packed, 0), beta, out, N, step % 2 == 1)
     else:
         gemm(False, trans, B, N, K, one_of(out), h, K, w, K if trans else N, beta, out, N)
 
 
 @_jit
-def apply_recurrent_product(h, w, trans, packed, beta, out, B, K, N):
-    """out := h @ op(W) + beta * out through ``recurrent_product``, for the tests
-    and ``benchmarks/bench_numba_packed.py``; h (B*K,), out (B*N,), w and
-    packed as the kernels take them."""
-    recurrent_product(B, N, K, ptr(h, 0), ptr(w, 0), trans, packed, beta, ptr(out, 0))
+def apply_recurrent_product(h, w, trans, packed, beta, out, B, K, N, step):
+    """out := h @ op(W) + beta * out through ``recurrent_product`` as at time
+    loop step ``step``, for the tests and ``benchmarks/bench_numba_packed.py``;
+    h (B*K,), out (B*N,), w and packed as the kernels take them."""
+    recurrent_product(B, N, K, ptr(h, 0), ptr(w, 0), trans, packed, beta, ptr(out, 0), step)
 
 
 # ---------------------------------------------------------------- activations
@@ -772,7 +777,7 @@ def lstm_forward(x,            # IN    (T*B*I,)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p)
+        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p, s)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -829,7 +834,7 @@ def lstm_backward(x,           # IN    (T*B*I,)
                                                      c_out[b * H + j], dh_,
                                                      dc_p[b * H + j], j, H)
                 dh_p[b * H + j] = 0        # h reaches the past only through the gates
-        recurrent_product(B, H, G, dgt, w_hh_p, False, packed, one, dh_p)
+        recurrent_product(B, H, G, dgt, w_hh_p, False, packed, one, dh_p, s)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
@@ -868,7 +873,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * P)
         mt = ptr(m, t * B * H if keep_m else 0)
-        recurrent_product(B, G, P, h_in, w_hh_p, trans, packed, zero, gh_p)
+        recurrent_product(B, G, P, h_in, w_hh_p, trans, packed, zero, gh_p, s)
         # the fused pass writes m_t, one GEMM projects it to y_t
         for b in range(B):
             if t >= lengths[b]:
@@ -945,7 +950,7 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                 dc_p[b * H + j] = lstm_unit_backward(gb, dgb, c_in[b * H + j],
                                                      c_out[b * H + j], dm_p[b * H + j],
                                                      dc_p[b * H + j], j, H)
-        recurrent_product(B, P, G, dgt, w_hh_p, False, packed, one, dh_p)
+        recurrent_product(B, P, G, dgt, w_hh_p, False, packed, one, dh_p, s)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
                                T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
@@ -990,7 +995,7 @@ def gru_forward(x,             # IN    (T*B*I,)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
         ghn_t = ptr(ghn, t * B * H if keep_ghn else 0)
-        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p)
+        recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p, s)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -1067,7 +1072,7 @@ def gru_backward(x,            # IN    (T*B*I,)
                 dhb[H + j] = dz
                 dhb[2 * H + j] = dn * r_
                 dh_p[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
-        recurrent_product(B, H, G, dht, w_hh_p, False, packed, one, dh_p)
+        recurrent_product(B, H, G, dht, w_hh_p, False, packed, one, dh_p, s)
     input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
@@ -1101,7 +1106,7 @@ def rnn_forward(x,             # IN    (T*B*I,)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         yt = ptr(y, t * B * H)
-        recurrent_product(B, H, H, h_in, w_hh_p, trans, packed, one, p)
+        recurrent_product(B, H, H, h_in, w_hh_p, trans, packed, one, p, s)
         for b in range(B):
             if t >= lengths[b]:
                 carry_row(ptr(h_in, b * H), ptr(h_out, b * H), H)
@@ -1157,7 +1162,7 @@ def rnn_backward(x,            # IN    (T*B*I,)
                 else:
                     dgt[b * H + j] = dh_ * (one - h_) * (one + h_)
                 dh_p[b * H + j] = 0        # h reaches the past only through W_hh
-        recurrent_product(B, H, H, dgt, w_hh_p, False, packed, one, dh_p)
+        recurrent_product(B, H, H, dgt, w_hh_p, False, packed, one, dh_p, s)
     input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
                                ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
                                T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
