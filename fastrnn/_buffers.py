@@ -5,25 +5,24 @@ Both backends lay out their outputs, workspace and scratch the same way (see
 """
 import numpy as np
 
-#: rows (steps * batch) per input-projection GEMM in inference: at least
-#: CHUNK_ROWS, and up to CHUNK_ROWS_MAX for wide projections (see ``chunk``)
-CHUNK_ROWS = 256
-CHUNK_ROWS_MAX = 1024
+#: rows (steps * batch) per input-projection GEMM in inference (see ``chunk``)
+CHUNK_ROWS = 1024
 
 
 def chunk(T, B, GH):
     """Steps whose inputs one inference GEMM projects: memory stays O(B), not O(T).
 
     Each GEMM repacks W_ih (GH, I), a sizeable share of the GEMM itself
-    unless the rows number at least about half the GH columns. Against 256
-    rows always (one process, interleaved, 15 rounds, median of the per-round
-    ratios, two runs): LSTM large inference (GH = 2048, 1024 rows) 1.05-1.06x
-    faster, GRU large (GH = 1536, 768 rows) 1.06-1.08x, medium 0.98-1.02x;
-    other grid shapes chunk as before. The scratch is rows x GH values: at
-    most CHUNK_ROWS_MAX x GH, 8 MiB for an LSTM with H = 512.
+    unless it has many rows. On the AMD EPYC (AVX2), max(256, GH/2) rows, at
+    most 1024, against 256 always: LSTM large inference 1.05-1.06x, GRU large
+    1.06-1.08x, medium 0.98-1.02x. On the Intel Xeon (AVX-512), 1024 rows
+    always against that (the two alternating in one process, 15 rounds,
+    median of the per-round ratios): RNN large 1.05-1.08x, RNN medium
+    1.04-1.05x, GRU medium 1.03-1.04x, every other grid shape 0.98-1.02x in
+    inference and RNN training. The scratch is rows x GH values: at most
+    8 MiB for an LSTM with H = 512.
     """
-    rows = min(max(CHUNK_ROWS, GH // 2), CHUNK_ROWS_MAX)
-    return max(1, min(T, rows // B))
+    return max(1, min(T, CHUNK_ROWS // B))
 
 
 def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t):

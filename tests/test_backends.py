@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import (CELLS, DTYPES, RTOL, STATE_NAMES, arrays_of, assert_close,
+from conftest import (CELLS, DTYPES, N_GATES, RTOL, STATE_NAMES, arrays_of, assert_close,
                       assert_results_equal, cast, final_states, make_lengths,
                       make_params, make_states, make_x, param_grads, run_backward,
                       run_forward, state0_grads)
@@ -92,15 +92,13 @@ def test_matches_reference(backend, cell, dtype, shape, reverse, lengths_kind):
 
 
 @direction_cases
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-def test_wide_projection_chunks_match_reference(backend, cell, reverse):
-    """Inference chunks of more than 256 rows, which wide projections (G*H of
-    1024 or more) take: T=40, B=32, H=256 gives chunks of 16 steps (LSTM,
-    512 rows) or 12 (GRU, 384 rows), the last one partial."""
+@cell_cases
+def test_projection_chunks_match_reference(backend, cell, reverse):
+    """Inference projects its inputs ``CHUNK_ROWS`` rows at a time: T=40,
+    B=32, H=256 gives chunks of 32 steps (1024 rows), the last one partial."""
     from fastrnn import _buffers
     T, B, I, H = 40, 32, 3, 256
-    G = 4 if cell == "lstm" else 3
-    assert _buffers.chunk(T, B, G * H) == {"lstm": 16, "gru": 12}[cell]
+    assert _buffers.chunk(T, B, N_GATES[cell] * H) == 32
     x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
     kw = dict(lengths=make_lengths("mixed", T, B), reverse=reverse)
     out = run_forward(cell, backend, x, states, params, training=False, **kw)

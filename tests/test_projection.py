@@ -220,8 +220,10 @@ def test_inference_memory_does_not_grow_with_T(backend):
             tracemalloc.stop()
 
     # both long enough for the inference input projection to use its full
-    # block of steps (256 rows), so only y should differ
-    short, long = 100, 500
+    # block of steps (CHUNK_ROWS rows), so only y should differ
+    from fastrnn import _buffers
+    short = _buffers.CHUNK_ROWS // B + 1
+    long = 5 * short
     y_growth = (long - short) * B * P * 8
     # anything kept per step (m is (T, B, H), gates (T, B, 4H)) would add more
     # than 6x y_growth; allow y plus a quarter for allocator noise
