@@ -16,15 +16,27 @@ from libc.stdlib cimport malloc, free
 from _blas cimport gemm
 
 #: A weight gradient dW (G, n) = dg^T @ a sums over all T*B rows. With that
-#: many rows and G > n, OpenBLAS computes dW^T = a^T @ dg faster than dW
-#: itself: in SciPy's sgemm, one thread, the two interleaved, 15 rounds,
-#: 4000 rows (long's halves) 1.32-1.36x for LSTM and GRU, 3200 rows (large's)
-#: 1.06-1.09x, and 300-640 rows anywhere from 0.67x to 1.10x, so only from this
-#: many rows is the product turned around (and dW^T transposed back). End to
-#: end (training, 2 threads, old and new modules alternating, three runs):
-#: LSTM long 1.06-1.13x; GRU and RNN long and every large case 0.96-1.07x.
-cdef enum:
-    WGRAD_TRANSPOSED_MIN_ROWS = 2048
+#: many rows and G > n, OpenBLAS's Haswell/Zen kernels compute dW^T = a^T @ dg
+#: faster than dW itself: on the AMD EPYC (AVX2), SciPy's sgemm, one thread,
+#: the two interleaved, 15 rounds, 4000 rows (long's halves) 1.32-1.36x for
+#: LSTM and GRU, 3200 rows (large's) 1.06-1.09x, and 300-640 rows anywhere
+#: from 0.67x to 1.10x, so only from this many rows is the product turned
+#: around (and dW^T transposed back). End to end (training, 2 threads, old and
+#: new modules alternating, three runs): LSTM long 1.06-1.13x; GRU and RNN
+#: long and every large case 0.96-1.07x. Its SkylakeX (AVX-512) kernels, which
+#: it runs wherever the x86-64-v4 build of these modules runs, do the
+#: opposite: dW itself against dW^T plus the transposition, on the Intel Xeon,
+#: 21 rounds alternating: 1.10-1.18x at the large and long halves, 1.02x at
+#: LSTM medium's 800 rows. So that build never turns it around.
+cdef extern from *:
+    """
+    #ifdef __AVX512F__
+    #define FR_WGRAD_TRANSPOSED_MIN_ROWS PY_SSIZE_T_MAX
+    #else
+    #define FR_WGRAD_TRANSPOSED_MIN_ROWS 2048
+    #endif
+    """
+    const Py_ssize_t WGRAD_TRANSPOSED_MIN_ROWS "FR_WGRAD_TRANSPOSED_MIN_ROWS"
 
 
 cdef inline Py_ssize_t time_at(Py_ssize_t s, Py_ssize_t T, bint reverse) noexcept nogil:

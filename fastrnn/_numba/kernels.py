@@ -650,15 +650,17 @@ def column_sums(a, rows, cols, out):
 
 
 #: From this many rows, with G > n, a weight gradient dW (G, n) = dg^T @ a is
-#: computed turned around, dW^T = a^T @ dg, and transposed back: OpenBLAS runs
-#: the turned-around product faster over thousands of rows. The same rule and
-#: threshold as WGRAD_TRANSPOSED_MIN_ROWS in src_ext/_rnn_common.pxd, which
-#: holds the measurements.
-WGRAD_TRANSPOSED_MIN_ROWS = 2048
+#: computed turned around, dW^T = a^T @ dg, and transposed back: OpenBLAS's
+#: Haswell/Zen kernels run the turned-around product faster over thousands of
+#: rows, its SkylakeX kernels (AVX-512 CPUs) slower. The same rule and
+#: thresholds as WGRAD_TRANSPOSED_MIN_ROWS in src_ext/_rnn_common.pxd, which
+#: holds the measurements. Read by ``wgrad_scratch_size`` at each call.
+WGRAD_TRANSPOSED_MIN_ROWS = 1 << 62 if ll.get_host_cpu_features().get("avx512f") else 2048
 
 
 def wgrad_scratch_size(rows, G, sizes):
-    """Values of the scratch ``weight_gradient`` needs for dW (G, n), n in ``sizes``."""
+    """Values of the scratch ``weight_gradient`` needs for dW (G, n), n in
+    ``sizes``: none unless some dW is to be turned around."""
     if rows < WGRAD_TRANSPOSED_MIN_ROWS:
         return 0
     return max([G * n for n in sizes if G > n], default=0)
@@ -667,9 +669,10 @@ def wgrad_scratch_size(rows, G, sizes):
 @_inline
 def weight_gradient(dg, a, rows, G, n, dw, dw_t, dw_t_size):
     """dw (G, n) := dg^T @ a for dg (rows, G), a (rows, n), a sum over all rows;
-    turned around through the scratch dw_t (dw_t_size values) when it pays."""
+    turned around through the scratch dw_t (dw_t_size values) when the backend
+    sized one for it (``wgrad_scratch_size``)."""
     one, zero = one_of(dw), zero_of(dw)
-    if rows < WGRAD_TRANSPOSED_MIN_ROWS or G <= n or dw_t_size < G * n:
+    if G <= n or dw_t_size < G * n:
         gemm(True, False, G, n, rows, one, dg, G, a, n, zero, dw, n)
         return
     gemm(True, False, n, G, rows, one, a, n, dg, G, zero, dw_t, G)
