@@ -3,7 +3,73 @@
 Both backends lay out their outputs, workspace and scratch the same way (see
 ``fastrnn._cython_backend``); the allocation lives here once.
 """
+import math
+import os
+
 import numpy as np
+
+try:
+    from ._ext import pool as _pool
+except ImportError:     # no Cython build (the Numba backend alone): NumPy's own memory
+    _pool = None
+
+#: arrays of at least this many bytes live in fastrnn's cache of reusable
+#: memory (``src_ext/pool.pyx``); smaller ones the C library recycles well
+POOLED_MIN_BYTES = 1 << 20
+
+
+def set_cache_limit(n_bytes):
+    """Keep at most ``n_bytes`` of freed array memory for reuse by later calls
+    (0: none, every array's memory goes back to the C library when freed).
+
+    The default is ``FASTRNN_CACHE_LIMIT`` if set, else 512 MiB. Returns the
+    previous limit. Without the Cython extension there is no cache and this
+    raises RuntimeError.
+    """
+    if isinstance(n_bytes, bool) or not isinstance(n_bytes, (int, np.integer)) or n_bytes < 0:
+        raise ValueError(f"n_bytes must be a non-negative integer, got {n_bytes!r}")
+    if _pool is None:
+        raise RuntimeError("fastrnn's memory cache needs the Cython extension, which is not built")
+    return _pool.set_limit(int(n_bytes))
+
+
+def empty_cache():
+    """Free the array memory fastrnn keeps for reuse (arrays in use keep theirs)."""
+    if _pool is not None:
+        _pool.empty()
+
+
+def _limit_from_environment():
+    text = os.environ.get("FASTRNN_CACHE_LIMIT")
+    if text is None or _pool is None:
+        return
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise ValueError(f"FASTRNN_CACHE_LIMIT must be a non-negative number of bytes, "
+                         f"got {text!r}")
+    _pool.set_limit(n)
+
+
+_limit_from_environment()
+
+
+def empty(shape, dtype):
+    """``np.empty(shape, dtype)``, in memory reused from earlier calls when large.
+
+    Every array a native call allocates comes from here, outputs and workspace
+    included: when the last array using the memory is gone, it returns to the
+    cache instead of the C library, so the next call writes to pages that are
+    already mapped (see ``src_ext/pool.pyx``).
+    """
+    dtype = np.dtype(dtype)
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = math.prod(shape)
+    if _pool is None or count * dtype.itemsize < POOLED_MIN_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(_pool.take(count * dtype.itemsize), dtype, count).reshape(shape)
 
 #: rows (steps * batch) per input-projection GEMM in inference (see ``chunk``)
 CHUNK_ROWS = 1024
@@ -52,7 +118,7 @@ def state_slots(T, B, H, dtype, training, reverse, initial):
     Training keeps all T+1 states; inference alternates between two slots (one
     slot updated in place would defeat the compilers' runtime alias checks).
     """
-    slots = np.empty((T + 1 if training else 2, B, H), dtype)
+    slots = empty((T + 1 if training else 2, B, H), dtype)
     slots[(T if reverse else 0) % slots.shape[0]] = initial
     return slots
 
@@ -75,6 +141,6 @@ def backward_outputs(cell, x, w_ih, w_hh, dstate_n):
     sizes = (H, GH // 4) if cell == "lstm" else (H,)     # h (P with a projection), c
     dstate = [np.zeros((B, n), dtype) if d is None else d.copy()
               for d, n in zip(dstate_n, sizes)]
-    grads = (np.empty_like(x), np.empty_like(w_ih), np.empty_like(w_hh),
+    grads = (empty(x.shape, dtype), empty(w_ih.shape, dtype), empty(w_hh.shape, dtype),
              np.empty(GH, dtype), np.empty(GH, dtype))
-    return dstate, np.empty((T, B, GH), dtype), grads
+    return dstate, empty((T, B, GH), dtype), grads

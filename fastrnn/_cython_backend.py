@@ -200,9 +200,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     dtype = x.dtype
     rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-    y = np.empty((T, B, H), dtype) if y is None else y
+    y = _buffers.empty((T, B, H), dtype) if y is None else y
     keep_gates = training and cell in ("lstm", "gru")
-    gates = np.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
+    gates = _buffers.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
     # the hidden units split across a team of fastrnn's threads (``unit_parts``)
     team = dict(unit_parts=unit_parts, n_team=min(_threads(), unit_parts)) if unit_parts else {}
     data = None
@@ -211,7 +211,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
         proj = {}
         if w_hr is not None:
-            proj = dict(w_hr=w_hr, m=np.empty((T if training else 1, B, HC), dtype))
+            proj = dict(w_hr=w_hr, m=_buffers.empty((T if training else 1, B, HC), dtype))
         gh = np.empty((B, GH), dtype)
         kernel = _typed(_lstm.forward, dtype)
         kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
@@ -225,7 +225,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         # b_hr and b_hz add like the input biases; b_hn sits inside r * (.)
         bias = b_ih.copy()
         bias[:2 * H] += b_hh[:2 * H]
-        ghn = np.empty((T, B, H), dtype) if training else None
+        ghn = _buffers.empty((T, B, H), dtype) if training else None
         gh = np.empty((B, GH), dtype)
         kernel = _typed(_gru.forward, dtype)
         kernel(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
@@ -262,7 +262,7 @@ def backward(cell, data, dy, dstate_n, prepared=None):
         kernel = _typed(_lstm.backward, dtype)
         kernel(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
                lengths, reverse, dstate[0], dstate[1], dg, *grads,
-               w_hr=w_hr, m=data["m"], dh_total=np.empty((T, B, H), dtype),
+               w_hr=w_hr, m=data["m"], dh_total=_buffers.empty((T, B, H), dtype),
                dm=np.empty((B, GH // 4), dtype), dw_hr=dw_hr, **rec)
         return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
     if cell == "lstm":
@@ -270,7 +270,7 @@ def backward(cell, data, dy, dstate_n, prepared=None):
         kernel(x, w_ih, w_hh, data["gates"], data["hs"], data["cs"], dy,
                lengths, reverse, dstate[0], dstate[1], dg, *grads, **rec)
     elif cell == "gru":
-        dg_h = np.empty((T, B, GH), dtype)
+        dg_h = _buffers.empty((T, B, GH), dtype)
         kernel = _typed(_gru.backward, dtype)
         kernel(x, w_ih, w_hh, data["gates"], data["ghn"], data["hs"], dy,
                lengths, reverse, dstate[0], dg, dg_h, *grads, **rec)

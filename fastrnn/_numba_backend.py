@@ -136,9 +136,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     w_ih_t = w_ih if trans else np.ascontiguousarray(w_ih.T)
     w_hh_t = w_hh if trans else rec.get("w_hh_t", w_hh)
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-    y = np.empty((T, B, H), dtype)
+    y = _buffers.empty((T, B, H), dtype)
     keep_gates = training and cell in ("lstm", "gru")
-    gates = np.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
+    gates = _buffers.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
     chunk = gates.shape[0]
     n_slots = hs.shape[0]
     lens = _lengths(lengths, T, B)
@@ -147,7 +147,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     if cell == "lstm" and w_hr is not None:
         HC = GH // 4                # the size of c
         cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
-        m = np.empty((T if training else 1, B, HC), dtype)
+        m = _buffers.empty((T if training else 1, B, HC), dtype)
         w_hr_t = w_hr if trans else np.ascontiguousarray(w_hr.T)
         _k.lstm_projected_forward(*common, _in(w_hr_t), _in(b_ih + b_hh), lens, T, B, I, HC, H,
                                   reverse, chunk, _out(gates), _out(np.empty((B, GH), dtype)),
@@ -167,7 +167,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         # b_hr and b_hz add like the input biases; b_hn sits inside r * (.)
         bias = b_ih.copy()
         bias[:2 * H] += b_hh[:2 * H]
-        ghn = np.empty((T if training else 0, B, H), dtype)
+        ghn = _buffers.empty((T if training else 0, B, H), dtype)
         gh = np.empty((B, GH), dtype)
         _k.gru_forward(*common, _in(bias), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
                        chunk, _out(gates), _out(gh), _out(ghn), training, _out(hs), n_slots,
@@ -211,14 +211,14 @@ def backward(cell, data, dy, dstate_n, prepared=None):
         _k.lstm_projected_backward(*head, _in(w_hr), _in(data["gates"]), _in(data["hs"]),
                                    _in(data["cs"]), _in(data["m"]), tail[0], has_dy, tail[2],
                                    T, B, I, HC, H, reverse, _out(dstate[0]), _out(dstate[1]),
-                                   _out(dg), _out(np.empty((T, B, H), dtype)),
+                                   _out(dg), _out(_buffers.empty((T, B, H), dtype)),
                                    _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr), dw_t)
         return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
     if cell == "lstm":
         _k.lstm_backward(*head, _in(data["gates"]), _in(data["hs"]), _in(data["cs"]), *tail,
                          _out(dstate[0]), _out(dstate[1]), _out(dg), *grads, dw_t)
     elif cell == "gru":
-        dg_h = np.empty((T, B, GH), dtype)
+        dg_h = _buffers.empty((T, B, GH), dtype)
         _k.gru_backward(*head, _in(data["gates"]), _in(data["ghn"]), _in(data["hs"]), *tail,
                         _out(dstate[0]), _out(dg), _out(dg_h), *grads, dw_t)
     else:

@@ -27,6 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _buffers
+
 #: batches of at least this many rows are split in two. Measured with
 #: ``python -m fastrnn bench``: see benchmarks/RESULTS.md.
 SPLIT_MIN_B = 8
@@ -192,9 +194,13 @@ def run_parts(fn, n):
 # -- the backend interface, split -------------------------------------------
 
 def _rows(a, b0, b1, axis):
+    """A contiguous copy of rows [b0, b1) of ``a`` along ``axis`` (None stays None)."""
     if a is None:
         return None
-    return np.ascontiguousarray(a[(slice(None),) * axis + (slice(b0, b1),)])
+    part = a[(slice(None),) * axis + (slice(b0, b1),)]
+    out = _buffers.empty(part.shape, part.dtype)
+    out[...] = part
+    return out
 
 
 class SplitBackend:
@@ -244,7 +250,7 @@ class SplitBackend:
 
         shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params)
         # each part writes its rows of y in place: no concatenation afterwards
-        y = np.empty((T, B, params[1].shape[1]), x.dtype)
+        y = _buffers.empty((T, B, params[1].shape[1]), x.dtype)
 
         def part(k):
             b0, b1 = ranges[k]
@@ -274,7 +280,10 @@ class SplitBackend:
                                         tuple(_rows(d, b0, b1, 0) for d in dstate_n),
                                         **shared)
         results = run_parts(part, len(ranges))
-        dx = np.concatenate([r[0] for r in results], axis=1)
+        dx = _buffers.empty((first["x"].shape[0], ranges[-1][1], first["x"].shape[2]),
+                            first["x"].dtype)
+        for (b0, b1), r in zip(ranges, results):
+            dx[:, b0:b1] = r[0]
         dstate0 = tuple(np.concatenate([r[1][i] for r in results])
                         for i in range(len(results[0][1])))
         dparams = list(results[0][2])
