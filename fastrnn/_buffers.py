@@ -57,19 +57,23 @@ _limit_from_environment()
 
 
 def empty(shape, dtype):
-    """``np.empty(shape, dtype)``, in memory reused from earlier calls when large.
+    """``np.empty(shape, dtype)`` for a tuple ``shape``, in memory reused from
+    earlier calls when large.
 
     Every array a native call allocates comes from here, outputs and workspace
     included: when the last array using the memory is gone, it returns to the
     cache instead of the C library, so the next call writes to pages that are
     already mapped (see ``src_ext/pool.pyx``).
     """
-    dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    # on the path of every call, streaming steps included: small arrays go
+    # straight to NumPy, before anything but counting their elements
     count = math.prod(shape)
-    if _pool is None or count * dtype.itemsize < POOLED_MIN_BYTES:
+    if count < POOLED_MIN_BYTES // 8 or _pool is None:
         return np.empty(shape, dtype)
-    return np.frombuffer(_pool.take(count * dtype.itemsize), dtype, count).reshape(shape)
+    nbytes = count * np.dtype(dtype).itemsize
+    if nbytes < POOLED_MIN_BYTES:
+        return np.empty(shape, dtype)
+    return np.frombuffer(_pool.take(nbytes), dtype).reshape(shape)
 
 #: rows (steps * batch) per input-projection GEMM in inference (see ``chunk``)
 CHUNK_ROWS = 1024

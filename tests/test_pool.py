@@ -48,7 +48,7 @@ def test_large_arrays_come_from_the_cache_and_small_ones_from_numpy():
     small = _buffers.empty((10, 10), np.float64)
     assert small.flags.owndata
     assert _buffers.empty((0, 5), np.float32).shape == (0, 5)
-    assert _buffers.empty(MiB, np.uint8).shape == (MiB,)
+    assert _buffers.empty((MiB,), np.uint8).shape == (MiB,)
 
 
 def test_freed_memory_is_reused_by_the_next_array_of_about_its_size():
