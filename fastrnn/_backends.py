@@ -12,7 +12,9 @@ A backend is a module with two functions over validated, C-contiguous arrays:
 The native backends are registered wrapped in ``_parallel.SplitBackend``,
 which runs large batches in parts on several cores. Their ``forward`` also
 takes ``y=``, the (T, B, H) array to write the output into (a part writes
-its rows of the whole batch's output).
+its rows of the whole batch's output), and their ``backward`` accepts a
+``dy`` whose steps are further apart than B*H (a part's rows of the whole
+batch's dy, read in place; each step's rows contiguous).
 
 ``cell`` is one of ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``; ``params`` is
 ``(weight_ih, weight_hh, bias_ih, bias_hh)`` in PyTorch's layout.

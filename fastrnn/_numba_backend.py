@@ -198,6 +198,8 @@ def backward(cell, data, dy, dstate_n, prepared=None):
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
     rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
     has_dy = dy is not None
+    if has_dy:
+        dy = np.ascontiguousarray(dy)     # a part's rows of a split batch's dy
     head = (_in(x), _in(w_ih), _in(w_hh), _packed(rec, dtype))
     tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),
             T, B, I, H, reverse)

@@ -274,21 +274,25 @@ class SplitBackend:
         shared = self._shared("prepare_backward", ranges, cell, first["x"].dtype,
                               first["x"].shape[0], first["w_hh"])
 
+        T, _, I = first["x"].shape
+        dx = _buffers.empty((T, ranges[-1][1], I), first["x"].dtype)
+
         def part(k):
+            # a part reads its rows of dy in place, and copies its dx into its
+            # rows of the whole batch's, on its own thread
             b0, b1 = ranges[k]
-            return self.module.backward(cell, data["parts"][k], _rows(dy, b0, b1, 1),
-                                        tuple(_rows(d, b0, b1, 0) for d in dstate_n),
-                                        **shared)
+            result = self.module.backward(cell, data["parts"][k],
+                                          None if dy is None else dy[:, b0:b1],
+                                          tuple(_rows(d, b0, b1, 0) for d in dstate_n),
+                                          **shared)
+            dx[:, b0:b1] = result[0]
+            return result
         results = run_parts(part, len(ranges))
-        dx = _buffers.empty((first["x"].shape[0], ranges[-1][1], first["x"].shape[2]),
-                            first["x"].dtype)
-        for (b0, b1), r in zip(ranges, results):
-            dx[:, b0:b1] = r[0]
         dstate0 = tuple(np.concatenate([r[1][i] for r in results])
                         for i in range(len(results[0][1])))
         dparams = list(results[0][2])
         for r in results[1:]:           # a fixed order: the same bits every run
             for i, g in enumerate(r[2]):
                 if g is not None:
-                    dparams[i] = dparams[i] + g
+                    np.add(dparams[i], g, out=dparams[i])
         return dx, dstate0, tuple(dparams)

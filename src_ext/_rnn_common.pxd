@@ -179,17 +179,17 @@ cdef inline void zero_row(floating* dst, Py_ssize_t n) noexcept nogil:
         dst[j] = 0
 
 
-cdef inline Py_ssize_t output_step(floating[:, :, :] y, Py_ssize_t T, Py_ssize_t B,
-                                   Py_ssize_t H) except -1:
-    """Elements between the steps of the output ``y`` (T, B, H): B*H, or more
-    when y is a part's rows of a larger batch's output, which the parts of a
-    split batch write in place (``_parallel``). Each step's rows must be
-    contiguous."""
-    if y.shape[0] != T or y.shape[1] != B or y.shape[2] != H \
-            or (H > 1 and y.strides[2] != <Py_ssize_t> sizeof(floating)) \
-            or (B > 1 and y.strides[1] != H * <Py_ssize_t> sizeof(floating)) \
-            or y.strides[0] % <Py_ssize_t> sizeof(floating) != 0:
-        raise ValueError(f"y must be ({T}, {B}, {H}) with each step's rows contiguous, got "
-                         f"shape ({y.shape[0]}, {y.shape[1]}, {y.shape[2]}) and strides "
-                         f"({y.strides[0]}, {y.strides[1]}, {y.strides[2]})")
-    return y.strides[0] // <Py_ssize_t> sizeof(floating)
+cdef inline Py_ssize_t step_stride(const floating[:, :, :] a, str name, Py_ssize_t T,
+                                   Py_ssize_t B, Py_ssize_t H) except -1:
+    """Elements between the steps of ``a`` (T, B, H), the output y or the
+    incoming gradient dy: B*H, or more when ``a`` is a part's rows of a larger
+    batch's array, which the parts of a split batch write (y) or read (dy) in
+    place (``_parallel``). Each step's rows must be contiguous."""
+    if a.shape[0] != T or a.shape[1] != B or a.shape[2] != H \
+            or (H > 1 and a.strides[2] != <Py_ssize_t> sizeof(floating)) \
+            or (B > 1 and a.strides[1] != H * <Py_ssize_t> sizeof(floating)) \
+            or a.strides[0] % <Py_ssize_t> sizeof(floating) != 0:
+        raise ValueError(f"{name} must be ({T}, {B}, {H}) with each step's rows contiguous, "
+                         f"got shape ({a.shape[0]}, {a.shape[1]}, {a.shape[2]}) and strides "
+                         f"({a.strides[0]}, {a.strides[1]}, {a.strides[2]})")
+    return a.strides[0] // <Py_ssize_t> sizeof(floating)

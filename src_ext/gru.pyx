@@ -11,7 +11,7 @@ from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients, output_step)
+                          zero_row, input_and_weight_gradients, step_stride)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
@@ -62,7 +62,7 @@ cdef void gru_forward_kernel(
         floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
         Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* y,                # OUT   (T, B, H), y_step apart
-        Py_ssize_t y_step,          # elements between y's steps (see output_step)
+        Py_ssize_t y_step,          # elements between y's steps (see step_stride)
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t s, t
@@ -122,7 +122,8 @@ cdef void gru_backward_kernel(
         const floating* ghn,        # IN    (T, B, H) W_hn h + b_hn
         const floating* hs,         # IN    (T+1, B, H) state slots
         const Recurrent* rec,       # IN    W_hh (3H, H)
-        const floating* dy,         # IN    (T, B, H) or NULL
+        const floating* dy,         # IN    (T, B, H), dy_step apart, or NULL
+        Py_ssize_t dy_step,         # elements between dy's steps (see step_stride)
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         bint reverse,
@@ -152,7 +153,7 @@ cdef void gru_backward_kernel(
             for j in range(H):
                 dh_ = dh[b * H + j]
                 if dy != NULL:
-                    dh_ = dh_ + dy[(t * B + b) * H + j]
+                    dh_ = dh_ + dy[t * dy_step + b * H + j]
                 r_ = gt[b * G + j]
                 z_ = gt[b * G + H + j]
                 n_ = gt[b * G + 2 * H + j]
@@ -180,7 +181,7 @@ def forward(const floating[:, :, ::1] x,
             floating[:, ::1] gh,
             floating[:, :, ::1] ghn,
             floating[:, :, ::1] hs,
-            floating[:, :, :] y,             # rows contiguous (see output_step)
+            floating[:, :, :] y,             # rows contiguous (see step_stride)
             float[::1] packed=None,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None,
@@ -196,7 +197,7 @@ def forward(const floating[:, :, ::1] x,
     cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
     cdef float* packed_ = check_packed(packed, H, 3 * H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
-    cdef Py_ssize_t y_step = output_step(y, T, B, H)
+    cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or ghn is not None or hs.shape[0] != 2 \
@@ -225,7 +226,7 @@ def backward(const floating[:, :, ::1] x,
              const floating[:, :, ::1] gates,
              const floating[:, :, ::1] ghn,
              const floating[:, :, ::1] hs,
-             const floating[:, :, ::1] dy,
+             const floating[:, :, :] dy,       # rows contiguous (see step_stride)
              const Py_ssize_t[::1] lengths,
              bint reverse,
              floating[:, ::1] dh,
@@ -242,12 +243,13 @@ def backward(const floating[:, :, ::1] x,
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, H)
     cdef float* packed_ = check_packed(packed, 3 * H, H)
     cdef Recurrent rec
     with nogil:
         rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
         gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
-                            lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0])
+                            dy_step, lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0])
         input_and_weight_gradients(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
                                    &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
                                    T * B, I, H, 3 * H, &dx[0, 0, 0], &dw_ih[0, 0],

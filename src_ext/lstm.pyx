@@ -32,7 +32,7 @@ from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, input_and_weight_gradients,
-                          weight_gradient, output_step)
+                          weight_gradient, step_stride)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
@@ -113,7 +113,7 @@ cdef void lstm_forward_kernel(
                                     #       keep_m, else (B, H) scratch
         bint keep_m,
         floating* y,                # OUT   (T, B, P), y_step apart
-        Py_ssize_t y_step,          # elements between y's steps (see output_step)
+        Py_ssize_t y_step,          # elements between y's steps (see step_stride)
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, j
@@ -205,7 +205,8 @@ cdef void lstm_backward_kernel(
         const floating* cs,         # IN    (T+1, B, H) cell-state slots
         const Recurrent* rec,       # IN    W_hh (4H, P)
         const floating* w_hr,       # IN    (P, H), or NULL: no projection (P = H)
-        const floating* dy,         # IN    (T, B, P) or NULL
+        const floating* dy,         # IN    (T, B, P), dy_step apart, or NULL
+        Py_ssize_t dy_step,         # elements between dy's steps (see step_stride)
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, Py_ssize_t P,
         bint reverse,
@@ -240,7 +241,7 @@ cdef void lstm_backward_kernel(
                 for j in range(P):
                     dh_ = dh[b * P + j]
                     if dy != NULL:
-                        dh_ = dh_ + dy[(t * B + b) * P + j]
+                        dh_ = dh_ + dy[t * dy_step + b * P + j]
                     dht[b * P + j] = dh_
                     dh[b * P + j] = 0
             gemm(False, False, <int> B, <int> H, <int> P, <floating> 1, dht, <int> P,
@@ -259,7 +260,7 @@ cdef void lstm_backward_kernel(
             for j in range(H):
                 dh_ = dh[b * H + j]
                 if dy != NULL:
-                    dh_ = dh_ + dy[(t * B + b) * H + j]
+                    dh_ = dh_ + dy[t * dy_step + b * H + j]
                 dc[b * H + j] = cell_unit_backward(gt + b * G, dgt + b * G,
                                                    c_in[b * H + j], c_out[b * H + j],
                                                    dh_, dc[b * H + j], j, H)
@@ -277,7 +278,7 @@ def forward(const floating[:, :, ::1] x,
             floating[:, ::1] gh,
             floating[:, :, ::1] hs,
             floating[:, :, ::1] cs,
-            floating[:, :, :] y,             # rows contiguous (see output_step)
+            floating[:, :, :] y,             # rows contiguous (see step_stride)
             const floating[:, ::1] w_hr=None,
             floating[:, :, ::1] m=None,
             float[::1] packed=None,
@@ -306,7 +307,7 @@ def forward(const floating[:, :, ::1] x,
     cdef floating* m_ = NULL
     cdef float* packed_ = check_packed(packed, P, 4 * H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
-    cdef Py_ssize_t y_step = output_step(y, T, B, P)
+    cdef Py_ssize_t y_step = step_stride(y, "y", T, B, P)
     cdef Recurrent rec
     if w_hr is not None:
         if m is None or w_hr.shape[0] != P or w_hr.shape[1] != H:
@@ -346,7 +347,7 @@ def backward(const floating[:, :, ::1] x,
              const floating[:, :, ::1] gates,
              const floating[:, :, ::1] hs,
              const floating[:, :, ::1] cs,
-             const floating[:, :, ::1] dy,
+             const floating[:, :, :] dy,       # rows contiguous (see step_stride)
              const Py_ssize_t[::1] lengths,
              bint reverse,
              floating[:, ::1] dh,
@@ -375,6 +376,7 @@ def backward(const floating[:, :, ::1] x,
     cdef Py_ssize_t P = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, P)
     cdef const floating* w_hr_ = NULL
     cdef floating* dh_total_ = NULL
     cdef floating* dm_ = NULL
@@ -390,7 +392,7 @@ def backward(const floating[:, :, ::1] x,
         raise ValueError("h and c differ in size but there is no projection")
     with nogil:
         rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
-        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, lens,
+        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step, lens,
                              T, B, H, P, reverse, &dh[0, 0], &dc[0, 0], &dg[0, 0, 0],
                              dh_total_, dm_)
         input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],

@@ -8,7 +8,7 @@ from cython cimport floating
 from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients, output_step)
+                          zero_row, input_and_weight_gradients, step_stride)
 
 
 cdef void rnn_forward_kernel(
@@ -24,7 +24,7 @@ cdef void rnn_forward_kernel(
         floating* hs,               # INOUT state slots (see _rnn_common), h0 in the first
         Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* y,                # OUT   (T, B, H), y_step apart
-        Py_ssize_t y_step,          # elements between y's steps (see output_step)
+        Py_ssize_t y_step,          # elements between y's steps (see step_stride)
 ) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
     cdef floating *p
@@ -57,7 +57,8 @@ cdef void rnn_forward_kernel(
 cdef void rnn_backward_kernel(
         const floating* hs,         # IN    (T+1, B, H) state slots
         const Recurrent* rec,       # IN    W_hh (H, H)
-        const floating* dy,         # IN    (T, B, H) or NULL
+        const floating* dy,         # IN    (T, B, H), dy_step apart, or NULL
+        Py_ssize_t dy_step,         # elements between dy's steps (see step_stride)
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H,
         bint reverse, bint relu,
@@ -80,7 +81,7 @@ cdef void rnn_backward_kernel(
             for j in range(H):
                 dh_ = dh[b * H + j]
                 if dy != NULL:
-                    dh_ = dh_ + dy[(t * B + b) * H + j]
+                    dh_ = dh_ + dy[t * dy_step + b * H + j]
                 h_ = h_out[b * H + j]
                 if relu:
                     dgt[b * H + j] = dh_ if h_ > 0 else 0
@@ -99,7 +100,7 @@ def forward(const floating[:, :, ::1] x,
             bint relu,
             floating[:, :, ::1] pre,
             floating[:, :, ::1] hs,
-            floating[:, :, :] y,             # rows contiguous (see output_step)
+            floating[:, :, :] y,             # rows contiguous (see step_stride)
             float[::1] packed=None,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None):
@@ -108,7 +109,7 @@ def forward(const floating[:, :, ::1] x,
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
-    cdef Py_ssize_t y_step = output_step(y, T, B, H)
+    cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
     with nogil:
         if w_hh_t_ != NULL:
@@ -124,7 +125,7 @@ def backward(const floating[:, :, ::1] x,
              const floating[:, ::1] w_ih,
              const floating[:, ::1] w_hh,
              const floating[:, :, ::1] hs,
-             const floating[:, :, ::1] dy,
+             const floating[:, :, :] dy,       # rows contiguous (see step_stride)
              const Py_ssize_t[::1] lengths,
              bint reverse,
              bint relu,
@@ -141,11 +142,12 @@ def backward(const floating[:, :, ::1] x,
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
+    cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, H)
     cdef float* packed_ = check_packed(packed, H, H)
     cdef Recurrent rec
     with nogil:
         rec = recurrent(&w_hh[0, 0], False, H, H, packed_, n_threads)
-        rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, lens, T, B, H, reverse, relu,
+        rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, dy_step, lens, T, B, H, reverse, relu,
                             &dh[0, 0], &dg[0, 0, 0])
         input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
                                    &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],

@@ -170,3 +170,36 @@ def test_cython_rejects_a_y_whose_rows_are_not_contiguous(cell):
     with pytest.raises(ValueError, match=r"y must be \(4, 3, 6\)"):
         module.forward(cell, x, states, params, None, False, False,
                        y=np.empty((T, B + 1, H), np.float32))
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("cell", CELLS)
+def test_a_part_reads_its_rows_of_dy_in_place(backend, cell, dtype):
+    """A part of a split batch reads its rows of the whole batch's dy (steps
+    further apart than its B*H): the bits of a contiguous copy."""
+    module = fastrnn._backends.get(backend).module
+    T, B, I, H = 6, 5, 7, 9
+    x, states, params, _, dstates = make_case(cell, (T, B, I, H), dtype)
+    lengths = make_lengths("mixed", T, B)
+    whole = np.random.default_rng(3).standard_normal((T, B + 3, H)).astype(dtype)
+    rows = whole[:, 2:2 + B]
+    results = []
+    for dy in (np.ascontiguousarray(rows), rows):
+        _, _, data = module.forward(cell, x, states, params, lengths, False, True)
+        results.append(module.backward(cell, data, dy, dstates))
+    (dx0, ds0, dp0), (dx1, ds1, dp1) = results
+    for a, b in zip((dx0, *ds0, *dp0), (dx1, *ds1, *dp1)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_cython_rejects_a_dy_whose_rows_are_not_contiguous(cell):
+    if "cython" not in NATIVE:
+        pytest.skip("the Cython backend is not built")
+    module = fastrnn._backends.get("cython").module
+    T, B, I, H = 4, 3, 5, 6
+    x, states, params, _, dstates = make_case(cell, (T, B, I, H), np.float32)
+    _, _, data = module.forward(cell, x, states, params, None, False, True)
+    with pytest.raises(ValueError, match=r"dy must be \(4, 3, 6\) with each step's rows"):
+        module.backward(cell, data, np.ones((T, B, 2 * H), np.float32)[:, :, ::2], dstates)
