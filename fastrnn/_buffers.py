@@ -95,23 +95,24 @@ def chunk(T, B, GH):
     return max(1, min(T, CHUNK_ROWS // B))
 
 
-def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t):
+def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t, k_major):
     """How a backend's kernels multiply by op(W_hh) each step, prepared once.
 
     The rule both native backends follow: nothing for calls of fewer than
     ``prepare_min_t`` steps (preparing costs about one step's product);
     ``packed`` panels, from the backend's own ``pack(w_hh, trans, K, N)``,
     for float32 batches of up to ``packed_max_b`` rows; else, for the
-    forward's op(W_hh) = W_hh^T (``trans``), a K-major copy ``w_hh_t``, which
-    OpenBLAS multiplies faster than through its transpose flag. op(W_hh) is
-    (K, N): (H, G*H) forward, (G*H, H) backward.
+    forward's op(W_hh) = W_hh^T (``trans``) and if ``k_major``, a K-major
+    copy ``w_hh_t``, which OpenBLAS's AVX2 kernels multiply faster than
+    through its transpose flag (``K_MAJOR_COPY`` of each backend). op(W_hh)
+    is (K, N): (H, G*H) forward, (G*H, H) backward.
     """
     if T < prepare_min_t:
         return {}
     K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
     if dtype == np.float32 and B <= packed_max_b:
         return dict(packed=pack(w_hh, trans, K, N))
-    if trans:
+    if trans and k_major:
         return dict(w_hh_t=np.ascontiguousarray(w_hh.T))
     return {}
 

@@ -6,8 +6,8 @@ nothing and run without the GIL. Weights stay in PyTorch's layout (BLAS reads
 them through its transpose flag), so a short call copies no weight matrix. A
 call of ``PREPARE_MIN_T`` steps or more prepares W_hh once for its per-step
 product (``prepare_forward``, ``prepare_backward``): packed panels for small
-float32 batches, else a K-major copy W_hh^T, which OpenBLAS multiplies faster
-than through the transpose flag.
+float32 batches, else, where OpenBLAS multiplies it faster than through the
+transpose flag (``K_MAJOR_COPY``: not on AVX-512), a K-major copy W_hh^T.
 
 Buffers (T steps, B sequences, H hidden units, G gates)
 ------------------------------------------------------
@@ -106,6 +106,13 @@ def _typed(kernel, dtype):
 PACKED_MAX_B = 256 if ISA == "x86-64-v4" else 32
 #: preparing W_hh costs about one step's product: not worth it for fewer steps
 PREPARE_MIN_T = 4
+#: batches too large for the panels multiply by a K-major copy of W_hh^T where
+#: OpenBLAS's AVX2 kernels run that faster than PyTorch's layout through the
+#: transpose flag; its SkylakeX (AVX-512) kernels, which it runs wherever the
+#: x86-64-v4 build does, run the transpose flag faster: SciPy's sgemm, one
+#: thread, the two alternating, 21 rounds, h (300-1024 rows) @ W_hh^T with
+#: H = 128-512: 1.01-1.07x, and no copy.
+K_MAJOR_COPY = ISA != "x86-64-v4"
 #: multiply-adds per step from which the packed panels are split over OpenMP
 #: threads. None (off): with OpenBLAS's worker threads spinning on the same two
 #: cores it was 1.5-30x slower than one thread on every grid shape measured.
@@ -158,8 +165,9 @@ def prepare_forward(cell, dtype, T, B, params):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
     Keyword arguments for the kernel: ``packed`` panels (float32 batches up to
-    ``PACKED_MAX_B`` rows), a K-major copy ``w_hh_t`` (larger batches), or
-    none (calls too short to repay it). ``_parallel.SplitBackend`` prepares
+    ``PACKED_MAX_B`` rows), a K-major copy ``w_hh_t`` (larger batches, where
+    ``K_MAJOR_COPY``), or none (calls too short to repay it, or BLAS reads
+    PyTorch's layout). ``_parallel.SplitBackend`` prepares
     once for all the parts of a split batch, with ``B`` their largest, and the
     parts share it: one copy of W_hh in the caches instead of one per core.
     """
@@ -172,7 +180,8 @@ def prepare_backward(cell, dtype, T, B, w_hh):
 
 
 def _prepared(dtype, T, B, w_hh, trans):
-    rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T)
+    rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T,
+                                 K_MAJOR_COPY)
     if "packed" in rec:
         parallel = PARALLEL_MIN_MACS is not None and B * rec["packed"].size >= PARALLEL_MIN_MACS
         rec["n_threads"] = _cores() if parallel else 1

@@ -8,7 +8,8 @@ call of ``PREPARE_MIN_T`` steps or more prepares W_hh once for its per-step
 product (``prepare_forward``, ``prepare_backward``, shared by the halves of a
 split batch): packed panels for float32 batches up to ``PACKED_MAX_B`` rows,
 else a K-major copy W_hh^T for the forward; such a call also copies W_ih (and
-W_hr) K-major. Shorter calls read PyTorch's layout through BLAS's transpose flag.
+W_hr) K-major. Shorter calls, and every call on a CPU with AVX-512
+(``K_MAJOR_COPY``), read PyTorch's layout through BLAS's transpose flag.
 
 Buffers (T steps, B sequences, H hidden units, G gates)
 -------------------------------------------------------
@@ -60,6 +61,11 @@ PACKED_MAX_B = 32
 #: calls of at least this many steps prepare W_hh (and copy W_ih, W_hr
 #: K-major); preparing costs about one step's product (as Cython's PREPARE_MIN_T)
 PREPARE_MIN_T = 4
+#: whether those copies are made: where the host has AVX-512, OpenBLAS's
+#: kernels run PyTorch's layout through the transpose flag faster (as
+#: ``_cython_backend.K_MAJOR_COPY``, which holds the measurements; the
+#: projection x @ W_ih^T of 1024 rows: 1.05-1.07x)
+K_MAJOR_COPY = not _k.AVX512
 
 
 def prepare_forward(cell, dtype, T, B, params):
@@ -81,7 +87,8 @@ def prepare_backward(cell, dtype, T, B, w_hh):
 
 
 def _prepared(dtype, T, B, w_hh, trans):
-    rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T)
+    rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T,
+                                 K_MAJOR_COPY)
     return {name: _in(a) for name, a in rec.items()}
 
 
@@ -130,9 +137,10 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     dtype = x.dtype
     rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
     # a short call (streaming) reads PyTorch's layout through BLAS's transpose
-    # flag; a longer one copies the weights K-major once, which BLAS multiplies
-    # faster. W_hh^T comes prepared (the kernels do not read it when packed).
-    trans = T < PREPARE_MIN_T
+    # flag; a longer one copies the weights K-major once where BLAS multiplies
+    # that faster (K_MAJOR_COPY). W_hh^T comes prepared (the kernels do not
+    # read it when packed).
+    trans = T < PREPARE_MIN_T or not K_MAJOR_COPY
     w_ih_t = w_ih if trans else np.ascontiguousarray(w_ih.T)
     w_hh_t = w_hh if trans else rec.get("w_hh_t", w_hh)
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])

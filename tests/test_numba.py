@@ -21,6 +21,7 @@ import fastrnn
 from conftest import (cast, expected_panels, make_lengths, make_params, make_states, make_x,
                       run_backward, run_forward)
 from test_backends import assert_matches, forward_backward, make_case
+from test_projection import assert_matches as projected_assert_matches
 from test_projection import forward_backward as projected_forward_backward
 from test_projection import projected_case
 
@@ -354,5 +355,35 @@ def test_packed_path_matches_reference(spy_packed, cell, B, H, reverse):
     f64 = np.float64
     ref, ref_grads = run_packed_case("reference", cell, x.astype(f64), cast(states, f64),
                                      cast(params, f64), dy.astype(f64), cast(dstates, f64), kw)
+    assert_matches(out, ref, np.float32)
+    assert_matches(grads, ref_grads, np.float32)
+
+
+@needs_numba
+@pytest.mark.parametrize("k_major", [True, False], ids=["kmajor-copies", "transpose-flag"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru", "lstm_projected"])
+def test_both_weight_orientations_match_the_reference(monkeypatch, cell, k_major):
+    """A call long enough to prepare its weights, with a batch too large for
+    the panels, copies W_ih, W_hh^T (and W_hr) K-major or reads PyTorch's
+    layout through the transpose flag, by ``K_MAJOR_COPY`` (the host's
+    AVX-512): both ways, against the float64 reference."""
+    from fastrnn import _numba_backend
+    monkeypatch.setattr(_numba_backend, "K_MAJOR_COPY", k_major)
+    T, B, I, H = 5, 40, 5, 6
+    assert T >= _numba_backend.PREPARE_MIN_T and B > _numba_backend.PACKED_MAX_B
+    f64 = np.float64
+    if cell == "lstm_projected":
+        x, states, params, dy, dstates = projected_case((T, B, I, H, 4), np.float32)
+        out, grads = projected_forward_backward("numba", x, states, params, dy, dstates)
+        ref, ref_grads = projected_forward_backward(
+            "reference", x.astype(f64), cast(states, f64), cast(params, f64), dy.astype(f64),
+            cast(dstates, f64))
+        projected_assert_matches(out, ref, np.float32)
+        projected_assert_matches(grads, ref_grads, np.float32)
+        return
+    x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
+    out, grads = forward_backward(cell, "numba", x, states, params, dy, dstates)
+    ref, ref_grads = forward_backward(cell, "reference", x.astype(f64), cast(states, f64),
+                                      cast(params, f64), dy.astype(f64), cast(dstates, f64))
     assert_matches(out, ref, np.float32)
     assert_matches(grads, ref_grads, np.float32)

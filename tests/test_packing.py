@@ -81,7 +81,8 @@ def test_packed_buffer_too_small_is_an_error():
 PATHS = {   # _cython_backend settings that force each way of multiplying by W_hh
     "packed": dict(PACKED_MAX_B=10**9, PREPARE_MIN_T=1, PARALLEL_MIN_MACS=None),
     "packed-threads": dict(PACKED_MAX_B=10**9, PREPARE_MIN_T=1, PARALLEL_MIN_MACS=0),
-    "kmajor-copy": dict(PACKED_MAX_B=0, PREPARE_MIN_T=1),
+    "kmajor-copy": dict(PACKED_MAX_B=0, PREPARE_MIN_T=1, K_MAJOR_COPY=True),
+    "prepared-transpose-flag": dict(PACKED_MAX_B=0, PREPARE_MIN_T=1, K_MAJOR_COPY=False),
     "transpose-flag": dict(PREPARE_MIN_T=10**9),
 }
 

@@ -649,13 +649,17 @@ def column_sums(a, rows, cols, out):
             out[j] += a[r * cols + j]
 
 
+#: whether the host has AVX-512 (OpenBLAS then runs its SkylakeX kernels),
+#: which decides the GEMMs' orientation here and in ``_numba_backend``
+AVX512 = bool(ll.get_host_cpu_features().get("avx512f"))
+
 #: From this many rows, with G > n, a weight gradient dW (G, n) = dg^T @ a is
 #: computed turned around, dW^T = a^T @ dg, and transposed back: OpenBLAS's
 #: Haswell/Zen kernels run the turned-around product faster over thousands of
 #: rows, its SkylakeX kernels (AVX-512 CPUs) slower. The same rule and
 #: thresholds as WGRAD_TRANSPOSED_MIN_ROWS in src_ext/_rnn_common.pxd, which
 #: holds the measurements. Read by ``wgrad_scratch_size`` at each call.
-WGRAD_TRANSPOSED_MIN_ROWS = 1 << 62 if ll.get_host_cpu_features().get("avx512f") else 2048
+WGRAD_TRANSPOSED_MIN_ROWS = 1 << 62 if AVX512 else 2048
 
 
 def wgrad_scratch_size(rows, G, sizes):
