@@ -75,6 +75,7 @@ def empty(shape, dtype):
         return np.empty(shape, dtype)
     return np.frombuffer(_pool.take(nbytes), dtype).reshape(shape)
 
+
 #: rows (steps * batch) per input-projection GEMM in inference (see ``chunk``)
 CHUNK_ROWS = 1024
 

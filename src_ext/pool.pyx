@@ -102,13 +102,14 @@ cdef class Block:
             self.ptr = NULL
 
 
-cdef void _drop(int i) noexcept:
-    """Free entry i of the table (the last entry takes its place)."""
+cdef void* _remove(int i) noexcept:
+    """Take entry i out of the table (the last entry takes its place); its block."""
     global _n, _cached
-    fr_block_free(_ptr[i])
+    cdef void* ptr = _ptr[i]
     _cached -= _capacity[i]
     _n -= 1
     _ptr[i], _capacity[i], _freed_at[i] = _ptr[_n], _capacity[_n], _freed_at[_n]
+    return ptr
 
 
 cdef void _shrink_to(size_t limit, int entries) noexcept:
@@ -120,7 +121,7 @@ cdef void _shrink_to(size_t limit, int entries) noexcept:
         for i in range(1, _n):
             if _freed_at[i] < _freed_at[oldest]:
                 oldest = i
-        _drop(oldest)
+        fr_block_free(_remove(oldest))
 
 
 cdef void _keep(void* ptr, size_t capacity) noexcept:
@@ -140,7 +141,6 @@ def take(Py_ssize_t nbytes):
     """A ``Block`` of ``nbytes``: the smallest cached one that holds them and
     is at most twice as large (calls of varying lengths reuse each other's),
     else new memory. Its contents are undefined, as ``np.empty``'s."""
-    global _n, _cached
     if nbytes < 1:
         raise ValueError(f"nbytes must be positive, got {nbytes}")
     cdef int i, best = -1
@@ -150,10 +150,8 @@ def take(Py_ssize_t nbytes):
             best = i
     cdef Block block = Block.__new__(Block)
     if best >= 0:
-        block.ptr, block.capacity = _ptr[best], _capacity[best]
-        _cached -= _capacity[best]
-        _n -= 1
-        _ptr[best], _capacity[best], _freed_at[best] = _ptr[_n], _capacity[_n], _freed_at[_n]
+        block.capacity = _capacity[best]
+        block.ptr = _remove(best)
     else:
         block.ptr = fr_block_alloc(want)
         if block.ptr == NULL:
