@@ -51,7 +51,8 @@ def main():
     p.add_argument("settings", nargs="+", help="module.ATTRIBUTE=value[; ...], two or more")
     p.add_argument("--rounds", type=int, default=11)
     p.add_argument("--cells", default="rnn_tanh,lstm,gru")
-    p.add_argument("--shapes", default=",".join(_peers.SHAPES))
+    p.add_argument("--shapes", default=",".join(_peers.SHAPES),
+                   help="grid names or B,T,I,H (as fastrnn bench)")
     p.add_argument("--modes", default="inference,training")
     p.add_argument("--backend", default="cython")
     args = p.parse_args()
@@ -71,7 +72,7 @@ def main():
     print("|---" * (3 + 2 * len(names) - 1) + "|")
     try:
         for cell in args.cells.split(","):
-            for shape in args.shapes.split(","):
+            for shape in bench._parse_shapes(args.shapes):
                 for mode in args.modes.split(","):
                     case = _peers.make_case(cell, shape, dtype=np.float32)
                     run = _peers.fastrnn_runner(case, mode, args.backend)

@@ -161,6 +161,29 @@ def unit_parts(cell, dtype, T, B, params, training):
     return 2
 
 
+#: multiply-adds of the GEMMs after a backward's time loop (dx, dW_ih, dW_hh:
+#: T*B rows by G*H by I + I + H) from which a backward whose batch is not split
+#: (``_parallel.parts``: one core ran the time loop) runs them in
+#: ``GRADIENT_PARTS`` parts on fastrnn's threads (``gradient_parts``), each
+#: part's BLAS calls on one thread. Against one part (the two alternating in
+#: one process, 2 threads, training, 9-15 rounds, median of per-round ratios,
+#: (B, T, I, H): speed-up): the grid's latency shape 1.08x (RNN), 1.12x
+#: (LSTM), 1.08x (GRU); LSTM and GRU (1, 100, 512, 512) 1.11-1.12x,
+#: (4, 100, 256, 256) 1.19x, (4, 50, 512, 512) 1.18-1.20x, (2, 200, 64, 64)
+#: 1.06-1.10x; near the threshold, LSTM (1, 50, 64, 64) 2.5M: 1.08x,
+#: (1, 10, 128, 128) 2.0M: 1.01x, (1, 20, 64, 64) 1.0M: 1.00x; RNN 0.3-0.6M:
+#: 0.86-0.94x.
+GRADIENT_PARTS_MIN_MACS = 1 << 21
+GRADIENT_PARTS = 2
+
+
+def gradient_parts(cell, T, B, I, GH, H):
+    """Parts to split the GEMMs after an unsplit backward's time loop into
+    (1: one BLAS call each): a rule on the shape alone, so that the bits do
+    not depend on the thread count."""
+    return GRADIENT_PARTS if T * B * GH * (2 * I + H) >= GRADIENT_PARTS_MIN_MACS else 1
+
+
 def prepare_forward(cell, dtype, T, B, params):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
@@ -254,9 +277,10 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     return y, state_n, data
 
 
-def backward(cell, data, dy, dstate_n, prepared=None):
+def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     """The backend interface's backward; ``prepared`` as in ``forward``, from
-    ``prepare_backward``."""
+    ``prepare_backward``; ``grad_parts``: as ``gradient_parts()`` returns, run
+    on up to that many of fastrnn's threads."""
     x, w_ih, w_hh = data["x"], data["w_ih"], data["w_hh"]
     lengths, reverse = data["lengths"], data["reverse"]
     T, B, _ = x.shape
@@ -265,6 +289,7 @@ def backward(cell, data, dy, dstate_n, prepared=None):
     dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
     rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
+    rec = dict(rec, grad_parts=grad_parts, n_team=min(_threads(), grad_parts))
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)

@@ -268,7 +268,15 @@ class SplitBackend:
 
     def _backward(self, cell, data, dy, dstate_n):
         if "split" not in data:
-            return self.module.backward(cell, data, dy, dstate_n)
+            # one core ran the forward's time loop and will run the backward's:
+            # the backend may share the GEMMs after it among the threads
+            fn = getattr(self.module, "gradient_parts", None)
+            if fn is None:
+                return self.module.backward(cell, data, dy, dstate_n)
+            x, w_hh = data["x"], data["w_hh"]
+            T, B, I = x.shape
+            n = fn(cell, T, B, I, *w_hh.shape)
+            return self.module.backward(cell, data, dy, dstate_n, grad_parts=n)
         ranges = data["split"]
         first = data["parts"][0]
         shared = self._shared("prepare_backward", ranges, cell, first["x"].dtype,

@@ -12,8 +12,14 @@ forward and in slot ``t + 1`` going in reverse, so the states that fed steps
 ``0 .. T-1`` are one contiguous ``(T*B, H)`` block for the dW_hh GEMM.
 """
 from cython cimport floating
+from cython.parallel cimport parallel
 from libc.stdlib cimport malloc, free
 from _blas cimport gemm
+
+cdef extern from "_team.h" nogil:
+    int fr_team_size()
+    int fr_team_rank()
+    void fr_team_barrier()
 
 #: A weight gradient dW (G, n) = dg^T @ a sums over all T*B rows. With that
 #: many rows and G > n, OpenBLAS's Haswell/Zen kernels compute dW^T = a^T @ dg
@@ -85,14 +91,24 @@ cdef inline void project_inputs(const floating* x,       # IN  (rows, I)
 
 
 cdef inline void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
-                             floating* out) noexcept nogil:
-    """out := a.sum(axis=0) for a (rows, cols); row by row so it vectorises."""
+                             Py_ssize_t lda, floating* out) noexcept nogil:
+    """out := a.sum(axis=0) for a (rows, cols), rows lda apart; row by row so
+    it vectorises."""
     cdef Py_ssize_t r, j
     for j in range(cols):
         out[j] = 0
     for r in range(rows):
         for j in range(cols):
-            out[j] += a[r * cols + j]
+            out[j] += a[r * lda + j]
+
+
+cdef inline Py_ssize_t part_bound(Py_ssize_t n, int part, int n_parts) noexcept nogil:
+    """Where part ``part`` of ``n`` columns starts: even shares, inner bounds
+    on a multiple of 16 values (a 64-byte line of float32) so that no two
+    parts write the same cache line of an output row."""
+    if part >= n_parts:
+        return n
+    return n * part // n_parts // 16 * 16
 
 
 cdef inline void input_and_weight_gradients(
@@ -106,17 +122,48 @@ cdef inline void input_and_weight_gradients(
         floating* dw_ih,          # OUT (G, I)
         floating* dw_hh,          # OUT (G, H)
         floating* db_ih,          # OUT (G,)
-        floating* db_hh) noexcept nogil:   # OUT (G,)
-    """Everything BPTT needs after the time loop: a few GEMMs over all T*B rows."""
-    gemm(False, False, <int> rows, <int> I, <int> G, <floating> 1, dg_x, <int> G,
-         w_ih, <int> I, <floating> 0, dx, <int> I)
-    weight_gradient(dg_x, x, rows, G, I, dw_ih)
-    weight_gradient(dg_h, h_in, rows, G, H, dw_hh)
-    column_sums(dg_x, rows, G, db_ih)
-    column_sums(dg_h, rows, G, db_hh)
+        floating* db_hh,          # OUT (G,)
+        int part, int n_parts) noexcept nogil:
+    """Everything BPTT needs after the time loop, a few GEMMs over all T*B
+    rows; here part ``part`` of ``n_parts`` of it: columns [i0, i1) of dx and
+    rows [g0, g1) of the weight and bias gradients (``part_bound``). Each part
+    is the same arithmetic whichever thread computes it."""
+    cdef Py_ssize_t i0 = part_bound(I, part, n_parts), i1 = part_bound(I, part + 1, n_parts)
+    cdef Py_ssize_t g0 = part_bound(G, part, n_parts), g1 = part_bound(G, part + 1, n_parts)
+    gemm(False, False, <int> rows, <int> (i1 - i0), <int> G, <floating> 1, dg_x, <int> G,
+         w_ih + i0, <int> I, <floating> 0, dx + i0, <int> I)
+    weight_gradient(dg_x + g0, G, x, rows, g1 - g0, I, dw_ih + g0 * I)
+    weight_gradient(dg_h + g0, G, h_in, rows, g1 - g0, H, dw_hh + g0 * H)
+    column_sums(dg_x + g0, rows, g1 - g0, G, db_ih + g0)
+    column_sums(dg_h + g0, rows, g1 - g0, G, db_hh + g0)
 
 
-cdef inline void weight_gradient(const floating* dg,    # IN  (rows, G)
+cdef inline void gradients_on_team(
+        const floating* dg_x, const floating* dg_h, const floating* x, const floating* h_in,
+        const floating* w_ih, Py_ssize_t rows, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
+        floating* dx, floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
+        int n_parts, int n_team) noexcept nogil:
+    """``input_and_weight_gradients`` in ``n_parts`` parts (1: whole) run by a
+    team of ``n_team`` threads: a backward whose batch is not split across the
+    cores (one core ran its time loop) gets them all for its GEMMs, each part's
+    BLAS call on one thread. The parts, not the team, fix the arithmetic: the
+    same bits for any ``n_team``."""
+    cdef int part
+    if n_parts <= 1 or n_team <= 1:
+        for part in range(max(n_parts, 1)):
+            input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih,
+                                       dw_hh, db_ih, db_hh, part, max(n_parts, 1))
+        return
+    with parallel(num_threads=n_team):
+        part = fr_team_rank()
+        while part < n_parts:
+            input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih,
+                                       dw_hh, db_ih, db_hh, part, n_parts)
+            part = part + fr_team_size()
+
+
+cdef inline void weight_gradient(const floating* dg,    # IN  (rows, G), rows ldg apart
+                                 Py_ssize_t ldg,
                                  const floating* a,     # IN  (rows, n)
                                  Py_ssize_t rows, Py_ssize_t G, Py_ssize_t n,
                                  floating* dw) noexcept nogil:   # OUT (G, n)
@@ -126,11 +173,11 @@ cdef inline void weight_gradient(const floating* dg,    # IN  (rows, G)
     if rows >= WGRAD_TRANSPOSED_MIN_ROWS and G > n:
         dw_t = <floating*> malloc(G * n * sizeof(floating))
     if dw_t == NULL:
-        gemm(True, False, <int> G, <int> n, <int> rows, <floating> 1, dg, <int> G,
+        gemm(True, False, <int> G, <int> n, <int> rows, <floating> 1, dg, <int> ldg,
              a, <int> n, <floating> 0, dw, <int> n)
         return
     gemm(True, False, <int> n, <int> G, <int> rows, <floating> 1, a, <int> n,
-         dg, <int> G, <floating> 0, dw_t, <int> G)
+         dg, <int> ldg, <floating> 0, dw_t, <int> G)
     # dw_t is (n, G); 16 rows of dw at a time keep both sides in cache
     for i0 in range(0, G, 16):
         for j in range(n):

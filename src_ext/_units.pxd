@@ -8,12 +8,8 @@ A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 [k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
 """
 from _recurrent cimport fr_gemm_packed, FR_PANEL
-from _rnn_common cimport time_at, chunk_start, project_columns
-
-cdef extern from "_team.h" nogil:
-    int fr_team_size()
-    int fr_team_rank()
-    void fr_team_barrier()
+from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
+                          fr_team_rank, fr_team_barrier)
 
 
 cdef inline Py_ssize_t part_start(Py_ssize_t H, int part, int n_parts) noexcept nogil:

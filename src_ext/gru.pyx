@@ -11,7 +11,7 @@ from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients, step_stride)
+                          zero_row, gradients_on_team, step_stride)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
 
@@ -238,7 +238,9 @@ def backward(const floating[:, :, ::1] x,
              floating[::1] db_ih,
              floating[::1] db_hh,
              float[::1] packed=None,
-             int n_threads=1):
+             int n_threads=1,
+             int grad_parts=1,
+             int n_team=1):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
@@ -250,7 +252,7 @@ def backward(const floating[:, :, ::1] x,
         rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
         gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
                             dy_step, lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0])
-        input_and_weight_gradients(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
-                                   &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                                   T * B, I, H, 3 * H, &dx[0, 0, 0], &dw_ih[0, 0],
-                                   &dw_hh[0, 0], &db_ih[0], &db_hh[0])
+        gradients_on_team(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
+                          &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
+                          T * B, I, H, 3 * H, &dx[0, 0, 0], &dw_ih[0, 0],
+                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team)

@@ -31,7 +31,7 @@ from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients,
+                          zero_row, gradients_on_team,
                           weight_gradient, step_stride)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
 
@@ -327,7 +327,7 @@ def forward(const floating[:, :, ::1] x,
             with nogil, parallel(num_threads=n_team):
                 lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], lens, T, B, I,
                                    H, reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
-                                   &hs[0, 0, 0], &cs[0, 0, 0], &y[0, 0, 0], y_step,
+                          &hs[0, 0, 0], &cs[0, 0, 0], &y[0, 0, 0], y_step,
                                    unit_parts)
         return
     with nogil:
@@ -364,7 +364,9 @@ def backward(const floating[:, :, ::1] x,
              floating[:, ::1] dm=None,
              floating[:, ::1] dw_hr=None,
              float[::1] packed=None,
-             int n_threads=1):
+             int n_threads=1,
+             int grad_parts=1,
+             int n_team=1):
     """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
@@ -395,10 +397,10 @@ def backward(const floating[:, :, ::1] x,
         lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step, lens,
                              T, B, H, P, reverse, &dh[0, 0], &dc[0, 0], &dg[0, 0, 0],
                              dh_total_, dm_)
-        input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
-                                   &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                                   T * B, I, P, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],
-                                   &dw_hh[0, 0], &db_ih[0], &db_hh[0])
+        gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                          &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
+                          T * B, I, P, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],
+                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team)
         if w_hr_ != NULL:
             # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
-            weight_gradient(dh_total_, &m[0, 0, 0], T * B, P, H, &dw_hr[0, 0])
+            weight_gradient(dh_total_, P, &m[0, 0, 0], T * B, P, H, &dw_hr[0, 0])

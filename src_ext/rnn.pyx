@@ -8,7 +8,7 @@ from cython cimport floating
 from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, input_and_weight_gradients, step_stride)
+                          zero_row, gradients_on_team, step_stride)
 
 
 cdef void rnn_forward_kernel(
@@ -137,7 +137,9 @@ def backward(const floating[:, :, ::1] x,
              floating[::1] db_ih,
              floating[::1] db_hh,
              float[::1] packed=None,
-             int n_threads=1):
+             int n_threads=1,
+             int grad_parts=1,
+             int n_team=1):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
@@ -149,7 +151,7 @@ def backward(const floating[:, :, ::1] x,
         rec = recurrent(&w_hh[0, 0], False, H, H, packed_, n_threads)
         rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, dy_step, lens, T, B, H, reverse, relu,
                             &dh[0, 0], &dg[0, 0, 0])
-        input_and_weight_gradients(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
-                                   &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                                   T * B, I, H, H, &dx[0, 0, 0], &dw_ih[0, 0],
-                                   &dw_hh[0, 0], &db_ih[0], &db_hh[0])
+        gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                          &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
+                          T * B, I, H, H, &dx[0, 0, 0], &dw_ih[0, 0],
+                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team)

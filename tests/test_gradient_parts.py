@@ -1,0 +1,114 @@
+"""The GEMMs after a backward's time loop in parts across fastrnn's threads
+(``gradients_on_team`` in src_ext/_rnn_common.pxd, chosen by
+``_cython_backend.gradient_parts`` for a backward whose batch is not split):
+every gradient right against the reference, the same bits on any thread
+count, and chosen only for unsplit calls.
+
+The rule normally takes it only from 2M multiply-adds; the fixture lowers
+the threshold so that small odd shapes take it.
+"""
+import numpy as np
+import pytest
+
+from conftest import (RTOL, assert_results_equal, make_lengths, make_params,
+                      make_projected_params, make_projected_states, make_states, make_x,
+                      run_backward, run_forward)
+from fastrnn import _parallel
+
+cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
+
+# batches under the batch split's 8 rows; I and G*H on and off the parts'
+# 16-value bounds, I under 16 (one part gets no columns of dx), H = 2
+SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 2, 33, 5), (7, 5, 16, 40), (3, 1, 20, 2)]
+
+
+@pytest.fixture(params=[2, 3], ids=["2 parts", "3 parts"])
+def parts_everywhere(request, monkeypatch):
+    """Split the gradient GEMMs of every unsplit backward; record the parts asked."""
+    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
+    monkeypatch.setattr(cb, "GRADIENT_PARTS", request.param)
+    calls = []
+    real = cb.backward
+
+    def spy(*args, **kw):
+        calls.append(kw.get("grad_parts", 1))
+        return real(*args, **kw)
+    monkeypatch.setattr(cb, "backward", spy)
+    threads = _parallel.get_num_threads()
+    yield request.param, calls
+    _parallel.set_num_threads(threads)
+
+
+def train(cell, backend, x, states, params, lengths, reverse, threads, dy, **kw):
+    _parallel.set_num_threads(threads)
+    out = run_forward(cell, backend, x, states, params, lengths=lengths, reverse=reverse,
+                      training=True, **kw)
+    return run_backward(cell, out.workspace, dy)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("lengths_kind", [None, "mixed"])
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("T,B,I,H", SHAPES)
+@pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
+def test_gradient_parts_match_reference_and_any_thread_count(parts_everywhere, cell, T, B, I, H,
+                                                             reverse, lengths_kind, dtype):
+    n_parts, calls = parts_everywhere
+    x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    dy = make_x(T, B, H, seed=7)
+    lengths = make_lengths(lengths_kind, T, B)
+    n = len(states)
+    cast = [a.astype(dtype) for a in (x, *states, *params, dy)]
+    args = (cast[0], cast[1:1 + n], cast[1 + n:-1], lengths, reverse)
+    two = train(cell, "cython", *args, threads=2, dy=cast[-1])
+    assert calls == [n_parts], "the backward did not split its gradient GEMMs"
+    one = train(cell, "cython", *args, threads=1, dy=cast[-1])
+    assert_results_equal(two, one)                       # bit for bit
+    expected = train(cell, "reference", x, states, params, lengths, reverse, 2, dy)
+    assert_results_equal(two, expected, exact=False, rtol=RTOL[np.dtype(dtype)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gradient_parts_with_a_projection(parts_everywhere, dtype):
+    T, B, I, H, P = 5, 3, 11, 24, 7
+    params = make_projected_params(I, H, P)
+    states = make_projected_states(B, H, P)
+    x, dy = make_x(T, B, I), make_x(T, B, P, seed=7)
+    lengths = make_lengths("mixed", T, B)
+
+    def run(backend, threads, arrays):
+        x_, s0, s1, *p, dy_ = arrays
+        return train("lstm", backend, x_, (s0, s1), tuple(p[:4]), lengths, False, threads, dy_,
+                     weight_hr=p[4])
+    arrays = (x, *states, *params, dy)
+    cast = [a.astype(dtype) for a in arrays]
+    two = run("cython", 2, cast)
+    assert parts_everywhere[1] == [parts_everywhere[0]]
+    assert_results_equal(two, run("cython", 1, cast))
+    assert_results_equal(two, run("reference", 2, arrays), exact=False,
+                         rtol=RTOL[np.dtype(dtype)])
+
+
+def test_gradient_parts_rule():
+    # the grid's latency shape (B = 1) takes it; tiny calls do not
+    for cell, GH in (("rnn_tanh", 128), ("lstm", 512), ("gru", 384)):
+        assert cb.gradient_parts(cell, 100, 1, 128, GH, 128) == cb.GRADIENT_PARTS
+        assert cb.gradient_parts(cell, 3, 1, 16, GH // 8, 16) == 1
+
+
+def test_split_batches_keep_whole_gradient_gemms(monkeypatch):
+    """The parts of a split batch each run on one thread already: no team."""
+    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
+    calls = []
+    real = cb.backward
+
+    def spy(*args, **kw):
+        calls.append(kw.get("grad_parts", 1))
+        return real(*args, **kw)
+    monkeypatch.setattr(cb, "backward", spy)
+    T, B, I, H = 10, 32, 64, 64
+    assert len(_parallel.parts(B, T, I, H, 4)) == 2
+    x, states, params = (make_x(T, B, I, np.float32), make_states("lstm", B, H, np.float32),
+                         make_params("lstm", I, H, np.float32))
+    train("lstm", "cython", x, states, params, None, False, 2, make_x(T, B, H, np.float32))
+    assert calls == [1, 1]
