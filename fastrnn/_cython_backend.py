@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from . import _buffers
-from ._parallel import cores as _cores, get_num_threads as _threads
+from ._parallel import cores as _cores, get_num_threads as _threads, parts as _split_parts
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -137,19 +137,27 @@ PARALLEL_MIN_MACS = None
 #: 1, 64-96: 0.51-0.68x; 1, 128: 1.13x; 4, 128: 1.06x; 8, 128: 0.70x;
 #: 16, 256: 0.89x; 32, 256: 0.88x; 4, 512: 2.21x; 16, 512: 1.17x;
 #: 24, 512: 1.08x; 32, 512: 1.00x. None: never (the other builds).
+#: Training's forward, against the batch split with the backward after it
+#: (``unit_parts`` below; 11 rounds): LSTM and GRU B = 1, H = 512 1.41-1.42x,
+#: B = 4, H = 512 1.24-1.25x, LSTM B = 4, H = 256 1.19x, B = 1, H = 128
+#: (the grid's latency) 1.02-1.03x; B = 12, H = 512 1.09-1.11x but B = 16,
+#: H = 512 (small) 0.93-0.94x: a split batch also splits the backward.
 UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
                         if ISA == "x86-64-v4" else None)
 
 
 def unit_parts(cell, dtype, T, B, params, training):
     """Parts to split the hidden units into for this call (0: none; the batch
-    split of ``_parallel`` applies). Inference of an LSTM without projection or a GRU,
+    split of ``_parallel`` applies). The forward (inference, or training's,
+    which keeps every step) of an LSTM without projection or a GRU,
     float32, a call that packs W_hh (``prepare_forward``), H a multiple of
     the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
-    smallest batch bound not under B.
+    smallest batch bound not under B. Training only where the batch split
+    would leave the batch whole: the backward then runs its time loop on one
+    core either way, where a split batch would run it on both.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
-    if UNIT_SPLIT_MIN_BYTES is None or training or T < PREPARE_MIN_T \
+    if UNIT_SPLIT_MIN_BYTES is None or T < PREPARE_MIN_T \
             or cell not in ("lstm", "gru") or len(params) > 4:
         return 0
     GH, H = params[1].shape
@@ -157,6 +165,8 @@ def unit_parts(cell, dtype, T, B, params, training):
         return 0
     bound = min((b for b in UNIT_SPLIT_MIN_BYTES if b >= B), default=None)
     if bound is None or GH * H * 4 < UNIT_SPLIT_MIN_BYTES[bound]:
+        return 0
+    if training and len(_split_parts(B, T, params[0].shape[1], H, GH // H)) > 1:
         return 0
     return 2
 

@@ -85,33 +85,37 @@ cdef inline void gru_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T,
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk,
-        float* gates, float* gh, float* hs, float* y, Py_ssize_t y_step, Py_ssize_t u0,
-        Py_ssize_t u1) noexcept nogil:
-    """Step s of an inference forward for units [u0, u1) of every row
-    (``part_gates``, then those units' fused pass)."""
+        float* gates, float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y,
+        Py_ssize_t y_step, Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """Step s of a forward for units [u0, u1) of every row (``part_gates``,
+    then those units' fused pass)."""
     cdef Py_ssize_t t = time_at(s, T, reverse)
-    cdef float* h_in = hs + slot_in(t, reverse) % 2 * B * H
-    cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
+    cdef float* h_in = hs + slot_in(t, reverse) % n_slots * B * H
+    cdef float* h_out = hs + slot_out(t, reverse) % n_slots * B * H
     cdef float* yt = y + t * y_step
     cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 3, reverse, chunk,
                                gates, gh, u0, u1)
-    fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL, lengths, t, B, H, u0, u1)
+    fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL if ghn == NULL else ghn + t * B * H,
+               lengths, t, B, H, u0, u1)
 
 
 cdef void gru_forward_units(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
-        float* gh, float* hs, float* y, Py_ssize_t y_step, int n_parts) noexcept nogil:
-    """The inference forward with the hidden units split into ``n_parts``
-    parts across the calling OpenMP team, as ``lstm_forward_units``."""
+        float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
+        int n_parts) noexcept nogil:
+    """The forward with the hidden units split into ``n_parts`` parts across
+    the calling OpenMP team, as ``lstm_forward_units``; ``ghn`` (T, B, H) in
+    training, else NULL."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t s
     for s in range(T):
         part = rank
         while part < n_parts:
             gru_units_step(x, w_ih, packed, bias, b_hn, lengths, s, T, B, I, H, reverse,
-                           chunk, gates, gh, hs, y, y_step, part_start(H, part, n_parts),
+                           chunk, gates, gh, ghn, hs, n_slots, y, y_step,
+                           part_start(H, part, n_parts),
                            part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
@@ -200,15 +204,15 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
     if unit_parts > 0:
-        if floating is not float or packed_ == NULL or ghn is not None or hs.shape[0] != 2 \
-                or H % FR_PANEL != 0 or n_team < 1:
-            raise ValueError(f"unit_parts needs float32 inference with packed panels, "
+        if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
+            raise ValueError(f"unit_parts needs float32 with packed panels, "
                              f"H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
             with nogil, parallel(num_threads=n_team):
                 gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], &b_hn[0], lens,
                                   T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                                  &gh[0, 0], &hs[0, 0, 0], &y[0, 0, 0], y_step, unit_parts)
+                                  &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
+                                  y_step, unit_parts)
         return
     with nogil:
         if w_hh_t_ != NULL:

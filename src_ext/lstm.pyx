@@ -161,15 +161,15 @@ cdef inline void lstm_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
-        float* gh, float* hs, float* cs, float* y, Py_ssize_t y_step, Py_ssize_t u0,
-        Py_ssize_t u1) noexcept nogil:
-    """Step s of an inference forward for units [u0, u1) of every row
-    (``part_gates``, then those units' fused pass)."""
+        float* gh, float* hs, float* cs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
+        Py_ssize_t u0, Py_ssize_t u1) noexcept nogil:
+    """Step s of a forward for units [u0, u1) of every row (``part_gates``,
+    then those units' fused pass)."""
     cdef Py_ssize_t t = time_at(s, T, reverse)
-    cdef float* h_in = hs + slot_in(t, reverse) % 2 * B * H
-    cdef float* c_in = cs + slot_in(t, reverse) % 2 * B * H
-    cdef float* h_out = hs + slot_out(t, reverse) % 2 * B * H
-    cdef float* c_out = cs + slot_out(t, reverse) % 2 * B * H
+    cdef float* h_in = hs + slot_in(t, reverse) % n_slots * B * H
+    cdef float* c_in = cs + slot_in(t, reverse) % n_slots * B * H
+    cdef float* h_out = hs + slot_out(t, reverse) % n_slots * B * H
+    cdef float* c_out = cs + slot_out(t, reverse) % n_slots * B * H
     cdef float* yt = y + t * y_step
     cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 4, reverse, chunk,
                                gates, gh, u0, u1)
@@ -180,21 +180,23 @@ cdef void lstm_forward_units(
         const float* x, const float* w_ih, const float* packed, const float* bias,
         const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates, float* gh,
-        float* hs, float* cs, float* y, Py_ssize_t y_step, int n_parts) noexcept nogil:
-    """The inference forward with the hidden units split into ``n_parts``
+        float* hs, float* cs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
+        int n_parts) noexcept nogil:
+    """The forward with the hidden units split into ``n_parts``
     parts instead of the batch, run by the calling OpenMP team: thread k takes
     parts k, k + team size, ..., and the team meets at a barrier after every
     step (the next one reads every unit's h). Each core then streams only its
     parts' columns of W_hh^T, for all the rows. Every part is computed the
     same way whichever thread runs it: the bits do not depend on the team's
-    size. ``hs``, ``cs``: two slots (inference)."""
+    size. ``hs``, ``cs``: ``n_slots`` slots, 2 (inference) or T+1 (training,
+    with ``gates`` (T, B, 4H): the chunk is the whole sequence)."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t s
     for s in range(T):
         part = rank
         while part < n_parts:
             lstm_units_step(x, w_ih, packed, bias, lengths, s, T, B, I, H, reverse, chunk,
-                            gates, gh, hs, cs, y, y_step, part_start(H, part, n_parts),
+                            gates, gh, hs, cs, n_slots, y, y_step, part_start(H, part, n_parts),
                             part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
@@ -295,7 +297,7 @@ def forward(const floating[:, :, ::1] x,
     selects the packed recurrent product: W_hh^T (P, 4H) as packed by
     ``packing.pack(w_hh, True, packed)``.
 
-    ``unit_parts`` > 0 (float32 inference with ``packed``, no projection, H a
+    ``unit_parts`` > 0 (float32 with ``packed``, no projection, H a
     multiple of the panel width): split the hidden units into that many parts
     run by a team of ``n_team`` threads, a barrier per step
     (``lstm_forward_units``), instead of one thread for the whole batch.
@@ -319,16 +321,16 @@ def forward(const floating[:, :, ::1] x,
     if gh.shape[0] != B or gh.shape[1] != 4 * H:
         raise ValueError(f"gh must be ({B}, {4 * H}) scratch, got ({gh.shape[0]}, {gh.shape[1]})")
     if unit_parts > 0:
-        if floating is not float or packed_ == NULL or w_hr is not None or hs.shape[0] != 2 \
+        if floating is not float or packed_ == NULL or w_hr is not None \
                 or H % FR_PANEL != 0 or n_team < 1:
-            raise ValueError(f"unit_parts needs float32 inference with packed panels, no "
+            raise ValueError(f"unit_parts needs float32 with packed panels, no "
                              f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
             with nogil, parallel(num_threads=n_team):
                 lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], lens, T, B, I,
                                    H, reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
-                          &hs[0, 0, 0], &cs[0, 0, 0], &y[0, 0, 0], y_step,
-                                   unit_parts)
+                                   &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
+                                   y_step, unit_parts)
         return
     with nogil:
         if w_hh_t_ != NULL:

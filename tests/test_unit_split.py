@@ -1,5 +1,5 @@
-"""The LSTM and GRU inference forwards with their hidden units split across a
-thread team (``lstm_forward_units`` in src_ext/lstm.pyx, ``gru_forward_units``
+"""The LSTM and GRU forwards (inference, and training's, which keeps every
+step for the backward) with their hidden units split across a thread team (``lstm_forward_units`` in src_ext/lstm.pyx, ``gru_forward_units``
 in src_ext/gru.pyx, chosen by
 ``_cython_backend.unit_parts``): right against the reference, the same bits
 on any thread count, and chosen only where it applies.
@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import RTOL, assert_results_equal, make_lengths, make_params, make_states, make_x
+from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states, make_x,
+                      run_backward)
 from fastrnn import _parallel
 
 cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
@@ -25,7 +26,7 @@ SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 9, 5, 64), (7, 16, 12, 32), (9, 13, 
 
 @pytest.fixture
 def unit_split_everywhere(monkeypatch):
-    """Split the units of every LSTM inference call the rule allows at all."""
+    """Split the units of every LSTM and GRU call the rule allows at all."""
     monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
     calls = []
     real = cb.forward
@@ -42,34 +43,52 @@ def unit_split_everywhere(monkeypatch):
 FORWARD = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward}
 
 
-def run(cell, x, states, params, lengths, reverse, threads, backend="cython"):
+def run(cell, x, states, params, lengths, reverse, threads, backend="cython", dy=None):
+    """The forward's result; with ``dy``, a training forward's and its backward's."""
     _parallel.set_num_threads(threads)
-    return FORWARD[cell](x, *states, *params, lengths=lengths, reverse=reverse, backend=backend)
+    out = FORWARD[cell](x, *states, *params, lengths=lengths, reverse=reverse, backend=backend,
+                        training=dy is not None)
+    if dy is None:
+        return [out]
+    return [out, run_backward(cell, out.workspace, dy)]
 
 
+@pytest.mark.parametrize("mode", ["inference", "training"])
 @pytest.mark.parametrize("lengths_kind", [None, "mixed"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_unit_split_matches_reference_and_any_thread_count(unit_split_everywhere, cell, T, B, I,
-                                                           H, reverse, lengths_kind):
+                                                           H, reverse, lengths_kind, mode):
     x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    dy = make_x(T, B, H, seed=7) if mode == "training" else None
     lengths = make_lengths(lengths_kind, T, B)
     n = len(states)
-    f32 = [a.astype(np.float32) for a in (x, *states, *params)]
-    two = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, reverse, threads=2)
-    assert unit_split_everywhere == [2], "the call did not take the unit split"
-    one = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, reverse, threads=1)
-    assert_results_equal(two, one)                       # bit for bit
-    expected = run(cell, x, states, params, lengths, reverse, 2, backend="reference")
-    assert_results_equal(two, expected, exact=False, rtol=RTOL[F32])
+    f32 = [None if a is None else a.astype(np.float32) for a in (x, *states, *params, dy)]
+    args = (cell, f32[0], f32[1:1 + n], f32[1 + n:-1], lengths, reverse)
+    two = run(*args, threads=2, dy=f32[-1])
+    G = {"lstm": 4, "gru": 3}[cell]
+    if mode == "training" and len(_parallel.parts(B, T, I, H, G)) > 1:
+        # training keeps the batch split where it applies (``unit_parts``)
+        assert unit_split_everywhere == [0, 0], "a split batch's training took the unit split"
+    else:
+        assert unit_split_everywhere == [2], "the call did not take the unit split"
+    one = run(*args, threads=1, dy=f32[-1])
+    expected = run(cell, x, states, params, lengths, reverse, 2, backend="reference", dy=dy)
+    for got, same, want in zip(two, one, expected):
+        assert_results_equal(got, same)                      # bit for bit
+        assert_results_equal(got, want, exact=False, rtol=RTOL[F32])
 
 
 def test_unit_split_applies_only_where_it_can(monkeypatch):
     monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
     params = tuple(make_params("lstm", 8, 32, np.float32))
     assert cb.unit_parts("lstm", F32, 10, 4, params, training=False) == 2
-    assert cb.unit_parts("lstm", F32, 10, 4, params, training=True) == 0     # keeps the tape
+    assert cb.unit_parts("lstm", F32, 10, 4, params, training=True) == 2
+    # a batch the batch split splits: training keeps it, for the backward's sake
+    assert len(_parallel.parts(32, 10, 8, 32, 4)) == 2
+    assert cb.unit_parts("lstm", F32, 10, 32, params, training=False) == 2
+    assert cb.unit_parts("lstm", F32, 10, 32, params, training=True) == 0
     assert cb.unit_parts("gru", F32, 10, 4, tuple(make_params("gru", 8, 32, np.float32)),
                          training=False) == 2
     assert cb.unit_parts("rnn_tanh", F32, 10, 4,
@@ -98,8 +117,8 @@ def test_unit_split_rule_in_each_build(cell):
 
 
 def test_kernel_rejects_unit_parts_it_cannot_run():
-    """The raw kernel's ``unit_parts`` needs float32, packed panels, inference
-    slots and whole panels; anything else is a clear error, not a crash."""
+    """The raw kernel's ``unit_parts`` needs float32, packed panels and whole
+    panels; anything else is a clear error, not a crash."""
     T, B, I, H = 4, 2, 3, 16
     x = np.zeros((T, B, I), np.float32)
     w_ih, w_hh = np.zeros((4 * H, I), np.float32), np.zeros((4 * H, H), np.float32)
@@ -108,5 +127,5 @@ def test_kernel_rejects_unit_parts_it_cannot_run():
             np.zeros((2, B, H), np.float32), np.zeros((2, B, H), np.float32),
             np.empty((T, B, H), np.float32))
     kernel = cb._typed(cb._lstm.forward, F32)
-    with pytest.raises(ValueError, match="unit_parts needs float32 inference with packed"):
+    with pytest.raises(ValueError, match="unit_parts needs float32 with packed"):
         kernel(*args, unit_parts=2)                       # no packed panels
