@@ -137,11 +137,14 @@ PARALLEL_MIN_MACS = None
 #: 1, 64-96: 0.51-0.68x; 1, 128: 1.13x; 4, 128: 1.06x; 8, 128: 0.70x;
 #: 16, 256: 0.89x; 32, 256: 0.88x; 4, 512: 2.21x; 16, 512: 1.17x;
 #: 24, 512: 1.08x; 32, 512: 1.00x. None: never (the other builds).
-#: Training's forward, against the batch split with the backward after it
-#: (``unit_parts`` below; 11 rounds): LSTM and GRU B = 1, H = 512 1.41-1.42x,
-#: B = 4, H = 512 1.24-1.25x, LSTM B = 4, H = 256 1.19x, B = 1, H = 128
-#: (the grid's latency) 1.02-1.03x; B = 12, H = 512 1.09-1.11x but B = 16,
-#: H = 512 (small) 0.93-0.94x: a split batch also splits the backward.
+#: Training splits its forward's units where this table does and the batch
+#: split would not split the batch (``unit_parts`` below), and its backward's
+#: the same way (``backward``). Against one core for the time loops (11
+#: rounds, forward and backward): LSTM and GRU B = 1, H = 512 2.16-2.24x,
+#: B = 4, H = 512 1.57-1.63x, B = 1, H = 256 1.30-1.40x, LSTM B = 4, H = 256
+#: 1.16x, B = 1, H = 128 (the grid's latency) 1.05-1.06x. Against the batch
+#: split (the forward's units alone split): B = 12, H = 512 1.09-1.11x but
+#: B = 16, H = 512 (small) 0.93-0.94x, a split batch splitting the backward too.
 UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
                         if ISA == "x86-64-v4" else None)
 
@@ -283,7 +286,8 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         if training:
             data = dict(hs=hs)
     if training:
-        data.update(x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=reverse)
+        data.update(x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=reverse,
+                    unit_parts=unit_parts)
     return y, state_n, data
 
 
@@ -299,7 +303,11 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
     rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
-    rec = dict(rec, grad_parts=grad_parts, n_team=min(_threads(), grad_parts))
+    # a forward that split its units has its backward split them the same way
+    units = data.get("unit_parts", 0) if "packed" in rec else 0
+    rec = dict(rec, grad_parts=grad_parts, n_team=min(_threads(), max(grad_parts, units)))
+    if units:
+        rec["unit_parts"] = units
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)

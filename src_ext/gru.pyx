@@ -9,7 +9,8 @@ b_hz are folded into the input projection's bias; only b_hn stays apart.
 from cython cimport floating
 from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
+from _recurrent cimport (Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL,
+                         fr_gemm_packed)
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team, step_stride)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
@@ -121,6 +122,43 @@ cdef void gru_forward_units(
         fr_team_barrier()
 
 
+cdef inline void backward_rows(const floating* gt, const floating* ghn_t,
+                               const floating* h_in, const floating* dyt, floating* dh,
+                               floating* dxt, floating* dht, const Py_ssize_t* lengths,
+                               Py_ssize_t t, Py_ssize_t B, Py_ssize_t H, Py_ssize_t u0,
+                               Py_ssize_t u1) noexcept nogil:
+    """One step's fused backward pass for units [u0, u1) of every row: dh
+    (+ dy_t, unless ``dyt`` is NULL) into the gradients of the input-side
+    (dxt) and recurrent-side (dht) pre-activations, dh to its direct path
+    dh * z (the product adds the rest). Padded rows pass dh back unchanged and
+    get zero gradients."""
+    cdef Py_ssize_t G = 3 * H, b, j, k
+    cdef floating r_, z_, n_, dh_, dn, dr, dz
+    for b in range(B):
+        if not is_valid(lengths, b, t):
+            for k in range(3):
+                zero_row(dxt + b * G + k * H + u0, u1 - u0)
+                zero_row(dht + b * G + k * H + u0, u1 - u0)
+            continue
+        for j in range(u0, u1):
+            dh_ = dh[b * H + j]
+            if dyt != NULL:
+                dh_ = dh_ + dyt[b * H + j]
+            r_ = gt[b * G + j]
+            z_ = gt[b * G + H + j]
+            n_ = gt[b * G + 2 * H + j]
+            dn = dh_ * one_minus(z_) * one_minus_square(n_)
+            dz = dh_ * (h_in[b * H + j] - n_) * z_ * one_minus(z_)
+            dr = dn * ghn_t[b * H + j] * r_ * one_minus(r_)
+            dxt[b * G + j] = dr
+            dxt[b * G + H + j] = dz
+            dxt[b * G + 2 * H + j] = dn
+            dht[b * G + j] = dr
+            dht[b * G + H + j] = dz
+            dht[b * G + 2 * H + j] = dn * r_
+            dh[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
+
+
 cdef void gru_backward_kernel(
         const floating* gates,      # IN    (T, B, 3H) activated r, z, n
         const floating* ghn,        # IN    (T, B, H) W_hn h + b_hn
@@ -136,42 +174,41 @@ cdef void gru_backward_kernel(
         floating* dg_h,             # OUT   (T, B, 3H) gradient of h @ W_hh^T + b_hh
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
-    cdef Py_ssize_t s, t, b, j
-    cdef const floating *gt
-    cdef const floating *h_in
-    cdef floating *dxt
-    cdef floating *dht
-    cdef floating r_, z_, n_, dh_, dn, dr, dz
+    cdef Py_ssize_t s, t
     for s in range(T):
         t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
-        gt = gates + t * B * G
-        dxt = dg_x + t * B * G
-        dht = dg_h + t * B * G
-        h_in = hs + slot_in(t, reverse) * B * H
-        for b in range(B):
-            if not is_valid(lengths, b, t):
-                # padding passed the state through: dh passes back unchanged
-                zero_row(dxt + b * G, G)
-                zero_row(dht + b * G, G)
-                continue
-            for j in range(H):
-                dh_ = dh[b * H + j]
-                if dy != NULL:
-                    dh_ = dh_ + dy[t * dy_step + b * H + j]
-                r_ = gt[b * G + j]
-                z_ = gt[b * G + H + j]
-                n_ = gt[b * G + 2 * H + j]
-                dn = dh_ * one_minus(z_) * one_minus_square(n_)
-                dz = dh_ * (h_in[b * H + j] - n_) * z_ * one_minus(z_)
-                dr = dn * ghn[(t * B + b) * H + j] * r_ * one_minus(r_)
-                dxt[b * G + j] = dr
-                dxt[b * G + H + j] = dz
-                dxt[b * G + 2 * H + j] = dn
-                dht[b * G + j] = dr
-                dht[b * G + H + j] = dz
-                dht[b * G + 2 * H + j] = dn * r_
-                dh[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
-        recurrent_product(rec, B, dht, 1, dh, s)
+        backward_rows(gates + t * B * G, ghn + t * B * H, hs + slot_in(t, reverse) * B * H,
+                      NULL if dy == NULL else dy + t * dy_step, dh, dg_x + t * B * G,
+                      dg_h + t * B * G, lengths, t, B, H, 0, H)
+        recurrent_product(rec, B, dg_h + t * B * G, 1, dh, s)
+
+
+cdef void gru_backward_units(
+        const float* gates, const float* ghn, const float* hs, const float* packed,
+        const float* dy, Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T,
+        Py_ssize_t B, Py_ssize_t H, bint reverse, float* dh, float* dg_x, float* dg_h,
+        int n_parts) noexcept nogil:
+    """``gru_backward_kernel`` with the hidden units split into ``n_parts``
+    parts across the calling OpenMP team, as ``lstm_backward_units``."""
+    cdef int rank = fr_team_rank(), size = fr_team_size(), part
+    cdef Py_ssize_t G = 3 * H, s, t, u0, u1
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)
+        part = rank
+        while part < n_parts:
+            backward_rows(gates + t * B * G, ghn + t * B * H, hs + slot_in(t, reverse) * B * H,
+                          NULL if dy == NULL else dy + t * dy_step, dh, dg_x + t * B * G,
+                          dg_h + t * B * G, lengths, t, B, H, part_start(H, part, n_parts),
+                          part_start(H, part + 1, n_parts))
+            part += size
+        fr_team_barrier()
+        part = rank
+        while part < n_parts:
+            u0 = part_start(H, part, n_parts)
+            u1 = part_start(H, part + 1, n_parts)
+            fr_gemm_packed(B, H, G, dg_h + t * B * G, G, packed, 1, dh, H, u0 // FR_PANEL,
+                           u1 // FR_PANEL, s & 1)
+            part += size
 
 
 def forward(const floating[:, :, ::1] x,
@@ -244,18 +281,33 @@ def backward(const floating[:, :, ::1] x,
              float[::1] packed=None,
              int n_threads=1,
              int grad_parts=1,
-             int n_team=1):
-    """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
+             int n_team=1,
+             int unit_parts=0):
+    """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit.
+
+    ``unit_parts``, ``grad_parts``, ``n_team``: as in ``lstm.backward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
     cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, H)
     cdef float* packed_ = check_packed(packed, 3 * H, H)
     cdef Recurrent rec
+    if unit_parts > 0 and (floating is not float or packed_ == NULL or H % FR_PANEL != 0
+                           or n_team < 1):
+        raise ValueError(f"unit_parts needs float32 with packed panels, "
+                         f"H a multiple of {FR_PANEL} and n_team >= 1")
     with nogil:
-        rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
-        gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
-                            dy_step, lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0])
+        if unit_parts > 0:
+            if floating is float:
+                with parallel(num_threads=n_team):
+                    gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], packed_,
+                                       dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
+                                       &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts)
+        else:
+            rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
+            gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
+                                dy_step, lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0],
+                                &dg_h[0, 0, 0])
         gradients_on_team(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
                           &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
                           T * B, I, H, 3 * H, &dx[0, 0, 0], &dw_ih[0, 0],

@@ -29,7 +29,8 @@ from cython cimport floating
 from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _blas cimport gemm
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
+from _recurrent cimport (Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL,
+                         fr_gemm_packed)
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team,
                           weight_gradient, step_stride)
@@ -92,6 +93,32 @@ cdef inline void fused_rows(floating* g, const floating* gh, const floating* h_i
             h_ = cell_unit(g + b * G, gh + b * G, c_in + b * H, c_out + b * H, j, H)
             h_out[b * H + j] = h_
             yt[b * H + j] = h_
+
+
+cdef inline void backward_rows(const floating* gt, floating* dgt, const floating* c_in,
+                               const floating* c_out, const floating* dyt, floating* dh,
+                               floating* dc, const Py_ssize_t* lengths, Py_ssize_t t,
+                               Py_ssize_t B, Py_ssize_t H, Py_ssize_t u0,
+                               Py_ssize_t u1) noexcept nogil:
+    """One step's fused backward pass for units [u0, u1) of every row (no
+    projection): dh (+ dy_t, unless ``dyt`` is NULL) and dc into the gates'
+    gradients in dgt, dc to the previous step's; dh restarts at zero (h
+    reaches the past only through the gates). Padded rows pass dh and dc back
+    unchanged and get zero gate gradients."""
+    cdef Py_ssize_t G = 4 * H, b, j, k
+    cdef floating dh_
+    for b in range(B):
+        if not is_valid(lengths, b, t):
+            for k in range(4):
+                zero_row(dgt + b * G + k * H + u0, u1 - u0)
+            continue
+        for j in range(u0, u1):
+            dh_ = dh[b * H + j]
+            if dyt != NULL:
+                dh_ = dh_ + dyt[b * H + j]
+            dc[b * H + j] = cell_unit_backward(gt + b * G, dgt + b * G, c_in[b * H + j],
+                                               c_out[b * H + j], dh_, dc[b * H + j], j, H)
+            dh[b * H + j] = 0
 
 
 cdef void lstm_forward_kernel(
@@ -248,26 +275,54 @@ cdef void lstm_backward_kernel(
                     dh[b * P + j] = 0
             gemm(False, False, <int> B, <int> H, <int> P, <floating> 1, dht, <int> P,
                  w_hr, <int> H, <floating> 0, dm, <int> H)
-        for b in range(B):
-            if not is_valid(lengths, b, t):
-                # padding passed the state through: dh, dc pass back unchanged
-                zero_row(dgt + b * G, G)
-                continue
-            if w_hr != NULL:
+        if w_hr == NULL:
+            backward_rows(gt, dgt, c_in, c_out, NULL if dy == NULL else dy + t * dy_step,
+                          dh, dc, lengths, t, B, H, 0, H)
+        else:
+            for b in range(B):
+                if not is_valid(lengths, b, t):
+                    # padding passed the state through: dh, dc pass back unchanged
+                    zero_row(dgt + b * G, G)
+                    continue
                 for j in range(H):
                     dc[b * H + j] = cell_unit_backward(gt + b * G, dgt + b * G,
                                                        c_in[b * H + j], c_out[b * H + j],
                                                        dm[b * H + j], dc[b * H + j], j, H)
-                continue
-            for j in range(H):
-                dh_ = dh[b * H + j]
-                if dy != NULL:
-                    dh_ = dh_ + dy[t * dy_step + b * H + j]
-                dc[b * H + j] = cell_unit_backward(gt + b * G, dgt + b * G,
-                                                   c_in[b * H + j], c_out[b * H + j],
-                                                   dh_, dc[b * H + j], j, H)
-                dh[b * H + j] = 0        # h reaches the past only through the gates
         recurrent_product(rec, B, dgt, 1, dh, s)
+
+
+cdef void lstm_backward_units(
+        const float* gates, const float* cs, const float* packed, const float* dy,
+        Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
+        Py_ssize_t H, bint reverse, float* dh, float* dc, float* dg,
+        int n_parts) noexcept nogil:
+    """``lstm_backward_kernel`` (no projection, packed W_hh) with the hidden
+    units split into ``n_parts`` parts across the calling OpenMP team, as
+    ``lstm_forward_units``: each step, a part's fused pass for its units,
+    a barrier (the product reads every unit's gate gradients), then its
+    columns of dh += dG @ W_hh from its panels. A part's next fused pass reads
+    only its own columns of dh and dc, so one barrier a step is enough. The
+    per-column sums are those of the whole product: the same bits as
+    ``lstm_backward_kernel``."""
+    cdef int rank = fr_team_rank(), size = fr_team_size(), part
+    cdef Py_ssize_t G = 4 * H, s, t, u0, u1
+    for s in range(T):
+        t = time_at(T - 1 - s, T, reverse)
+        part = rank
+        while part < n_parts:
+            backward_rows(gates + t * B * G, dg + t * B * G, cs + slot_in(t, reverse) * B * H,
+                          cs + slot_out(t, reverse) * B * H,
+                          NULL if dy == NULL else dy + t * dy_step, dh, dc, lengths, t, B, H,
+                          part_start(H, part, n_parts), part_start(H, part + 1, n_parts))
+            part += size
+        fr_team_barrier()
+        part = rank
+        while part < n_parts:
+            u0 = part_start(H, part, n_parts)
+            u1 = part_start(H, part + 1, n_parts)
+            fr_gemm_packed(B, H, G, dg + t * B * G, G, packed, 1, dh, H, u0 // FR_PANEL,
+                           u1 // FR_PANEL, s & 1)
+            part += size
 
 
 def forward(const floating[:, :, ::1] x,
@@ -368,13 +423,18 @@ def backward(const floating[:, :, ::1] x,
              float[::1] packed=None,
              int n_threads=1,
              int grad_parts=1,
-             int n_team=1):
+             int n_team=1,
+             int unit_parts=0):
     """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
     ``dh_total`` (T, B, P) and ``dm`` (B, H), and the output ``dw_hr`` (P, H).
     ``packed``: as in ``forward``, but W_hh (4H, P) itself, packed by
-    ``packing.pack(w_hh, False, packed)``.
+    ``packing.pack(w_hh, False, packed)``. ``unit_parts`` > 0 (float32 with
+    ``packed``, no projection, H a multiple of the panel width): the time
+    loop's units split into that many parts on a team of ``n_team`` threads
+    (``lstm_backward_units``); ``grad_parts``: the GEMMs after it in that many
+    parts on the team (``gradients_on_team``).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]
@@ -394,11 +454,22 @@ def backward(const floating[:, :, ::1] x,
         dm_ = &dm[0, 0]
     elif P != H:
         raise ValueError("h and c differ in size but there is no projection")
+    if unit_parts > 0 and (floating is not float or packed_ == NULL or w_hr is not None
+                           or H % FR_PANEL != 0 or n_team < 1):
+        raise ValueError(f"unit_parts needs float32 with packed panels, no "
+                         f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
     with nogil:
-        rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
-        lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step, lens,
-                             T, B, H, P, reverse, &dh[0, 0], &dc[0, 0], &dg[0, 0, 0],
-                             dh_total_, dm_)
+        if unit_parts > 0:
+            if floating is float:
+                with parallel(num_threads=n_team):
+                    lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], packed_, dy_, dy_step,
+                                        lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
+                                        &dg[0, 0, 0], unit_parts)
+        else:
+            rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
+            lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step,
+                                 lens, T, B, H, P, reverse, &dh[0, 0], &dc[0, 0],
+                                 &dg[0, 0, 0], dh_total_, dm_)
         gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
                           &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
                           T * B, I, P, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],

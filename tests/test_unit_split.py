@@ -129,3 +129,35 @@ def test_kernel_rejects_unit_parts_it_cannot_run():
     kernel = cb._typed(cb._lstm.forward, F32)
     with pytest.raises(ValueError, match="unit_parts needs float32 with packed"):
         kernel(*args, unit_parts=2)                       # no packed panels
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_unit_split_backward_gives_the_bits_of_the_whole_product(unit_split_everywhere,
+                                                                 monkeypatch, cell):
+    """A training forward that split its units has its backward split them
+    too (``lstm_backward_units``, ``gru_backward_units``); each column of
+    dh += dG @ W_hh sums as in the whole product, so the gradients are the
+    same bits as the backward's ordinary time loop."""
+    T, B, I, H = 7, 3, 9, 48
+    x, states = make_x(T, B, I, np.float32), make_states(cell, B, H, np.float32)
+    params, dy = make_params(cell, I, H, np.float32), make_x(T, B, H, np.float32, seed=7)
+    _parallel.set_num_threads(2)
+    ws = FORWARD[cell](x, *states, *params, lengths=make_lengths("mixed", T, B),
+                       training=True, backend="cython").workspace
+    assert unit_split_everywhere == [2] and ws.data["unit_parts"] == 2
+    seen = []
+    typed = cb._typed
+
+    def spy(kernel, dtype):
+        fn = typed(kernel, dtype)
+
+        def call(*args, **kw):
+            seen.append(kw.get("unit_parts", 0))
+            return fn(*args, **kw)
+        return call
+    monkeypatch.setattr(cb, "_typed", spy)
+    split = run_backward(cell, ws, dy)
+    ws.data["unit_parts"] = 0
+    whole = run_backward(cell, ws, dy)
+    assert seen == [2, 0]
+    assert_results_equal(split, whole)
