@@ -112,3 +112,47 @@ def test_split_batches_keep_whole_gradient_gemms(monkeypatch):
                          make_params("lstm", I, H, np.float32))
     train("lstm", "cython", x, states, params, None, False, 2, make_x(T, B, H, np.float32))
     assert calls == [1, 1]
+
+
+def test_teams_of_concurrent_calls_give_the_sequential_bits(monkeypatch):
+    """Four Python threads at once, each training through both team paths
+    (the units split in forward and backward, the gradient GEMMs in parts):
+    every result has the bits of the same call made alone."""
+    import threading
+    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
+    monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
+    threads = _parallel.get_num_threads()
+    _parallel.set_num_threads(2)
+    jobs = []
+    for i, cell in enumerate(["lstm", "gru", "lstm", "gru"]):
+        T, B, I, H = 6 + i, 1 + i, 9, 32
+        x, states = make_x(T, B, I, np.float32, seed=i), make_states(cell, B, H, np.float32)
+        params, dy = make_params(cell, I, H, np.float32), make_x(T, B, H, np.float32, seed=9)
+        jobs.append((cell, x, states, params, make_lengths("mixed", T, B), dy))
+
+    def call(job):
+        cell, x, states, params, lengths, dy = job
+        out = run_forward(cell, "cython", x, states, params, lengths=lengths, training=True)
+        return out, run_backward(cell, out.workspace, dy)
+    try:
+        expected = [call(job) for job in jobs]
+        got = [[] for _ in jobs]
+        start = threading.Barrier(len(jobs))
+
+        def worker(k):
+            start.wait()
+            for _ in range(5):
+                got[k].append(call(jobs[k]))
+        workers = [threading.Thread(target=worker, args=(k,)) for k in range(len(jobs))]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(120)
+        assert not any(w.is_alive() for w in workers), "a thread did not finish in 120 s"
+    finally:
+        _parallel.set_num_threads(threads)
+    for k, rounds in enumerate(got):
+        assert len(rounds) == 5
+        for out, grads in rounds:
+            assert_results_equal(out, expected[k][0])
+            assert_results_equal(grads, expected[k][1])
