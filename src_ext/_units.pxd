@@ -44,3 +44,20 @@ cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
         fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (k * H + u0) // FR_PANEL,
                        (k * H + u1) // FR_PANEL, s & 1)
     return gates + (time_at(s, T, reverse) - t_low) * B * G
+
+
+cdef inline void parts_dh_product(const float* dgt,     # IN  (B, G*H) the step's dG
+                                  const float* packed,  # IN  W_hh's panels (G*H, H)
+                                  float* dh,            # INOUT (B, H)
+                                  Py_ssize_t B, Py_ssize_t H, Py_ssize_t n_gates,
+                                  Py_ssize_t s, int n_parts) noexcept nogil:
+    """A unit-split backward's step, after the barrier: for each of this
+    thread's parts, its columns of dh += dG_t @ W_hh from its panels (walked
+    backwards on odd steps, as in ``fr_gemm_packed``)."""
+    cdef int part = fr_team_rank(), size = fr_team_size()
+    cdef Py_ssize_t G = n_gates * H, u0, u1
+    while part < n_parts:
+        u0 = part_start(H, part, n_parts)
+        u1 = part_start(H, part + 1, n_parts)
+        fr_gemm_packed(B, H, G, dgt, G, packed, 1, dh, H, u0 // FR_PANEL, u1 // FR_PANEL, s & 1)
+        part += size

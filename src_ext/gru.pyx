@@ -9,11 +9,11 @@ b_hz are folded into the input projection's bias; only b_hn stays apart.
 from cython cimport floating
 from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
-from _recurrent cimport (Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL,
-                         fr_gemm_packed)
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team, step_stride)
-from _units cimport part_start, part_gates, fr_team_size, fr_team_rank, fr_team_barrier
+from _units cimport (part_start, part_gates, parts_dh_product, fr_team_size, fr_team_rank,
+                     fr_team_barrier)
 
 
 cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_hn,
@@ -191,7 +191,7 @@ cdef void gru_backward_units(
     """``gru_backward_kernel`` with the hidden units split into ``n_parts``
     parts across the calling OpenMP team, as ``lstm_backward_units``."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
-    cdef Py_ssize_t G = 3 * H, s, t, u0, u1
+    cdef Py_ssize_t G = 3 * H, s, t
     for s in range(T):
         t = time_at(T - 1 - s, T, reverse)
         part = rank
@@ -202,13 +202,7 @@ cdef void gru_backward_units(
                           part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
-        part = rank
-        while part < n_parts:
-            u0 = part_start(H, part, n_parts)
-            u1 = part_start(H, part + 1, n_parts)
-            fr_gemm_packed(B, H, G, dg_h + t * B * G, G, packed, 1, dh, H, u0 // FR_PANEL,
-                           u1 // FR_PANEL, s & 1)
-            part += size
+        parts_dh_product(dg_h + t * B * G, packed, dh, B, H, 3, s, n_parts)
 
 
 def forward(const floating[:, :, ::1] x,

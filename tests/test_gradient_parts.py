@@ -22,11 +22,8 @@ cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension
 SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 2, 33, 5), (7, 5, 16, 40), (3, 1, 20, 2)]
 
 
-@pytest.fixture(params=[2, 3], ids=["2 parts", "3 parts"])
-def parts_everywhere(request, monkeypatch):
-    """Split the gradient GEMMs of every unsplit backward; record the parts asked."""
-    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
-    monkeypatch.setattr(cb, "GRADIENT_PARTS", request.param)
+def spy_on_backward(monkeypatch):
+    """The ``grad_parts`` of every call of the backend's backward, from now on."""
     calls = []
     real = cb.backward
 
@@ -34,6 +31,15 @@ def parts_everywhere(request, monkeypatch):
         calls.append(kw.get("grad_parts", 1))
         return real(*args, **kw)
     monkeypatch.setattr(cb, "backward", spy)
+    return calls
+
+
+@pytest.fixture(params=[2, 3], ids=["2 parts", "3 parts"])
+def parts_everywhere(request, monkeypatch):
+    """Split the gradient GEMMs of every unsplit backward; record the parts asked."""
+    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
+    monkeypatch.setattr(cb, "GRADIENT_PARTS", request.param)
+    calls = spy_on_backward(monkeypatch)
     threads = _parallel.get_num_threads()
     yield request.param, calls
     _parallel.set_num_threads(threads)
@@ -99,13 +105,7 @@ def test_gradient_parts_rule():
 def test_split_batches_keep_whole_gradient_gemms(monkeypatch):
     """The parts of a split batch each run on one thread already: no team."""
     monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
-    calls = []
-    real = cb.backward
-
-    def spy(*args, **kw):
-        calls.append(kw.get("grad_parts", 1))
-        return real(*args, **kw)
-    monkeypatch.setattr(cb, "backward", spy)
+    calls = spy_on_backward(monkeypatch)
     T, B, I, H = 10, 32, 64, 64
     assert len(_parallel.parts(B, T, I, H, 4)) == 2
     x, states, params = (make_x(T, B, I, np.float32), make_states("lstm", B, H, np.float32),
