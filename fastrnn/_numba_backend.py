@@ -114,6 +114,23 @@ def _out(a):
     return a.reshape(-1)
 
 
+def _steps(a, name, writeable):
+    """``a`` (T, B, H), each step's rows contiguous, as the kernels take y and
+    dy: a 1-D view from its first element, and the elements between its steps
+    (B*H, or more when ``a`` is a part's rows of a split batch's array, which
+    the part then writes or reads in place)."""
+    T, B, H = a.shape
+    item = a.itemsize
+    step = a.strides[0] // item if T > 1 else B * H
+    if (H > 1 and a.strides[2] != item) or (B > 1 and a.strides[1] != H * item) \
+            or (T > 1 and (a.strides[0] % item or step < B * H)):
+        raise ValueError(f"{name} must be ({T}, {B}, {H}) with each step's rows contiguous, "
+                         f"got strides {a.strides}")
+    flat = np.lib.stride_tricks.as_strided(a, shape=((T - 1) * step + B * H,), strides=(item,),
+                                           writeable=writeable)
+    return flat, step
+
+
 def _lengths(lengths, T, B):
     """Steps per sequence, all T when not given (the kernels always read them)."""
     return _in(np.full(B, T, np.intp) if lengths is None else lengths)
@@ -122,13 +139,8 @@ def _lengths(lengths, T, B):
 def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, y=None):
     """The backend interface's forward; ``prepared``: ``prepare_forward``'s
     result, shared by the parts of a split batch (None: prepare here); ``y``:
-    (T, B, H) to copy the output into (the compiled kernels write a flat,
-    contiguous one), rows of a larger batch's output for a part of a split
-    batch (None: return that one)."""
-    if y is not None:
-        out = forward(cell, x, state0, params, lengths, reverse, training, prepared)
-        y[...] = out[0]
-        return (y,) + out[1:]
+    (T, B, H) to write the output into, rows of a larger batch's output for a
+    part of a split batch (None: a new array)."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, I = x.shape
@@ -144,7 +156,8 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     w_ih_t = w_ih if trans else np.ascontiguousarray(w_ih.T)
     w_hh_t = w_hh if trans else rec.get("w_hh_t", w_hh)
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-    y = _buffers.empty((T, B, H), dtype)
+    y = _buffers.empty((T, B, H), dtype) if y is None else y
+    y_out = _steps(y, "y", True)
     keep_gates = training and cell in ("lstm", "gru")
     gates = _buffers.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
     chunk = gates.shape[0]
@@ -159,7 +172,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         w_hr_t = w_hr if trans else np.ascontiguousarray(w_hr.T)
         _k.lstm_projected_forward(*common, _in(w_hr_t), _in(b_ih + b_hh), lens, T, B, I, HC, H,
                                   reverse, chunk, _out(gates), _out(np.empty((B, GH), dtype)),
-                                  _out(hs), _out(cs), n_slots, _out(m), training, _out(y))
+                                  _out(hs), _out(cs), n_slots, _out(m), training, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs, w_hr=w_hr, m=m)
@@ -167,7 +180,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         cs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[1])
         _k.lstm_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse, chunk,
                         _out(gates), _out(np.empty((B, GH), dtype)), _out(hs), _out(cs),
-                        n_slots, _out(y))
+                        n_slots, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
@@ -179,13 +192,13 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         gh = np.empty((B, GH), dtype)
         _k.gru_forward(*common, _in(bias), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
                        chunk, _out(gates), _out(gh), _out(ghn), training, _out(hs), n_slots,
-                       _out(y))
+                       *y_out)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
         _k.rnn_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse,
-                       cell == "rnn_relu", chunk, _out(gates), _out(hs), n_slots, _out(y))
+                       cell == "rnn_relu", chunk, _out(gates), _out(hs), n_slots, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(hs=hs)
@@ -206,11 +219,10 @@ def backward(cell, data, dy, dstate_n, prepared=None):
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
     rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
     has_dy = dy is not None
-    if has_dy:
-        dy = np.ascontiguousarray(dy)     # a part's rows of a split batch's dy
+    # a part of a split batch reads its rows of the whole batch's dy in place
+    dy_in = _steps(dy, "dy", False) if has_dy else (_in(np.empty(0, dtype)), 0)
     head = (_in(x), _in(w_ih), _in(w_hh), _packed(rec, dtype))
-    tail = (_in(dy if has_dy else np.empty(0, dtype)), has_dy, _lengths(lengths, T, B),
-            T, B, I, H, reverse)
+    tail = (dy_in[0], has_dy, dy_in[1], _lengths(lengths, T, B), T, B, I, H, reverse)
     grads = tuple(_out(a) for a in (dx, dw_ih, dw_hh, db_ih, db_hh))
     # the turned-around weight gradients' scratch (empty when none turns around)
     dw_t = np.empty(_k.wgrad_scratch_size(T * B, GH, (I, H)), dtype)
@@ -219,7 +231,7 @@ def backward(cell, data, dy, dstate_n, prepared=None):
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)
         _k.lstm_projected_backward(*head, _in(w_hr), _in(data["gates"]), _in(data["hs"]),
-                                   _in(data["cs"]), _in(data["m"]), tail[0], has_dy, tail[2],
+                                   _in(data["cs"]), _in(data["m"]), *tail[:4],
                                    T, B, I, HC, H, reverse, _out(dstate[0]), _out(dstate[1]),
                                    _out(dg), _out(_buffers.empty((T, B, H), dtype)),
                                    _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr), dw_t)

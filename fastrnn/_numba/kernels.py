@@ -772,7 +772,8 @@ def lstm_forward(x,            # IN    (T*B*I,)
                  hs,           # INOUT state slots, h0 in the first the loop reads
                  cs,           # INOUT same for c
                  n_slots,      # T+1 keeps every state; 2 alternates (inference)
-                 y):           # OUT   (T*B*H,)
+                 y,           # OUT   T steps of B*H, y_step apart
+                 y_step):  # B*H (B*P), more for a part of a split batch's y
     G = 4 * H
     zero = zero_of(y)
     w_hh_p, gh_p = ptr(w_hh_t, 0), ptr(gh, 0)
@@ -783,7 +784,7 @@ def lstm_forward(x,            # IN    (T*B*I,)
         c_in = ptr(cs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
-        yt = ptr(y, t * B * H)
+        yt = ptr(y, t * y_step)
         recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p, s)
         for b in range(B):
             if t >= lengths[b]:
@@ -809,6 +810,7 @@ def lstm_backward(x,           # IN    (T*B*I,)
                   cs,          # IN    ((T+1)*B*H,) cell-state slots
                   dy,          # IN    (T*B*H,), read only if has_dy
                   has_dy,
+                  dy_step,   # elements between dy's steps (as y_step)
                   lengths,     # IN    (B,)
                   T, B, I, H, reverse,
                   dh,          # INOUT (B*H,) dh_n in, dh0 out
@@ -825,7 +827,7 @@ def lstm_backward(x,           # IN    (T*B*I,)
         dgt = ptr(dg, t * B * G)
         c_in = ptr(cs, slot_in(t, reverse) * B * H)
         c_out = ptr(cs, slot_out(t, reverse) * B * H)
-        dyt = ptr(dy, t * B * H if has_dy else 0)
+        dyt = ptr(dy, t * dy_step if has_dy else 0)
         for b in range(B):
             if t >= lengths[b]:
                 # padding passed the state through: dh, dc pass back unchanged
@@ -867,7 +869,8 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
                            n_slots,    # T+1 keeps every state; 2 alternates (inference)
                            m,          # OUT   (T*B*H,) o*tanh(c) if keep_m, else (B*H,) scratch
                            keep_m,
-                           y):         # OUT   (T*B*P,)
+                           y,         # OUT   T steps of B*P, y_step apart
+                           y_step):  # B*H (B*P), more for a part of a split batch's y
     G = 4 * H
     one, zero = one_of(y), zero_of(y)
     w_hh_p, w_hr_p, gh_p = ptr(w_hh_t, 0), ptr(w_hr_t, 0), ptr(gh, 0)
@@ -878,7 +881,7 @@ def lstm_projected_forward(x,          # IN    (T*B*I,)
         c_in = ptr(cs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * P)
         c_out = ptr(cs, slot_out(t, reverse) % n_slots * B * H)
-        yt = ptr(y, t * B * P)
+        yt = ptr(y, t * y_step)
         mt = ptr(m, t * B * H if keep_m else 0)
         recurrent_product(B, G, P, h_in, w_hh_p, trans, packed, zero, gh_p, s)
         # the fused pass writes m_t, one GEMM projects it to y_t
@@ -912,6 +915,7 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                             m,         # IN    (T*B*H,) o*tanh(c) of each step
                             dy,        # IN    (T*B*P,), read only if has_dy
                             has_dy,
+                            dy_step,   # elements between dy's steps (as y_step)
                             lengths,   # IN    (B,)
                             T, B, I, H, P, reverse,
                             dh,        # INOUT (B*P,) dh_n in, dh0 out
@@ -931,7 +935,7 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
         dgt = ptr(dg, t * B * G)
         c_in = ptr(cs, slot_in(t, reverse) * B * H)
         c_out = ptr(cs, slot_out(t, reverse) * B * H)
-        dyt = ptr(dy, t * B * P if has_dy else 0)
+        dyt = ptr(dy, t * dy_step if has_dy else 0)
         # h_t = m_t @ W_hr^T: dm = (dh + dy_t) @ W_hr; h reaches the past only
         # through the gates, so dh restarts from the GEMM at the end of the step
         dht = ptr(dh_total, t * B * P)
@@ -991,7 +995,8 @@ def gru_forward(x,             # IN    (T*B*I,)
                 keep_ghn,
                 hs,            # INOUT state slots, h0 in the first the loop reads
                 n_slots,       # T+1 keeps every state; 2 alternates (inference)
-                y):            # OUT   (T*B*H,)
+                y,            # OUT   T steps of B*H, y_step apart
+                y_step):  # B*H (B*P), more for a part of a split batch's y
     G = 3 * H
     one, zero = one_of(y), zero_of(y)
     w_hh_p, gh_p = ptr(w_hh_t, 0), ptr(gh, 0)
@@ -1000,7 +1005,7 @@ def gru_forward(x,             # IN    (T*B*I,)
         g = step_gates(x, w_ih_t, bias, gates, s, T, B, I, G, chunk, reverse, trans)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
-        yt = ptr(y, t * B * H)
+        yt = ptr(y, t * y_step)
         ghn_t = ptr(ghn, t * B * H if keep_ghn else 0)
         recurrent_product(B, G, H, h_in, w_hh_p, trans, packed, zero, gh_p, s)
         for b in range(B):
@@ -1035,6 +1040,7 @@ def gru_backward(x,            # IN    (T*B*I,)
                  hs,           # IN    ((T+1)*B*H,) state slots
                  dy,           # IN    (T*B*H,), read only if has_dy
                  has_dy,
+                 dy_step,   # elements between dy's steps (as y_step)
                  lengths,      # IN    (B,)
                  T, B, I, H, reverse,
                  dh,           # INOUT (B*H,) dh_n in, dh0 out
@@ -1052,7 +1058,7 @@ def gru_backward(x,            # IN    (T*B*I,)
         dht = ptr(dg_h, t * B * G)
         h_in = ptr(hs, slot_in(t, reverse) * B * H)
         ghn_t = ptr(ghn, t * B * H)
-        dyt = ptr(dy, t * B * H if has_dy else 0)
+        dyt = ptr(dy, t * dy_step if has_dy else 0)
         for b in range(B):
             if t >= lengths[b]:
                 # padding passed the state through: dh passes back unchanged
@@ -1104,7 +1110,8 @@ def rnn_forward(x,             # IN    (T*B*I,)
                 pre,           # SCRATCH (chunk*B*H,) pre-activations
                 hs,            # INOUT state slots, h0 in the first the loop reads
                 n_slots,       # T+1 keeps every state; 2 alternates (inference)
-                y):            # OUT   (T*B*H,)
+                y,            # OUT   T steps of B*H, y_step apart
+                y_step):  # B*H (B*P), more for a part of a split batch's y
     one, zero = one_of(y), zero_of(y)
     w_hh_p = ptr(w_hh_t, 0)
     for s in range(T):
@@ -1112,7 +1119,7 @@ def rnn_forward(x,             # IN    (T*B*I,)
         p = step_gates(x, w_ih_t, bias, pre, s, T, B, I, H, chunk, reverse, trans)
         h_in = ptr(hs, slot_in(t, reverse) % n_slots * B * H)
         h_out = ptr(hs, slot_out(t, reverse) % n_slots * B * H)
-        yt = ptr(y, t * B * H)
+        yt = ptr(y, t * y_step)
         recurrent_product(B, H, H, h_in, w_hh_p, trans, packed, one, p, s)
         for b in range(B):
             if t >= lengths[b]:
@@ -1141,6 +1148,7 @@ def rnn_backward(x,            # IN    (T*B*I,)
                  hs,           # IN    ((T+1)*B*H,) state slots
                  dy,           # IN    (T*B*H,), read only if has_dy
                  has_dy,
+                 dy_step,   # elements between dy's steps (as y_step)
                  lengths,      # IN    (B,)
                  T, B, I, H, reverse, relu,
                  dh,           # INOUT (B*H,) dh_n in, dh0 out
@@ -1153,7 +1161,7 @@ def rnn_backward(x,            # IN    (T*B*I,)
         t = time_at(T - 1 - s, T, reverse)   # the forward's steps, last first
         dgt = ptr(dg, t * B * H)
         h_out = ptr(hs, slot_out(t, reverse) * B * H)
-        dyt = ptr(dy, t * B * H if has_dy else 0)
+        dyt = ptr(dy, t * dy_step if has_dy else 0)
         for b in range(B):
             if t >= lengths[b]:
                 # padding passed the state through: dh passes back unchanged
