@@ -34,6 +34,7 @@ import numpy as np
 
 from . import _buffers
 from ._parallel import cores as _cores, get_num_threads as _threads, parts as _split_parts
+from . import _parallel
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -174,27 +175,21 @@ def unit_parts(cell, dtype, T, B, params, training):
     return 2
 
 
-#: multiply-adds of the GEMMs after a backward's time loop (dx, dW_ih, dW_hh:
-#: T*B rows by G*H by I + I + H) from which a backward whose batch is not split
-#: (``_parallel.parts``: one core ran the time loop) runs them in
-#: ``GRADIENT_PARTS`` parts on fastrnn's threads (``gradient_parts``), each
-#: part's BLAS calls on one thread. Against one part (the two alternating in
-#: one process, 2 threads, training, 9-15 rounds, median of per-round ratios,
-#: (B, T, I, H): speed-up): the grid's latency shape 1.08x (RNN), 1.12x
-#: (LSTM), 1.08x (GRU); LSTM and GRU (1, 100, 512, 512) 1.11-1.12x,
-#: (4, 100, 256, 256) 1.19x, (4, 50, 512, 512) 1.18-1.20x, (2, 200, 64, 64)
-#: 1.06-1.10x; near the threshold, LSTM (1, 50, 64, 64) 2.5M: 1.08x,
-#: (1, 10, 128, 128) 2.0M: 1.01x, (1, 20, 64, 64) 1.0M: 1.00x; RNN 0.3-0.6M:
-#: 0.86-0.94x.
+#: multiply-adds from which an unsplit backward runs the GEMMs after its time
+#: loop in parts on an OpenMP team (``_parallel.gradient_parts``). Against one
+#: part (the two alternating in one process, 2 threads, training, 9-15 rounds,
+#: median of per-round ratios, (B, T, I, H): speed-up): the grid's latency
+#: shape 1.08x (RNN), 1.12x (LSTM), 1.08x (GRU); LSTM and GRU
+#: (1, 100, 512, 512) 1.11-1.12x, (4, 100, 256, 256) 1.19x, (4, 50, 512, 512)
+#: 1.18-1.20x, (2, 200, 64, 64) 1.06-1.10x; near the threshold, LSTM
+#: (1, 50, 64, 64) 2.5M: 1.08x, (1, 10, 128, 128) 2.0M: 1.01x,
+#: (1, 20, 64, 64) 1.0M: 1.00x; RNN 0.3-0.6M: 0.86-0.94x.
 GRADIENT_PARTS_MIN_MACS = 1 << 21
-GRADIENT_PARTS = 2
 
 
 def gradient_parts(cell, T, B, I, GH, H):
-    """Parts to split the GEMMs after an unsplit backward's time loop into
-    (1: one BLAS call each): a rule on the shape alone, so that the bits do
-    not depend on the thread count."""
-    return GRADIENT_PARTS if T * B * GH * (2 * I + H) >= GRADIENT_PARTS_MIN_MACS else 1
+    """Parts for the GEMMs after an unsplit backward's loop (``_parallel``)."""
+    return _parallel.gradient_parts(T, B, I, GH, H, GRADIENT_PARTS_MIN_MACS)
 
 
 def prepare_forward(cell, dtype, T, B, params):

@@ -47,6 +47,7 @@ import numpy as np
 
 from . import _buffers
 from ._numba import kernels as _k
+from . import _parallel
 
 #: handles ``params = (w_ih, w_hh, b_ih, b_hh, w_hr)``: an LSTM with a projection
 PROJECTION = True
@@ -96,6 +97,24 @@ def _pack(w_hh, trans, K, N):
     packed = np.empty(_k.packed_size(K, N), np.float32)
     _k.pack(_in(w_hh), trans, K, N, packed)
     return packed
+
+
+#: multiply-adds from which an unsplit backward runs the GEMMs after its time
+#: loop in parts on fastrnn's Python threads (``_parallel.gradient_parts``):
+#: handing a part to a thread costs far more than an OpenMP team, so the
+#: threshold is 32 times Cython's. Against one part (the two alternating in one
+#: process, 2 threads, training, 9-11 rounds, (B, T, I, H), multiply-adds:
+#: speed-up): RNN (1, 100, 512, 512) 79M 1.04x, (4, 50, 512, 512) 157M
+#: 1.17x; LSTM (1, 100, 256, 256) and (4, 100, 128, 128) 79M 1.07-1.09x,
+#: (4, 100, 256, 256) 1.17x, (4, 50, 512, 512) 1.22x; GRU (1, 100, 512, 512)
+#: 236M 1.11x; below it, GRU 59M 1.00-1.01x, LSTM 39M 0.99x, the grid's
+#: latency (5-20M) 0.74-1.02x, RNN 20M 0.84-0.87x.
+GRADIENT_PARTS_MIN_MACS = 1 << 26
+
+
+def gradient_parts(cell, T, B, I, GH, H):
+    """Parts for the GEMMs after an unsplit backward's loop (``_parallel``)."""
+    return _parallel.gradient_parts(T, B, I, GH, H, GRADIENT_PARTS_MIN_MACS)
 
 
 def _packed(rec, dtype):
@@ -207,9 +226,10 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     return y, state_n, data
 
 
-def backward(cell, data, dy, dstate_n, prepared=None):
+def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     """The backend interface's backward; ``prepared`` as in ``forward``, from
-    ``prepare_backward``."""
+    ``prepare_backward``; ``grad_parts``: as ``gradient_parts()`` returns, the
+    GEMMs after the time loop in that many parts on fastrnn's threads."""
     x, w_ih, w_hh = data["x"], data["w_ih"], data["w_hh"]
     lengths, reverse = data["lengths"], data["reverse"]
     T, B, I = x.shape
@@ -224,8 +244,11 @@ def backward(cell, data, dy, dstate_n, prepared=None):
     head = (_in(x), _in(w_ih), _in(w_hh), _packed(rec, dtype))
     tail = (dy_in[0], has_dy, dy_in[1], _lengths(lengths, T, B), T, B, I, H, reverse)
     grads = tuple(_out(a) for a in (dx, dw_ih, dw_hh, db_ih, db_hh))
-    # the turned-around weight gradients' scratch (empty when none turns around)
-    dw_t = np.empty(_k.wgrad_scratch_size(T * B, GH, (I, H)), dtype)
+    # the turned-around weight gradients' scratch (empty when none turns around),
+    # one for each part of the GEMMs after the loop
+    scratch = _k.wgrad_scratch_size(T * B, GH, (I, H))
+    dw_t = np.empty(scratch * grad_parts, dtype)
+    extra = ()                      # dW_hr with a projection
     if cell == "lstm" and "w_hr" in data:
         HC = GH // 4
         w_hr = data["w_hr"]
@@ -234,16 +257,26 @@ def backward(cell, data, dy, dstate_n, prepared=None):
                                    _in(data["cs"]), _in(data["m"]), *tail[:4],
                                    T, B, I, HC, H, reverse, _out(dstate[0]), _out(dstate[1]),
                                    _out(dg), _out(_buffers.empty((T, B, H), dtype)),
-                                   _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr), dw_t)
-        return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh, dw_hr)
-    if cell == "lstm":
+                                   _out(np.empty((B, HC), dtype)), *grads, _out(dw_hr), dw_t,
+                                   grad_parts)
+        dg_h, extra = dg, (dw_hr,)
+    elif cell == "lstm":
         _k.lstm_backward(*head, _in(data["gates"]), _in(data["hs"]), _in(data["cs"]), *tail,
-                         _out(dstate[0]), _out(dstate[1]), _out(dg), *grads, dw_t)
+                         _out(dstate[0]), _out(dstate[1]), _out(dg), *grads, dw_t, grad_parts)
+        dg_h = dg
     elif cell == "gru":
         dg_h = _buffers.empty((T, B, GH), dtype)
         _k.gru_backward(*head, _in(data["gates"]), _in(data["ghn"]), _in(data["hs"]), *tail,
-                        _out(dstate[0]), _out(dg), _out(dg_h), *grads, dw_t)
+                        _out(dstate[0]), _out(dg), _out(dg_h), *grads, dw_t, grad_parts)
     else:
         _k.rnn_backward(*head, _in(data["hs"]), *tail, cell == "rnn_relu",
-                        _out(dstate[0]), _out(dg), *grads, dw_t)
-    return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh)
+                        _out(dstate[0]), _out(dg), *grads, dw_t, grad_parts)
+        dg_h = dg
+    if grad_parts > 1:
+        # the kernel left the GEMMs after its loop to these parts (one BLAS
+        # thread each, fastrnn's threads releasing the GIL in the kernel)
+        h_in = _in(data["hs"])[B * H if reverse else 0:]
+        args = (_in(dg), _in(dg_h), _in(x), h_in, _in(w_ih), T * B, I, H, GH, *grads)
+        _parallel.run_parts(lambda k: _k.gradient_part(*args, dw_t[k * scratch:(k + 1) * scratch], k,
+                                             grad_parts), grad_parts)
+    return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh) + extra

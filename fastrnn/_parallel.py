@@ -85,6 +85,21 @@ def parts(B, T, I, H, G):
     return [(0, B)]
 
 
+#: parts a backward whose batch is not split (``parts``: one core ran its time
+#: loop) runs the GEMMs after the loop in, on fastrnn's threads, each part's
+#: BLAS calls on one thread (``gradient_parts``)
+GRADIENT_PARTS = 2
+
+
+def gradient_parts(T, B, I, GH, H, min_macs):
+    """Parts to split the GEMMs after an unsplit backward's time loop into (1:
+    one BLAS call each): ``GRADIENT_PARTS`` from ``min_macs`` multiply-adds
+    (dx, dW_ih, dW_hh: T*B rows by G*H by I + I + H), the backend's measured
+    threshold. A rule on the shape alone, so that the bits do not depend on
+    the thread count."""
+    return GRADIENT_PARTS if T * B * GH * (2 * I + H) >= min_macs else 1
+
+
 def limit_threads(n):
     """Limit every BLAS/OpenMP pool to ``n`` threads; the handle keeps the limit."""
     try:

@@ -1,47 +1,57 @@
 """The GEMMs after a backward's time loop in parts across fastrnn's threads
-(``gradients_on_team`` in src_ext/_rnn_common.pxd, chosen by
-``_cython_backend.gradient_parts`` for a backward whose batch is not split):
-every gradient right against the reference, the same bits on any thread
-count, and chosen only for unsplit calls.
+(Cython: ``gradients_on_team`` in src_ext/_rnn_common.pxd; Numba:
+``kernels.gradient_part``), chosen by each backend's ``gradient_parts`` for
+a backward whose batch is not split: every gradient right against the
+reference, the same bits on any thread count, and chosen only for unsplit
+calls.
 
-The rule normally takes it only from 2M multiply-adds; the fixture lowers
-the threshold so that small odd shapes take it.
+The rules take it only from 2M (Cython) or 64M (Numba) multiply-adds; the
+fixture lowers the threshold so that small odd shapes take it.
 """
+import threading
+
 import numpy as np
 import pytest
 
+import fastrnn
 from conftest import (RTOL, assert_results_equal, make_lengths, make_params,
                       make_projected_params, make_projected_states, make_states, make_x,
                       run_backward, run_forward)
-from fastrnn import _parallel
+from fastrnn import _backends, _parallel
 
-cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
+NATIVE = [b for b in ("cython", "numba") if b in fastrnn.available_backends()]
+if not NATIVE:
+    pytest.skip("no native backend here", allow_module_level=True)
 
 # batches under the batch split's 8 rows; I and G*H on and off the parts'
 # 16-value bounds, I under 16 (one part gets no columns of dx), H = 2
 SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 2, 33, 5), (7, 5, 16, 40), (3, 1, 20, 2)]
 
 
-def spy_on_backward(monkeypatch):
+def spy_on_backward(monkeypatch, backend):
     """The ``grad_parts`` of every call of the backend's backward, from now on."""
+    module = _backends.get(backend).module
     calls = []
-    real = cb.backward
+    real = module.backward
 
     def spy(*args, **kw):
         calls.append(kw.get("grad_parts", 1))
         return real(*args, **kw)
-    monkeypatch.setattr(cb, "backward", spy)
+    monkeypatch.setattr(module, "backward", spy)
     return calls
 
 
-@pytest.fixture(params=[2, 3], ids=["2 parts", "3 parts"])
+@pytest.fixture(params=[(b, n) for b in NATIVE for n in (2, 3)],
+                ids=[f"{b}-{n} parts" for b in NATIVE for n in (2, 3)])
 def parts_everywhere(request, monkeypatch):
-    """Split the gradient GEMMs of every unsplit backward; record the parts asked."""
-    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
-    monkeypatch.setattr(cb, "GRADIENT_PARTS", request.param)
-    calls = spy_on_backward(monkeypatch)
+    """Split the gradient GEMMs of every unsplit backward; record the parts asked.
+    Yields (backend, parts, calls)."""
+    backend, n_parts = request.param
+    monkeypatch.setattr(_backends.get(backend).module, "GRADIENT_PARTS_MIN_MACS", 0)
+    monkeypatch.setattr(_parallel, "GRADIENT_PARTS", n_parts)
+    calls = spy_on_backward(monkeypatch, backend)
     threads = _parallel.get_num_threads()
-    yield request.param, calls
+    yield backend, n_parts, calls
     _parallel.set_num_threads(threads)
 
 
@@ -59,16 +69,16 @@ def train(cell, backend, x, states, params, lengths, reverse, threads, dy, **kw)
 @pytest.mark.parametrize("cell", ["rnn_tanh", "rnn_relu", "lstm", "gru"])
 def test_gradient_parts_match_reference_and_any_thread_count(parts_everywhere, cell, T, B, I, H,
                                                              reverse, lengths_kind, dtype):
-    n_parts, calls = parts_everywhere
+    backend, n_parts, calls = parts_everywhere
     x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
     dy = make_x(T, B, H, seed=7)
     lengths = make_lengths(lengths_kind, T, B)
     n = len(states)
     cast = [a.astype(dtype) for a in (x, *states, *params, dy)]
     args = (cast[0], cast[1:1 + n], cast[1 + n:-1], lengths, reverse)
-    two = train(cell, "cython", *args, threads=2, dy=cast[-1])
+    two = train(cell, backend, *args, threads=2, dy=cast[-1])
     assert calls == [n_parts], "the backward did not split its gradient GEMMs"
-    one = train(cell, "cython", *args, threads=1, dy=cast[-1])
+    one = train(cell, backend, *args, threads=1, dy=cast[-1])
     assert_results_equal(two, one)                       # bit for bit
     expected = train(cell, "reference", x, states, params, lengths, reverse, 2, dy)
     assert_results_equal(two, expected, exact=False, rtol=RTOL[np.dtype(dtype)])
@@ -86,41 +96,50 @@ def test_gradient_parts_with_a_projection(parts_everywhere, dtype):
         x_, s0, s1, *p, dy_ = arrays
         return train("lstm", backend, x_, (s0, s1), tuple(p[:4]), lengths, False, threads, dy_,
                      weight_hr=p[4])
+    backend, n_parts, calls = parts_everywhere
     arrays = (x, *states, *params, dy)
     cast = [a.astype(dtype) for a in arrays]
-    two = run("cython", 2, cast)
-    assert parts_everywhere[1] == [parts_everywhere[0]]
-    assert_results_equal(two, run("cython", 1, cast))
+    two = run(backend, 2, cast)
+    assert calls == [n_parts]
+    assert_results_equal(two, run(backend, 1, cast))
     assert_results_equal(two, run("reference", 2, arrays), exact=False,
                          rtol=RTOL[np.dtype(dtype)])
 
 
-def test_gradient_parts_rule():
-    # the grid's latency shape (B = 1) takes it; tiny calls do not
+@pytest.mark.parametrize("backend", NATIVE)
+def test_gradient_parts_rule(backend):
+    """By the shape alone: the grid's latency shape (B = 1) takes it in
+    Cython (an OpenMP team), larger products only in Numba (Python threads);
+    tiny calls in neither."""
+    rule = _backends.get(backend).module.gradient_parts
+    latency = {"cython": _parallel.GRADIENT_PARTS, "numba": 1}[backend]
     for cell, GH in (("rnn_tanh", 128), ("lstm", 512), ("gru", 384)):
-        assert cb.gradient_parts(cell, 100, 1, 128, GH, 128) == cb.GRADIENT_PARTS
-        assert cb.gradient_parts(cell, 3, 1, 16, GH // 8, 16) == 1
+        assert rule(cell, 100, 1, 128, GH, 128) == latency
+        assert rule(cell, 3, 1, 16, GH // 8, 16) == 1
+        assert rule(cell, 100, 4, 512, GH * 4, 512) == _parallel.GRADIENT_PARTS
 
 
-def test_split_batches_keep_whole_gradient_gemms(monkeypatch):
+@pytest.mark.parametrize("backend", NATIVE)
+def test_split_batches_keep_whole_gradient_gemms(monkeypatch, backend):
     """The parts of a split batch each run on one thread already: no team."""
-    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
-    calls = spy_on_backward(monkeypatch)
+    monkeypatch.setattr(_backends.get(backend).module, "GRADIENT_PARTS_MIN_MACS", 0)
+    calls = spy_on_backward(monkeypatch, backend)
     T, B, I, H = 10, 32, 64, 64
     assert len(_parallel.parts(B, T, I, H, 4)) == 2
     x, states, params = (make_x(T, B, I, np.float32), make_states("lstm", B, H, np.float32),
                          make_params("lstm", I, H, np.float32))
-    train("lstm", "cython", x, states, params, None, False, 2, make_x(T, B, H, np.float32))
+    train("lstm", backend, x, states, params, None, False, 2, make_x(T, B, H, np.float32))
     assert calls == [1, 1]
 
 
-def test_teams_of_concurrent_calls_give_the_sequential_bits(monkeypatch):
-    """Four Python threads at once, each training through both team paths
-    (the units split in forward and backward, the gradient GEMMs in parts):
+@pytest.mark.parametrize("backend", NATIVE)
+def test_teams_of_concurrent_calls_give_the_sequential_bits(monkeypatch, backend):
+    """Four Python threads at once, each training through the gradient GEMMs
+    in parts (and, in Cython, the units split in forward and backward):
     every result has the bits of the same call made alone."""
-    import threading
-    monkeypatch.setattr(cb, "GRADIENT_PARTS_MIN_MACS", 0)
-    monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
+    monkeypatch.setattr(_backends.get(backend).module, "GRADIENT_PARTS_MIN_MACS", 0)
+    if backend == "cython":
+        monkeypatch.setattr(_backends.get(backend).module, "UNIT_SPLIT_MIN_BYTES", {256: 0})
     threads = _parallel.get_num_threads()
     _parallel.set_num_threads(2)
     jobs = []
@@ -132,7 +151,7 @@ def test_teams_of_concurrent_calls_give_the_sequential_bits(monkeypatch):
 
     def call(job):
         cell, x, states, params, lengths, dy = job
-        out = run_forward(cell, "cython", x, states, params, lengths=lengths, training=True)
+        out = run_forward(cell, backend, x, states, params, lengths=lengths, training=True)
         return out, run_backward(cell, out.workspace, dy)
     try:
         expected = [call(job) for job in jobs]

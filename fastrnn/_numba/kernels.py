@@ -640,14 +640,14 @@ def zero_row(dst, n):
 
 
 @_inline
-def column_sums(a, rows, cols, out):
-    """out := a.sum(axis=0) for a (rows, cols); row by row so it vectorises."""
+def column_sums(a, rows, cols, lda, out):
+    """out := a.sum(axis=0) for a (rows, cols), rows lda apart; row by row so
+    it vectorises."""
     for j in range(cols):
         out[j] = 0
     for r in range(rows):
         for j in range(cols):
-            out[j] += a[r * cols + j]
-
+            out[j] += a[r * lda + j]
 
 #: whether the host has AVX-512 (OpenBLAS then runs its SkylakeX kernels),
 #: which decides the GEMMs' orientation here and in ``_numba_backend``
@@ -671,15 +671,15 @@ def wgrad_scratch_size(rows, G, sizes):
 
 
 @_inline
-def weight_gradient(dg, a, rows, G, n, dw, dw_t, dw_t_size):
-    """dw (G, n) := dg^T @ a for dg (rows, G), a (rows, n), a sum over all rows;
-    turned around through the scratch dw_t (dw_t_size values) when the backend
-    sized one for it (``wgrad_scratch_size``)."""
+def weight_gradient(dg, ldg, a, rows, G, n, dw, dw_t, dw_t_size):
+    """dw (G, n) := dg^T @ a for dg (rows, G), rows ldg apart, a (rows, n), a
+    sum over all rows; turned around through the scratch dw_t (dw_t_size
+    values) when the backend sized one for it (``wgrad_scratch_size``)."""
     one, zero = one_of(dw), zero_of(dw)
     if G <= n or dw_t_size < G * n:
-        gemm(True, False, G, n, rows, one, dg, G, a, n, zero, dw, n)
+        gemm(True, False, G, n, rows, one, dg, ldg, a, n, zero, dw, n)
         return
-    gemm(True, False, n, G, rows, one, a, n, dg, G, zero, dw_t, G)
+    gemm(True, False, n, G, rows, one, a, n, dg, ldg, zero, dw_t, G)
     # dw_t is (n, G); 16 rows of dw at a time keep both sides in cache
     for i0 in range(0, G, 16):
         for j in range(n):
@@ -688,9 +688,21 @@ def weight_gradient(dg, a, rows, G, n, dw, dw_t, dw_t_size):
 
 
 @_inline
+def part_bound(n, part, n_parts):
+    """Where part ``part`` of ``n`` columns starts: even shares, inner bounds on
+    a multiple of 16 values, as ``part_bound`` in src_ext/_rnn_common.pxd."""
+    if part >= n_parts:
+        return n
+    return n * part // n_parts // 16 * 16
+
+
+@_inline
 def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
-                               dx, dw_ih, dw_hh, db_ih, db_hh, dw_t, dw_t_size):
-    """Everything BPTT needs after the time loop: a few GEMMs over all T*B rows.
+                               dx, dw_ih, dw_hh, db_ih, db_hh, dw_t, dw_t_size,
+                               part, n_parts):
+    """Everything BPTT needs after the time loop, a few GEMMs over all T*B
+    rows; here part ``part`` of ``n_parts`` of it: columns [i0, i1) of dx and
+    rows [g0, g1) of the weight and bias gradients (``part_bound``).
 
     dg_x, dg_h (rows, G) gradients of the input- and recurrent-side
     pre-activations; x (rows, I); h_in (rows, H) the states that entered each
@@ -698,11 +710,31 @@ def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
     Scratch: dw_t, ``wgrad_scratch_size(rows, G, (I, H))`` values.
     """
     one, zero = one_of(dx), zero_of(dx)
-    gemm(False, False, rows, I, G, one, dg_x, G, w_ih, I, zero, dx, I)
-    weight_gradient(dg_x, x, rows, G, I, dw_ih, dw_t, dw_t_size)
-    weight_gradient(dg_h, h_in, rows, G, H, dw_hh, dw_t, dw_t_size)
-    column_sums(dg_x, rows, G, db_ih)
-    column_sums(dg_h, rows, G, db_hh)
+    i0, i1 = part_bound(I, part, n_parts), part_bound(I, part + 1, n_parts)
+    g0, g1 = part_bound(G, part, n_parts), part_bound(G, part + 1, n_parts)
+    if i1 > i0:
+        gemm(False, False, rows, i1 - i0, G, one, dg_x, G, ptr(w_ih, i0), I, zero,
+             ptr(dx, i0), I)
+    if g1 > g0:
+        weight_gradient(ptr(dg_x, g0), G, x, rows, g1 - g0, I, ptr(dw_ih, g0 * I), dw_t,
+                        dw_t_size)
+        weight_gradient(ptr(dg_h, g0), G, h_in, rows, g1 - g0, H, ptr(dw_hh, g0 * H), dw_t,
+                        dw_t_size)
+        column_sums(ptr(dg_x, g0), rows, g1 - g0, G, ptr(db_ih, g0))
+        column_sums(ptr(dg_h, g0), rows, g1 - g0, G, ptr(db_hh, g0))
+
+
+@_jit
+def gradient_part(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih, dw_hh, db_ih, db_hh,
+                  dw_t, part, n_parts):
+    """Part ``part`` of ``n_parts`` of ``input_and_weight_gradients`` for a
+    backward that left them to its caller (``grad_parts`` > 1), which runs
+    the parts on fastrnn's threads; ``h_in`` starts at the first state that
+    entered a step, ``dw_t`` is this part's own scratch."""
+    input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0), ptr(h_in, 0),
+                               ptr(w_ih, 0), rows, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0), ptr(dw_t, 0),
+                               dw_t.size, part, n_parts)
 
 
 # ----------------------------------------------------------------------- LSTM
@@ -817,7 +849,8 @@ def lstm_backward(x,           # IN    (T*B*I,)
                   dc,          # INOUT (B*H,) dc_n in, dc0 out
                   dg,          # OUT   (T*B*4H,) gradient of the pre-activations
                   dx, dw_ih, dw_hh, db_ih, db_hh,    # OUT
-                  dw_t):       # SCRATCH (wgrad_scratch_size(T*B, 4H, (I, H)),)
+                  dw_t,       # SCRATCH (wgrad_scratch_size(T*B, 4H, (I, H)),)
+                  grad_parts):  # 1: the GEMMs after the loop here; more: the caller's
     G = 4 * H
     one = one_of(dh)
     dh_p, dc_p, w_hh_p = ptr(dh, 0), ptr(dc, 0), ptr(w_hh, 0)
@@ -844,11 +877,12 @@ def lstm_backward(x,           # IN    (T*B*I,)
                                                      dc_p[b * H + j], j, H)
                 dh_p[b * H + j] = 0        # h reaches the past only through the gates
         recurrent_product(B, H, G, dgt, w_hh_p, False, packed, one, dh_p, s)
-    input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
-                               ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
-                               T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                               ptr(dw_t, 0), dw_t.size)
+    if grad_parts == 1:    # else the caller runs gradient_part's parts
+        input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
+                                   ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
+                                   T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
+                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                                   ptr(dw_t, 0), dw_t.size, 0, 1)
 
 
 @_jit
@@ -924,7 +958,8 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                             dh_total,  # OUT   (T*B*P,) dh + dy_t, 0 at padding
                             dm,        # SCRATCH (B*H,)
                             dx, dw_ih, dw_hh, db_ih, db_hh, dw_hr,    # OUT
-                            dw_t):     # SCRATCH (wgrad_scratch_size(T*B, 4H, (I, P)),)
+                            dw_t,     # SCRATCH (wgrad_scratch_size(T*B, 4H, (I, P)),)
+                            grad_parts):  # 1: the GEMMs after the loop here; more: the caller's
     G = 4 * H
     one, zero = one_of(dh), zero_of(dh)
     dh_p, dc_p, dm_p = ptr(dh, 0), ptr(dc, 0), ptr(dm, 0)
@@ -962,13 +997,14 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                                                      c_out[b * H + j], dm_p[b * H + j],
                                                      dc_p[b * H + j], j, H)
         recurrent_product(B, P, G, dgt, w_hh_p, False, packed, one, dh_p, s)
-    input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
-                               ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
-                               T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                               ptr(dw_t, 0), dw_t.size)
+    if grad_parts == 1:    # else the caller runs gradient_part's parts
+        input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
+                                   ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
+                                   T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
+                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                                   ptr(dw_t, 0), dw_t.size, 0, 1)
     # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
-    weight_gradient(ptr(dh_total, 0), ptr(m, 0), T * B, P, H, ptr(dw_hr, 0),
+    weight_gradient(ptr(dh_total, 0), P, ptr(m, 0), T * B, P, H, ptr(dw_hr, 0),
                     ptr(dw_t, 0), dw_t.size)
 
 
@@ -1047,7 +1083,8 @@ def gru_backward(x,            # IN    (T*B*I,)
                  dg_x,         # OUT   (T*B*3H,) gradient of the input-side pre-activations
                  dg_h,         # OUT   (T*B*3H,) gradient of h @ W_hh^T + b_hh
                  dx, dw_ih, dw_hh, db_ih, db_hh,    # OUT
-                 dw_t):        # SCRATCH (wgrad_scratch_size(T*B, 3H, (I, H)),)
+                 dw_t,        # SCRATCH (wgrad_scratch_size(T*B, 3H, (I, H)),)
+                 grad_parts):  # 1: the GEMMs after the loop here; more: the caller's
     G = 3 * H
     one = one_of(dh)
     dh_p, w_hh_p = ptr(dh, 0), ptr(w_hh, 0)
@@ -1086,11 +1123,12 @@ def gru_backward(x,            # IN    (T*B*I,)
                 dhb[2 * H + j] = dn * r_
                 dh_p[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
         recurrent_product(B, H, G, dht, w_hh_p, False, packed, one, dh_p, s)
-    input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
-                               ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
-                               T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                               ptr(dw_t, 0), dw_t.size)
+    if grad_parts == 1:    # else the caller runs gradient_part's parts
+        input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
+                                   ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
+                                   T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
+                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                                   ptr(dw_t, 0), dw_t.size, 0, 1)
 
 
 # ------------------------------------------------------------------------ RNN
@@ -1154,7 +1192,8 @@ def rnn_backward(x,            # IN    (T*B*I,)
                  dh,           # INOUT (B*H,) dh_n in, dh0 out
                  dg,           # OUT   (T*B*H,) gradient of the pre-activations
                  dx, dw_ih, dw_hh, db_ih, db_hh,    # OUT
-                 dw_t):        # SCRATCH (wgrad_scratch_size(T*B, H, (I, H)),)
+                 dw_t,        # SCRATCH (wgrad_scratch_size(T*B, H, (I, H)),)
+                 grad_parts):  # 1: the GEMMs after the loop here; more: the caller's
     one, zero = one_of(dh), zero_of(dh)
     dh_p, w_hh_p = ptr(dh, 0), ptr(w_hh, 0)
     for s in range(T):
@@ -1178,8 +1217,9 @@ def rnn_backward(x,            # IN    (T*B*I,)
                     dgt[b * H + j] = dh_ * (one - h_) * (one + h_)
                 dh_p[b * H + j] = 0        # h reaches the past only through W_hh
         recurrent_product(B, H, H, dgt, w_hh_p, False, packed, one, dh_p, s)
-    input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
-                               ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
-                               T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                               ptr(dw_t, 0), dw_t.size)
+    if grad_parts == 1:    # else the caller runs gradient_part's parts
+        input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
+                                   ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
+                                   T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
+                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
+                                   ptr(dw_t, 0), dw_t.size, 0, 1)
