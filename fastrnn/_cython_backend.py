@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from . import _buffers
-from ._parallel import cores as _cores, get_num_threads as _threads, parts as _split_parts
+from ._parallel import cores as _cores, call_threads as _threads, parts as _split_parts
 from . import _parallel
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing

@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _backends
+from . import _backends, _parallel
 from . import _validate as v
 from . import kernels
 
@@ -433,20 +433,22 @@ class _RNNBase:
         gen = None
         layer_in = x
         for k in range(L):
-            outs = []
-            for d in range(D):
+            def direction(d, k=k, layer_in=layer_in):
                 idx = k * D + d
                 state0 = tuple(np.zeros((B, n), self.dtype) if s is None else v.contiguous(s[idx])
                                for s, n in zip(states, self._state_sizes))
-                y_d, state_n, ws = kernels._run(
+                return kernels._run(
                     self.mode, layer_in, state0, self._kernel_params(idx), self.bias,
                     self.hidden_size, self.proj_size or None, lengths, d == 1, training,
                     self.backend)
-                outs.append(y_d)
+            # the directions are independent: side by side on the cores
+            results = _parallel.run_independent(direction, D, self._macs(k, T, B))
+            for d, (_, state_n, ws) in enumerate(results):
                 for f, s_n in zip(finals, state_n):
-                    f[idx] = s_n
+                    f[k * D + d] = s_n
                 if training:
                     workspaces.append(ws)
+            outs = [r[0] for r in results]
             layer_in = outs[0] if D == 1 else np.concatenate(outs, axis=2)
             if p > 0 and k < L - 1:
                 if gen is None:
@@ -463,6 +465,11 @@ class _RNNBase:
         return y, h_n, ctx
 
     __call__ = forward
+
+    def _macs(self, k, T, B):
+        """Multiply-adds of one direction of layer ``k`` over T steps of B rows."""
+        w_ih, w_hh = self._kernel_params(k * self.num_directions)[:2]
+        return T * B * (w_ih.size + w_hh.size)
 
     @staticmethod
     def _to_user_layout(a, unbatched, batch_first):
@@ -543,14 +550,17 @@ class _RNNBase:
         grads = {}
         S = len(cell.state_names)
         for k in reversed(range(L)):
-            dx_k = None
-            for d in range(D):
+            def direction(d, k=k, d_out=d_out):
                 idx = k * D + d
                 dyd = None
                 if d_out is not None:
                     dyd = d_out if D == 1 else d_out[:, :, d * P:(d + 1) * P]
-                g = cell.backward(ctx.workspaces[idx], dyd,
-                                  *(None if s is None else s[idx] for s in dstate_n))
+                return cell.backward(ctx.workspaces[idx], dyd,
+                                     *(None if s is None else s[idx] for s in dstate_n))
+            dx_k = None
+            # the directions' backwards are independent too; dx sums in a fixed order
+            for d, g in enumerate(_parallel.run_independent(direction, D, self._macs(k, T, B))):
+                idx = k * D + d
                 if dx_k is None:
                     dx_k = g[0]
                 else:

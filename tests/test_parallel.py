@@ -194,3 +194,70 @@ def test_cython_rejects_a_y_or_dy_whose_rows_are_not_contiguous(cell):
     _, _, data = module.forward(cell, x, states, params, None, False, True)
     with pytest.raises(ValueError, match=r"dy must be \(4, 3, 6\) with each step's rows"):
         module.backward(cell, data, strided, dstates)
+
+
+@pytest.mark.parametrize("backend", NATIVE + ["reference"])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_directions_side_by_side_give_the_bits_of_one_thread(monkeypatch, backend, cell):
+    """A bidirectional layer runs its two directions on two threads, each with
+    its share of fastrnn's threads (``run_independent``), forward and
+    backward: the bits are those of one thread running them in turn, and the
+    second direction really ran beside the first."""
+    import threading
+    from fastrnn import kernels
+    make = {"rnn_tanh": fastrnn.RNN, "lstm": fastrnn.LSTM, "gru": fastrnn.GRU}[cell]
+    layer = make(7, 16, num_layers=2, bidirectional=True, dtype=np.float32, backend=backend,
+                 rng=0)
+    rng = np.random.default_rng(1)
+    T, B = 9, 3
+    x = rng.standard_normal((T, B, 7)).astype(np.float32)
+    dy = rng.standard_normal((T, B, 32)).astype(np.float32)
+    lengths = make_lengths("mixed", T, B)
+    seen = []
+    real = kernels._run
+
+    def spy(*args, **kw):
+        seen.append((threading.get_ident(), _parallel.call_threads()))
+        return real(*args, **kw)
+    monkeypatch.setattr(kernels, "_run", spy)
+    monkeypatch.setattr(_parallel, "INDEPENDENT_MIN_MACS", 0)
+    threads = _parallel.get_num_threads()
+
+    def run(n):
+        _parallel.set_num_threads(n)
+        y, h, ctx = layer(x, None, lengths, training=True)
+        g = layer.backward(ctx, dy)
+        return [y, *(h if isinstance(h, tuple) else (h,)), g.dx,
+                *(g.dhx if isinstance(g.dhx, tuple) else (g.dhx,)), *g.dparams.values()]
+    try:
+        one = run(1)
+        assert len({t for t, _ in seen}) == 1 and {n for _, n in seen} == {1}
+        seen.clear()
+        two = run(2)
+    finally:
+        _parallel.set_num_threads(threads)
+    # the caller runs one direction of each layer, a thread of fastrnn's pool the other
+    assert len(seen) == 4 and len({t for t, _ in seen}) >= 2, "the directions ran on one thread"
+    assert {n for _, n in seen} == {1}, "each direction has one of the two threads"
+    assert _parallel.call_threads() == _parallel.get_num_threads()     # the share is undone
+    for a, b in zip(one, two):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_small_directions_run_one_after_the_other():
+    """Calls too small to repay a thread run in turn, each with all threads."""
+    seen = []
+
+    def call(k):
+        seen.append(_parallel.call_threads())
+        return k
+    threads = _parallel.get_num_threads()
+    _parallel.set_num_threads(2)
+    try:
+        assert _parallel.run_independent(call, 2, _parallel.INDEPENDENT_MIN_MACS - 1) == [0, 1]
+        assert seen == [2, 2]
+        seen.clear()
+        assert _parallel.run_independent(call, 2, _parallel.INDEPENDENT_MIN_MACS) == [0, 1]
+        assert seen == [1, 1]
+    finally:
+        _parallel.set_num_threads(threads)
