@@ -724,17 +724,25 @@ def input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G,
         column_sums(ptr(dg_h, g0), rows, g1 - g0, G, ptr(db_hh, g0))
 
 
+@_inline
+def gradients_of(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih, dw_hh, db_ih, db_hh,
+                 dw_t, part, n_parts):
+    """``input_and_weight_gradients`` of arrays (``h_in`` an array or a
+    pointer to the first state that entered a step)."""
+    input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0), ptr(h_in, 0),
+                               ptr(w_ih, 0), rows, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
+                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0), ptr(dw_t, 0),
+                               dw_t.size, part, n_parts)
+
+
 @_jit
 def gradient_part(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih, dw_hh, db_ih, db_hh,
                   dw_t, part, n_parts):
     """Part ``part`` of ``n_parts`` of ``input_and_weight_gradients`` for a
     backward that left them to its caller (``grad_parts`` > 1), which runs
-    the parts on fastrnn's threads; ``h_in`` starts at the first state that
-    entered a step, ``dw_t`` is this part's own scratch."""
-    input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0), ptr(h_in, 0),
-                               ptr(w_ih, 0), rows, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                               ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0), ptr(dw_t, 0),
-                               dw_t.size, part, n_parts)
+    the parts on fastrnn's threads; ``dw_t`` is this part's own scratch."""
+    gradients_of(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih, dw_hh, db_ih, db_hh,
+                 dw_t, part, n_parts)
 
 
 # ----------------------------------------------------------------------- LSTM
@@ -878,11 +886,8 @@ def lstm_backward(x,           # IN    (T*B*I,)
                 dh_p[b * H + j] = 0        # h reaches the past only through the gates
         recurrent_product(B, H, G, dgt, w_hh_p, False, packed, one, dh_p, s)
     if grad_parts == 1:    # else the caller runs gradient_part's parts
-        input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
-                                   ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
-                                   T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                                   ptr(dw_t, 0), dw_t.size, 0, 1)
+        gradients_of(dg, dg, x, ptr(hs, B * H if reverse else 0), w_ih, T * B, I, H, G, dx,
+                     dw_ih, dw_hh, db_ih, db_hh, dw_t, 0, 1)
 
 
 @_jit
@@ -998,11 +1003,8 @@ def lstm_projected_backward(x,         # IN    (T*B*I,)
                                                      dc_p[b * H + j], j, H)
         recurrent_product(B, P, G, dgt, w_hh_p, False, packed, one, dh_p, s)
     if grad_parts == 1:    # else the caller runs gradient_part's parts
-        input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
-                                   ptr(hs, B * P if reverse else 0), ptr(w_ih, 0),
-                                   T * B, I, P, G, ptr(dx, 0), ptr(dw_ih, 0),
-                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                                   ptr(dw_t, 0), dw_t.size, 0, 1)
+        gradients_of(dg, dg, x, ptr(hs, B * P if reverse else 0), w_ih, T * B, I, P, G, dx,
+                     dw_ih, dw_hh, db_ih, db_hh, dw_t, 0, 1)
     # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
     weight_gradient(ptr(dh_total, 0), P, ptr(m, 0), T * B, P, H, ptr(dw_hr, 0),
                     ptr(dw_t, 0), dw_t.size)
@@ -1124,11 +1126,8 @@ def gru_backward(x,            # IN    (T*B*I,)
                 dh_p[b * H + j] = dh_ * z_     # the direct path h' = ... + z*h
         recurrent_product(B, H, G, dht, w_hh_p, False, packed, one, dh_p, s)
     if grad_parts == 1:    # else the caller runs gradient_part's parts
-        input_and_weight_gradients(ptr(dg_x, 0), ptr(dg_h, 0), ptr(x, 0),
-                                   ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
-                                   T * B, I, H, G, ptr(dx, 0), ptr(dw_ih, 0),
-                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                                   ptr(dw_t, 0), dw_t.size, 0, 1)
+        gradients_of(dg_x, dg_h, x, ptr(hs, B * H if reverse else 0), w_ih, T * B, I, H, G,
+                     dx, dw_ih, dw_hh, db_ih, db_hh, dw_t, 0, 1)
 
 
 # ------------------------------------------------------------------------ RNN
@@ -1218,8 +1217,5 @@ def rnn_backward(x,            # IN    (T*B*I,)
                 dh_p[b * H + j] = 0        # h reaches the past only through W_hh
         recurrent_product(B, H, H, dgt, w_hh_p, False, packed, one, dh_p, s)
     if grad_parts == 1:    # else the caller runs gradient_part's parts
-        input_and_weight_gradients(ptr(dg, 0), ptr(dg, 0), ptr(x, 0),
-                                   ptr(hs, B * H if reverse else 0), ptr(w_ih, 0),
-                                   T * B, I, H, H, ptr(dx, 0), ptr(dw_ih, 0),
-                                   ptr(dw_hh, 0), ptr(db_ih, 0), ptr(db_hh, 0),
-                                   ptr(dw_t, 0), dw_t.size, 0, 1)
+        gradients_of(dg, dg, x, ptr(hs, B * H if reverse else 0), w_ih, T * B, I, H, H, dx,
+                     dw_ih, dw_hh, db_ih, db_hh, dw_t, 0, 1)
