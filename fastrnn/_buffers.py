@@ -14,8 +14,17 @@ except ImportError:     # no Cython build (the Numba backend alone): NumPy's own
     _pool = None
 
 #: arrays of at least this many bytes live in fastrnn's cache of reusable
-#: memory (``src_ext/pool.pyx``); smaller ones the C library recycles well
-POOLED_MIN_BYTES = 1 << 20
+#: memory (``src_ext/pool.pyx``); smaller ones the C library recycles well.
+#: 128 KiB, glibc's default mmap threshold: from 1 MiB, arrays of 128 KiB-1 MiB
+#: allocated on the parts' threads came from glibc's per-thread arenas, which
+#: give freed memory back to the kernel, so the next call faulted its pages in
+#: again (perf of the demo's GRU training: 34% in the kernel, page faults and
+#: the locks of unmapping). The two alternating in one process (2 threads, 9
+#: rounds): GRU (B, T, I, H) = (32, 64, 8, 64) training 1.75x (the demo's
+#: batches: its GRU trains in 5.5 s instead of 8.3-9.0), LSTM and GRU latency
+#: training 1.09-1.17x, the grid's other shapes 0.97-1.04x. 32 KiB against
+#: 128: 0.90-1.07x, nothing gained.
+POOLED_MIN_BYTES = 1 << 17
 
 
 def set_cache_limit(n_bytes):
