@@ -33,8 +33,8 @@ import os
 import numpy as np
 
 from . import _buffers
-from ._parallel import cores as _cores, call_threads as _threads, parts as _split_parts
-from . import _parallel
+from ._parallel import (call_threads as _threads, cores as _cores,
+                        gradient_parts as _gradient_parts, parts as _split_parts)
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -189,7 +189,7 @@ GRADIENT_PARTS_MIN_MACS = 1 << 21
 
 def gradient_parts(cell, T, B, I, GH, H):
     """Parts for the GEMMs after an unsplit backward's loop (``_parallel``)."""
-    return _parallel.gradient_parts(T, B, I, GH, H, GRADIENT_PARTS_MIN_MACS)
+    return _gradient_parts(T, B, I, GH, H, GRADIENT_PARTS_MIN_MACS)
 
 
 def prepare_forward(cell, dtype, T, B, params):

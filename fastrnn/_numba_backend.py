@@ -277,6 +277,8 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
         # thread each, fastrnn's threads releasing the GIL in the kernel)
         h_in = _in(data["hs"])[B * H if reverse else 0:]
         args = (_in(dg), _in(dg_h), _in(x), h_in, _in(w_ih), T * B, I, H, GH, *grads)
-        _parallel.run_parts(lambda k: _k.gradient_part(*args, dw_t[k * scratch:(k + 1) * scratch], k,
-                                             grad_parts), grad_parts)
+
+        def part(k):
+            _k.gradient_part(*args, dw_t[k * scratch:(k + 1) * scratch], k, grad_parts)
+        _parallel.run_parts(part, grad_parts)
     return dx, tuple(dstate), (dw_ih, dw_hh, db_ih, db_hh) + extra

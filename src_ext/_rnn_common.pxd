@@ -149,10 +149,11 @@ cdef inline void gradients_on_team(
     BLAS call on one thread. The parts, not the team, fix the arithmetic: the
     same bits for any ``n_team``."""
     cdef int part
-    if n_parts <= 1 or n_team <= 1:
-        for part in range(max(n_parts, 1)):
+    n_parts = max(n_parts, 1)
+    if n_team <= 1 or n_parts == 1:
+        for part in range(n_parts):
             input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih,
-                                       dw_hh, db_ih, db_hh, part, max(n_parts, 1))
+                                       dw_hh, db_ih, db_hh, part, n_parts)
         return
     with parallel(num_threads=n_team):
         part = fr_team_rank()

@@ -1,8 +1,8 @@
 """The LSTM and GRU forwards (inference, and training's, which keeps every
-step for the backward) with their hidden units split across a thread team (``lstm_forward_units`` in src_ext/lstm.pyx, ``gru_forward_units``
-in src_ext/gru.pyx, chosen by
-``_cython_backend.unit_parts``): right against the reference, the same bits
-on any thread count, and chosen only where it applies.
+step for the backward) with their hidden units split across a thread team
+(``lstm_forward_units`` in src_ext/lstm.pyx, ``gru_forward_units`` in
+src_ext/gru.pyx, chosen by ``_cython_backend.unit_parts``): right against the
+reference, the same bits on any thread count, and chosen only where it applies.
 
 The rule normally picks it only in the x86-64-v4 build and for a large W_hh;
 the fixture lowers the threshold so that small odd shapes take it on every
