@@ -41,13 +41,13 @@ static void* worker(void* arg) {
     ptrdiff_t np = fr_n_panels(N);
     for (int t = 0; t < T; t++) {
         if (mode == 0) {          /* unit split */
-            fr_gemm_packed(B, N, K, A, K, P, 0.0f, C, N, np * id / 2, np * (id + 1) / 2);
+            fr_gemm_packed(B, N, K, A, K, P, 0.0f, C, N, np * id / 2, np * (id + 1) / 2, t & 1);
             barrier();
         } else if (mode == 1) {   /* batch split */
             int b0 = B * id / 2, b1 = B * (id + 1) / 2;
-            fr_gemm_packed(b1 - b0, N, K, A + b0 * K, K, P, 0.0f, C + b0 * N, N, 0, np);
+            fr_gemm_packed(b1 - b0, N, K, A + b0 * K, K, P, 0.0f, C + b0 * N, N, 0, np, t & 1);
         } else if (id == 0) {     /* one thread, all */
-            fr_gemm_packed(B, N, K, A, K, P, 0.0f, C, N, 0, np);
+            fr_gemm_packed(B, N, K, A, K, P, 0.0f, C, N, 0, np, t & 1);
         }
     }
     return NULL;
