@@ -34,7 +34,8 @@ import numpy as np
 
 from . import _buffers
 from ._parallel import (call_threads as _threads, cores as _cores,
-                        gradient_parts as _gradient_parts, parts as _split_parts)
+                        gradient_parts as _gradient_parts, parts as _split_parts,
+                        projection_parts as _projection_parts)
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -192,6 +193,27 @@ def gradient_parts(cell, T, B, I, GH, H):
     return _gradient_parts(T, B, I, GH, H, GRADIENT_PARTS_MIN_MACS)
 
 
+#: multiply-adds per input projection GEMM from which an unsplit forward runs
+#: it in parts on an OpenMP team (``_parallel.projection_parts``). Against one
+#: part (``benchmarks/ab_setting.py``, the two alternating in one process, 2
+#: threads, 9-21 rounds, median of per-round ratios, (B, T, I, H), projection
+#: multiply-adds: speed-up inference / training): RNN (1, 100, 256, 256) 6.6M
+#: 1.09-1.15x / 1.06-1.07x, (4, 200, 256, 256) 52M 1.13-1.17x / 1.08x; GRU
+#: (4, 200, 256, 256) 157M 1.15x / 1.08x, (1, 1000, 64, 64) 12M 1.09x / 1.09x,
+#: (2, 500, 64, 64) 12M 1.05x / 1.06x; LSTM (1, 1000, 64, 64) 16M 1.09-1.10x /
+#: 1.05x; RNN (1, 1000, 64, 64) 4.1M 1.00x. Under it: RNN (1, 200, 128, 128)
+#: 3.3M 1.03-1.06x, the grid's RNN latency 1.6M 0.96-1.00x.
+PROJECTION_PARTS_MIN_MACS = 1 << 22
+
+
+def projection_parts(cell, training, T, B, I, GH):
+    """Parts for each input projection of an unsplit forward (``_parallel``):
+    a GEMM over the rows of a chunk of steps, all T of them in an LSTM or
+    GRU training call, which keeps every step's gates."""
+    steps = T if training and cell in ("lstm", "gru") else _buffers.chunk(T, B, GH)
+    return _projection_parts(steps * B, I, GH, PROJECTION_PARTS_MIN_MACS)
+
+
 def prepare_forward(cell, dtype, T, B, params):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
@@ -226,12 +248,14 @@ def _pack(w_hh, trans, K, N):
 
 
 def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, unit_parts=0,
-            y=None):
+            y=None, proj_parts=1):
     """The backend interface's forward; ``prepared``: ``prepare_forward``'s
     result, shared by the parts of a split batch (None: prepare here);
     ``unit_parts``: as ``unit_parts()`` returns, run on up to that many of
     fastrnn's threads; ``y``: (T, B, H) to write the output into, rows of a
-    larger batch's output for a part of a split batch (None: a new array)."""
+    larger batch's output for a part of a split batch (None: a new array);
+    ``proj_parts``: as ``projection_parts()`` returns, the input projections
+    in that many parts on up to as many threads (without ``unit_parts``)."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
@@ -244,7 +268,11 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     keep_gates = training and cell in ("lstm", "gru")
     gates = _buffers.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
     # the hidden units split across a team of fastrnn's threads (``unit_parts``)
-    team = dict(unit_parts=unit_parts, n_team=min(_threads(), unit_parts)) if unit_parts else {}
+    # or the input projections in parts on such a team (``proj_parts``)
+    if unit_parts:
+        team = dict(unit_parts=unit_parts, n_team=min(_threads(), unit_parts))
+    else:
+        team = dict(proj_parts=proj_parts, n_team=min(_threads(), proj_parts))
     data = None
     if cell == "lstm":
         HC = GH // 4                # the size of c
@@ -276,7 +304,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     else:
         kernel = _typed(_rnn.forward, dtype)
         kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse,
-               cell == "rnn_relu", gates, hs, y, **rec)
+               cell == "rnn_relu", gates, hs, y, **team, **rec)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(hs=hs)

@@ -151,6 +151,21 @@ def gradient_parts(T, B, I, GH, H, min_macs):
     return GRADIENT_PARTS if T * B * GH * (2 * I + H) >= min_macs else 1
 
 
+#: parts an unsplit forward (``parts``: one core runs its time loop) projects
+#: its inputs in, on fastrnn's threads, each part's BLAS call on one thread
+#: (``projection_parts``)
+PROJECTION_PARTS = 2
+
+
+def projection_parts(rows, I, GH, min_macs):
+    """Parts to split each input projection of an unsplit forward into (1:
+    one BLAS call): ``PROJECTION_PARTS`` from ``min_macs`` multiply-adds per
+    projection GEMM (``rows`` by G*H by I), the backend's measured threshold.
+    A rule on the shape alone, so that the bits do not depend on the thread
+    count."""
+    return PROJECTION_PARTS if rows * GH * I >= min_macs else 1
+
+
 def limit_threads(n):
     """Limit every BLAS/OpenMP pool to ``n`` threads; the handle keeps the limit."""
     try:
@@ -312,7 +327,14 @@ class SplitBackend:
         G = {"lstm": 4, "gru": 3}.get(cell, 1)
         ranges = parts(B, T, I, params[1].shape[0] // G, G)
         if len(ranges) == 1:
-            return self.module.forward(cell, x, state0, params, lengths, reverse, training)
+            # one core will run the time loop: the backend may share the input
+            # projections among the threads
+            fn = getattr(self.module, "projection_parts", None)
+            extra = {}
+            if fn is not None:
+                extra["proj_parts"] = fn(cell, training, T, B, I, params[0].shape[0])
+            return self.module.forward(cell, x, state0, params, lengths, reverse, training,
+                                       **extra)
 
         shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params)
         # each part writes its rows of y in place: no concatenation afterwards

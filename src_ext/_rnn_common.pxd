@@ -81,13 +81,30 @@ cdef inline void project_columns(const floating* x,      # IN  (rows, I)
          w_ih + c0 * I, <int> I, <floating> 1, gates + c0, <int> G)
 
 
-cdef inline void project_inputs(const floating* x,       # IN  (rows, I)
-                                const floating* w_ih,    # IN  (G, I), PyTorch's layout
-                                const floating* bias,    # IN  (G,)
-                                floating* gates,         # OUT (rows, G)
-                                Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G) noexcept nogil:
-    """gates := x @ w_ih^T + bias, for many steps at once (one large GEMM)."""
-    project_columns(x, w_ih, bias, gates, rows, I, G, 0, G)
+cdef inline void project_on_team(const floating* x,      # IN  (rows, I)
+                                 const floating* w_ih,   # IN  (G, I), PyTorch's layout
+                                 const floating* bias,   # IN  (G,)
+                                 floating* gates,        # OUT (rows, G)
+                                 Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G,
+                                 int n_parts, int n_team) noexcept nogil:
+    """gates := x @ w_ih^T + bias, for many steps at once, in ``n_parts``
+    column parts (``part_bound``; 1: one GEMM) run by a team of ``n_team``
+    threads, each part's BLAS call on one thread: a forward whose time loop
+    runs on one core gets every core for its input projections. The parts,
+    not the team, fix the arithmetic: the same bits for any ``n_team``."""
+    cdef int part
+    n_parts = max(n_parts, 1)
+    if n_team <= 1 or n_parts == 1:
+        for part in range(n_parts):
+            project_columns(x, w_ih, bias, gates, rows, I, G, part_bound(G, part, n_parts),
+                            part_bound(G, part + 1, n_parts))
+        return
+    with parallel(num_threads=n_team):
+        part = fr_team_rank()
+        while part < n_parts:
+            project_columns(x, w_ih, bias, gates, rows, I, G, part_bound(G, part, n_parts),
+                            part_bound(G, part + 1, n_parts))
+            part = part + fr_team_size()
 
 
 cdef inline void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
@@ -201,16 +218,18 @@ cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
                                  const floating* bias,    # IN  (G,)
                                  floating* gates,         # OUT (chunk, B, G)
                                  Py_ssize_t s, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
-                                 Py_ssize_t G, Py_ssize_t chunk, bint reverse) noexcept nogil:
+                                 Py_ssize_t G, Py_ssize_t chunk, bint reverse,
+                                 int proj_parts, int n_team) noexcept nogil:
     """The gate rows of the s-th visited step.
 
-    Steps are projected ``chunk`` at a time: the first step of a chunk runs one
-    GEMM for the inputs of the whole chunk, stored in time order.
+    Steps are projected ``chunk`` at a time: the first step of a chunk
+    projects the inputs of the whole chunk, stored in time order, in
+    ``proj_parts`` parts on a team of ``n_team`` threads (``project_on_team``).
     """
     cdef Py_ssize_t n
     cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
     if s % chunk == 0:
-        project_inputs(x + t_low * B * I, w_ih, bias, gates, n * B, I, G)
+        project_on_team(x + t_low * B * I, w_ih, bias, gates, n * B, I, G, proj_parts, n_team)
     return gates + (time_at(s, T, reverse) - t_low) * B * G
 
 

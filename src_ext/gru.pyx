@@ -64,6 +64,8 @@ cdef void gru_forward_kernel(
         Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* y,                # OUT   (T, B, H), y_step apart
         Py_ssize_t y_step,          # elements between y's steps (see step_stride)
+        int proj_parts,             # the input projections in parts on a team
+        int n_team,                 #   of n_team threads (see project_on_team)
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t s, t
@@ -73,7 +75,7 @@ cdef void gru_forward_kernel(
     cdef floating *yt
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse)
+        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts, n_team)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * y_step
@@ -221,11 +223,12 @@ def forward(const floating[:, :, ::1] x,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None,
             int unit_parts=0,
-            int n_team=1):
+            int n_team=1,
+            int proj_parts=1):
     """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``.
 
-    ``unit_parts``, ``n_team``: the hidden units split across a thread team,
-    as in ``lstm.forward``.
+    ``unit_parts``, ``n_team``, ``proj_parts``: the hidden units split across a
+    thread team, or the input projections in parts on it, as in ``lstm.forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
@@ -252,7 +255,8 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, H, 3 * H, packed_, n_threads)
         gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], &b_hn[0],
                            lens, T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                           &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step)
+                           &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
+                           proj_parts, n_team)
 
 
 def backward(const floating[:, :, ::1] x,

@@ -141,6 +141,8 @@ cdef void lstm_forward_kernel(
         bint keep_m,
         floating* y,                # OUT   (T, B, P), y_step apart
         Py_ssize_t y_step,          # elements between y's steps (see step_stride)
+        int proj_parts,             # the input projections in parts on a team
+        int n_team,                 #   of n_team threads (see project_on_team)
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, j
@@ -154,7 +156,7 @@ cdef void lstm_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse)
+        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts, n_team)
         h_in = hs + slot_in(t, reverse) % n_slots * B * P
         c_in = cs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * P
@@ -336,7 +338,8 @@ def forward(const floating[:, :, ::1] x,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None,
             int unit_parts=0,
-            int n_team=1):
+            int n_team=1,
+            int proj_parts=1):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
@@ -350,6 +353,8 @@ def forward(const floating[:, :, ::1] x,
     multiple of the panel width): split the hidden units into that many parts
     run by a team of ``n_team`` threads, a barrier per step
     (``lstm_forward_units``), instead of one thread for the whole batch.
+    Otherwise ``proj_parts``: the input projections in that many column parts
+    on the team (``project_on_team``).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -389,7 +394,8 @@ def forward(const floating[:, :, ::1] x,
         lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, w_hr_, &bias[0], lens,
                             T, B, I, H, P, reverse, gates.shape[0], &gates[0, 0, 0],
                             &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
-                            m is not None and m.shape[0] > 1, &y[0, 0, 0], y_step)
+                            m is not None and m.shape[0] > 1, &y[0, 0, 0], y_step,
+                            proj_parts, n_team)
 
 
 def backward(const floating[:, :, ::1] x,

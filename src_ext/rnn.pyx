@@ -25,6 +25,8 @@ cdef void rnn_forward_kernel(
         Py_ssize_t n_slots,         # T+1 keeps every state (training), 2 alternates
         floating* y,                # OUT   (T, B, H), y_step apart
         Py_ssize_t y_step,          # elements between y's steps (see step_stride)
+        int proj_parts,             # the input projections in parts on a team
+        int n_team,                 #   of n_team threads (see project_on_team)
 ) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
     cdef floating *p
@@ -34,7 +36,7 @@ cdef void rnn_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        p = step_gates(x, w_ih, bias, pre, s, T, B, I, H, chunk, reverse)
+        p = step_gates(x, w_ih, bias, pre, s, T, B, I, H, chunk, reverse, proj_parts, n_team)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * y_step
@@ -103,8 +105,13 @@ def forward(const floating[:, :, ::1] x,
             floating[:, :, :] y,             # rows contiguous (see step_stride)
             float[::1] packed=None,
             int n_threads=1,
-            const floating[:, ::1] w_hh_t=None):
-    """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers."""
+            const floating[:, ::1] w_hh_t=None,
+            int proj_parts=1,
+            int n_team=1):
+    """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers.
+
+    ``proj_parts``, ``n_team``: the input projections in that many column
+    parts on a team of ``n_team`` threads (``project_on_team``)."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
@@ -118,7 +125,8 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, H, H, packed_, n_threads)
         rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], lens,
                            T, B, I, H, reverse, relu, pre.shape[0], &pre[0, 0, 0],
-                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step)
+                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, proj_parts,
+                           n_team)
 
 
 def backward(const floating[:, :, ::1] x,
