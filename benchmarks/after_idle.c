@@ -37,7 +37,7 @@ static volatile float sink;
 
 __attribute__((noinline)) static void prod(void)
 {
-    fr_gemm_packed(1, N, K, h, K, packed, 1.0f, out, N, 0, fr_n_panels(N));
+    fr_gemm_packed(1, N, K, h, K, packed, 1.0f, out, N, 0, fr_n_panels(N), 0);
 }
 
 __attribute__((noinline)) static void read256(void)

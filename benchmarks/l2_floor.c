@@ -53,7 +53,7 @@ static void measure(const char* cell, ptrdiff_t K, ptrdiff_t N)
             double t0 = now();
             for (int c = 0; c < CALLS; c++) {
                 if (v == 0)
-                    fr_gemm_packed(1, N, K, h, K, packed, 1.0f, out, N, 0, fr_n_panels(N));
+                    fr_gemm_packed(1, N, K, h, K, packed, 1.0f, out, N, 0, fr_n_panels(N), 0);
                 else
                     sink += read_all(packed, fr_packed_size(K, N));
             }

@@ -33,7 +33,7 @@ static void measure(int B, int K, int N)
     for (long i = 0; i < (long)K * N; i++)
         w[i] = 0.1f * cosf(0.11f * (float)i);
     fr_pack_panels(K, N, w, 0, packed);
-    fr_gemm_packed(B, N, K, a, K, packed, 0.0f, c, N, 0, fr_n_panels(N));
+    fr_gemm_packed(B, N, K, a, K, packed, 0.0f, c, N, 0, fr_n_panels(N), 0);
     double err = 0;
     for (int b = 0; b < B; b++)
         for (int n = 0; n < N; n++) {
@@ -47,7 +47,7 @@ static void measure(int B, int K, int N)
     for (int r = 0; r < ROUNDS; r++) {
         double t0 = now();
         for (int i = 0; i < calls; i++)
-            fr_gemm_packed(B, N, K, a, K, packed, 0.0f, c, N, 0, fr_n_panels(N));
+            fr_gemm_packed(B, N, K, a, K, packed, 0.0f, c, N, 0, fr_n_panels(N), 0);
         t[r] = (now() - t0) / calls;
     }
     qsort(t, ROUNDS, sizeof(double), by_value);

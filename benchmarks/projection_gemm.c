@@ -48,7 +48,7 @@ static void measure(const char* what, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
             double t0 = now();
             for (int i = 0; i < calls; i++) {
                 if (v == 0) {
-                    fr_gemm_packed(M, N, K, a, K, packed, 0.0f, c, N, 0, fr_n_panels(N));
+                    fr_gemm_packed(M, N, K, a, K, packed, 0.0f, c, N, 0, fr_n_panels(N), 0);
                 } else {
                     /* row-major C = A @ W is column-major C^T = W^T @ A^T */
                     float one = 1, zero = 0;
