@@ -12,11 +12,20 @@ bench), median of ``--calls`` calls, each preceded by
 - ``nothing``:           back to back;
 - ``onnxruntime``:       one ONNX Runtime call of the same cell and shape;
 - ``torch``:             one torch.nn call of the same cell and shape;
+- ``numpy matmul``:      one NumPy product of two (``--blas-size``)² float32
+                         matrices, on NumPy's BLAS at the same 2 threads;
 - ``busy N ms``:         a Python busy loop (no memory traffic to speak of);
 - ``sleep N ms``:        an idle pause.
 
+Then the other way round: that NumPy product timed back to back and right
+after the fastrnn call. A user's code around fastrnn is the neighbour here:
+OpenBLAS's idle workers spin on after a threaded product (for as long as its
+OPENBLAS_THREAD_TIMEOUT says, read when the library loads), and the two take
+the cores from each other (README, "Sharing the cores with NumPy's own
+BLAS"); run it again with ``OPENBLAS_THREAD_TIMEOUT=4`` in the environment.
+
 Run: ``python benchmarks/bench_interleaving.py [--cell lstm] [--shape latency]
-[--calls 60] [--repeats 2]``
+[--calls 60] [--repeats 2] [--blas-size 512]``
 """
 import argparse
 import time
@@ -45,7 +54,13 @@ def main():
     ap.add_argument("--mode", default="inference", choices=_peers.MODES)
     ap.add_argument("--calls", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--blas-size", type=int, default=512,
+                    help="n of the NumPy neighbour's n x n x n product")
     args = ap.parse_args()
+    a = np.random.default_rng(0).standard_normal((args.blas_size,) * 2).astype(np.float32)
+
+    def matmul():
+        return a @ a
     threads = 2
     _parallel.set_num_threads(threads)
     with _parallel.limit_threads(threads):
@@ -60,6 +75,7 @@ def main():
                 run = None
             if run is not None:
                 before[name] = run
+        before["numpy matmul"] = matmul
         for ms in (1, 5):
             before[f"busy {ms} ms"] = busy(ms)
             before[f"sleep {ms} ms"] = pause(ms)
@@ -67,14 +83,25 @@ def main():
               f"median ms of {args.calls} calls, each right after ...")
         for repeat in range(args.repeats):
             for name, other in before.items():
-                times = []
-                for _ in range(args.calls):
-                    if other is not None:
-                        other()
-                    t = time.perf_counter()
-                    ours()
-                    times.append(time.perf_counter() - t)
-                print(f"{name:>14}: {1e3 * np.median(times):.3f}", flush=True)
+                print(f"{name:>14}: {median_after(ours, other, args.calls):.3f}", flush=True)
+        print(f"# NumPy's {args.blas_size}^3 float32 product: median ms of {args.calls} "
+              "calls, each right after ...")
+        for repeat in range(args.repeats):
+            for name, other in (("nothing", None), ("fastrnn", ours)):
+                print(f"{name:>14}: {median_after(matmul, other, args.calls):.3f}", flush=True)
+
+
+def median_after(timed, other, calls):
+    """Median ms of ``calls`` calls of ``timed``, each right after ``other()``
+    (None: back to back)."""
+    times = []
+    for _ in range(calls):
+        if other is not None:
+            other()
+        t = time.perf_counter()
+        timed()
+        times.append(time.perf_counter() - t)
+    return 1e3 * np.median(times)
 
 
 if __name__ == "__main__":
