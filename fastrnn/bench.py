@@ -100,16 +100,19 @@ def balanced_orders(n):
     return orders
 
 
-#: seconds of untimed calls that open each turn (see ``interleaved_times``)
-SETTLE_S = 0.1
+#: seconds of untimed calls that open each turn (see ``interleaved_times``):
+#: longer than the 105 ms that SciPy's OpenBLAS workers spin after the
+#: limit's threaded sgemm (``settle``)
+SETTLE_S = 0.15
 
 
 def settle(run, seconds=SETTLE_S):
     """Call ``run`` untimed until ``seconds`` have passed (at least once).
 
-    torch's OpenMP workers and ONNX Runtime's pool keep spinning after a call
-    (on the development machine about 8 ms and 60 ms: the CPU time of their
-    threads after one call), which takes a core from whatever runs next; and
+    torch's OpenMP workers, ONNX Runtime's pool and OpenBLAS's workers after
+    the limit's threaded sgemm keep spinning after a call (on the development
+    machines about 8 ms, 60 ms and 103-107 ms: the CPU time of their threads
+    after one call), which takes a core from whatever runs next; and
     a call also runs slower after anything else has used the core for a while
     (``benchmarks/bench_interleaving.py``). Calls made until the previous
     implementation's workers have gone quiet bring ``run`` to the state of
