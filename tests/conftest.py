@@ -188,9 +188,31 @@ def make_projected_states(B, H, P, dtype=np.float64, seed=1, scale=0.5):
     return tuple((scale * rng.standard_normal(s)).astype(dtype) for s in ((B, P), (B, H)))
 
 
+def projected_case(T=5, B=3, I=11, H=24, P=7):
+    """A small projected LSTM call with odd sizes and mixed lengths: ``(arrays,
+    lengths)``, ``arrays = (x, h0, c0, *params, dy)`` in float64."""
+    arrays = (make_x(T, B, I), *make_projected_states(B, H, P), *make_projected_params(I, H, P),
+              make_x(T, B, P, seed=7))
+    return arrays, make_lengths("mixed", T, B)
+
+
 def run_projected_forward(backend, x, states, params, **kw):
     """``lstm_forward`` with ``params = (weight_ih, weight_hh, bias_ih, bias_hh, weight_hr)``."""
     return run_forward("lstm", backend, x, states, params[:4], weight_hr=params[4], **kw)
+
+
+def record_keyword(monkeypatch, module, function, keyword, default):
+    """Wrap ``module.function`` so that each call appends the value of its
+    ``keyword`` argument (``default`` when not passed) to the list returned:
+    which way a backend was asked to run a call (parts, unit split)."""
+    calls = []
+    real = getattr(module, function)
+
+    def spy(*args, **kw):
+        calls.append(kw.get(keyword, default))
+        return real(*args, **kw)
+    monkeypatch.setattr(module, function, spy)
+    return calls
 
 
 def finite_difference_gradient(f, a, eps):

@@ -14,9 +14,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import (RTOL, assert_results_equal, make_lengths, make_params,
-                      make_projected_params, make_projected_states, make_states, make_x,
-                      run_backward, run_forward)
+from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states,
+                      make_x, projected_case, record_keyword, run_backward, run_forward)
 from fastrnn import _backends, _parallel
 
 NATIVE = [b for b in ("cython", "numba") if b in fastrnn.available_backends()]
@@ -30,15 +29,8 @@ SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 2, 33, 5), (7, 5, 16, 40), (3, 1, 20
 
 def spy_on_backward(monkeypatch, backend):
     """The ``grad_parts`` of every call of the backend's backward, from now on."""
-    module = _backends.get(backend).module
-    calls = []
-    real = module.backward
-
-    def spy(*args, **kw):
-        calls.append(kw.get("grad_parts", 1))
-        return real(*args, **kw)
-    monkeypatch.setattr(module, "backward", spy)
-    return calls
+    return record_keyword(monkeypatch, _backends.get(backend).module, "backward",
+                          "grad_parts", 1)
 
 
 @pytest.fixture(params=[(b, n) for b in NATIVE for n in (2, 3)],
@@ -86,18 +78,13 @@ def test_gradient_parts_match_reference_and_any_thread_count(parts_everywhere, c
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_gradient_parts_with_a_projection(parts_everywhere, dtype):
-    T, B, I, H, P = 5, 3, 11, 24, 7
-    params = make_projected_params(I, H, P)
-    states = make_projected_states(B, H, P)
-    x, dy = make_x(T, B, I), make_x(T, B, P, seed=7)
-    lengths = make_lengths("mixed", T, B)
+    arrays, lengths = projected_case()
 
     def run(backend, threads, arrays):
         x_, s0, s1, *p, dy_ = arrays
         return train("lstm", backend, x_, (s0, s1), tuple(p[:4]), lengths, False, threads, dy_,
                      weight_hr=p[4])
     backend, n_parts, calls = parts_everywhere
-    arrays = (x, *states, *params, dy)
     cast = [a.astype(dtype) for a in arrays]
     two = run(backend, 2, cast)
     assert calls == [n_parts]

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import (RTOL, assert_results_equal, make_lengths, make_params,
-                      make_projected_params, make_projected_states, make_states, make_x,
-                      run_backward, run_forward)
+from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states,
+                      make_x, projected_case, record_keyword, run_backward, run_forward)
 from fastrnn import _backends, _buffers, _parallel
 
 if "cython" not in fastrnn.available_backends():
@@ -34,13 +33,7 @@ def parts_everywhere(request, monkeypatch):
     monkeypatch.setattr(module, "PROJECTION_PARTS_MIN_MACS", 0)
     monkeypatch.setattr(_parallel, "PROJECTION_PARTS", request.param)
     monkeypatch.setattr(_buffers, "chunk", lambda T, B, GH: min(T, 3))
-    calls = []
-    real = module.forward
-
-    def spy(*args, **kw):
-        calls.append(kw.get("proj_parts", 1))
-        return real(*args, **kw)
-    monkeypatch.setattr(module, "forward", spy)
+    calls = record_keyword(monkeypatch, module, "forward", "proj_parts", 1)
     threads = _parallel.get_num_threads()
     yield request.param, calls
     _parallel.set_num_threads(threads)
@@ -88,18 +81,13 @@ def test_projection_parts_match_reference_and_any_thread_count(parts_everywhere,
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_projection_parts_with_a_projection(parts_everywhere, dtype, training):
-    T, B, I, H, P = 5, 3, 11, 24, 7
-    params = make_projected_params(I, H, P)
-    states = make_projected_states(B, H, P)
-    x, dy = make_x(T, B, I), make_x(T, B, P, seed=7)
-    lengths = make_lengths("mixed", T, B)
+    arrays, lengths = projected_case()
 
     def go(backend, threads, arrays):
         x_, s0, s1, *p, dy_ = arrays
         return run("lstm", backend, x_, (s0, s1), tuple(p[:4]), lengths, False, training,
                    threads, dy_, weight_hr=p[4])
     n_parts, calls = parts_everywhere
-    arrays = (x, *states, *params, dy)
     cast = [a.astype(dtype) for a in arrays]
     two = go("cython", 2, cast)
     assert calls == [n_parts]

@@ -13,7 +13,7 @@ import pytest
 
 import fastrnn
 from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states, make_x,
-                      run_backward)
+                      record_keyword, run_backward)
 from fastrnn import _parallel
 
 cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
@@ -28,13 +28,7 @@ SHAPES = [(6, 1, 9, 32), (5, 3, 7, 48), (4, 9, 5, 64), (7, 16, 12, 32), (9, 13, 
 def unit_split_everywhere(monkeypatch):
     """Split the units of every LSTM and GRU call the rule allows at all."""
     monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
-    calls = []
-    real = cb.forward
-
-    def spy(*args, **kw):
-        calls.append(kw.get("unit_parts", 0))
-        return real(*args, **kw)
-    monkeypatch.setattr(cb, "forward", spy)
+    calls = record_keyword(monkeypatch, cb, "forward", "unit_parts", 0)
     threads = _parallel.get_num_threads()
     yield calls
     _parallel.set_num_threads(threads)
