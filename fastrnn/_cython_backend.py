@@ -33,9 +33,9 @@ import os
 import numpy as np
 
 from . import _buffers
-from ._parallel import (call_threads as _threads, cores as _cores,
-                        gradient_parts as _gradient_parts, parts as _split_parts,
-                        projection_parts as _projection_parts)
+from ._parallel import (cores as _cores, gradient_parts as _gradient_parts,
+                        openmp_usable as _openmp_usable, parts as _split_parts,
+                        projection_parts as _projection_parts, team_size as _team_size)
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -163,7 +163,7 @@ def unit_parts(cell, dtype, T, B, params, training):
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
     if UNIT_SPLIT_MIN_BYTES is None or T < PREPARE_MIN_T \
-            or cell not in ("lstm", "gru") or len(params) > 4:
+            or cell not in ("lstm", "gru") or len(params) > 4 or not _openmp_usable():
         return 0
     GH, H = params[1].shape
     if dtype != np.float32 or H % _packing.PANEL or B > PACKED_MAX_B:
@@ -237,7 +237,7 @@ def _prepared(dtype, T, B, w_hh, trans):
                                  K_MAJOR_COPY)
     if "packed" in rec:
         parallel = PARALLEL_MIN_MACS is not None and B * rec["packed"].size >= PARALLEL_MIN_MACS
-        rec["n_threads"] = _cores() if parallel else 1
+        rec["n_threads"] = _cores() if parallel and _openmp_usable() else 1
     return rec
 
 
@@ -270,9 +270,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     # the hidden units split across a team of fastrnn's threads (``unit_parts``)
     # or the input projections in parts on such a team (``proj_parts``)
     if unit_parts:
-        team = dict(unit_parts=unit_parts, n_team=min(_threads(), unit_parts))
+        team = dict(unit_parts=unit_parts, n_team=_team_size(unit_parts))
     else:
-        team = dict(proj_parts=proj_parts, n_team=min(_threads(), proj_parts))
+        team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
     data = None
     if cell == "lstm":
         HC = GH // 4                # the size of c
@@ -327,8 +327,10 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
     rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
     # a forward that split its units has its backward split them the same way
-    units = data.get("unit_parts", 0) if "packed" in rec else 0
-    rec = dict(rec, grad_parts=grad_parts, n_team=min(_threads(), max(grad_parts, units)))
+    # (or the ordinary loop, which reads the same workspace, where this process
+    # may not start a team: ``_parallel.openmp_usable``)
+    units = data.get("unit_parts", 0) if "packed" in rec and _openmp_usable() else 0
+    rec = dict(rec, grad_parts=grad_parts, n_team=_team_size(max(grad_parts, units)))
     if units:
         rec["unit_parts"] = units
     if cell == "lstm" and "w_hr" in data:

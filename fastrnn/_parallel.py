@@ -252,6 +252,13 @@ class _OneBlasThread:
                         setter(n)
         return False
 
+    def reset(self):
+        """In a forked child: the calls that held BLAS at one thread, and the
+        lock one of them may have held, were the parent's threads'."""
+        self._lock = threading.Lock()
+        self._active = 0
+        self._saved = None
+
 
 _one_blas_thread = _OneBlasThread()
 
@@ -270,6 +277,51 @@ def run_parts(fn, n):
     futures = [pool.submit(fn, k) for k in range(1, n)]
     first = fn(0)
     return [first] + [f.result() for f in futures]
+
+
+# -- OpenMP teams, and fork --------------------------------------------------
+#
+# libgomp's threads do not survive fork: a child forked after this process ran
+# an OpenMP team waits forever for them at its own first team (a forked
+# child's LSTM latency call hung after the parent's had run; so did a split
+# batch's, whose pool threads stayed in the parent too). So such a child runs
+# every part of a call on its calling thread or on Python threads of its own:
+# slower, and the same bits (the parts depend on the shapes only).
+
+_openmp_ok = True           # False in a child forked after a team ran here
+_openmp_started = False     # has this process started a team of 2 or more?
+
+
+def team_size(n_parts):
+    """Threads for an OpenMP team that runs ``n_parts`` fixed parts: up to
+    ``call_threads()``, or 1 (no team) where teams are unusable
+    (``openmp_usable``)."""
+    global _openmp_started
+    if not _openmp_ok:
+        return 1
+    size = max(1, min(call_threads(), n_parts))
+    if size > 1:
+        _openmp_started = True
+    return size
+
+
+def openmp_usable():
+    """May this process start OpenMP teams? Not in a child forked after its
+    parent started one."""
+    return _openmp_ok
+
+
+def _after_fork_in_child():
+    global _pool, _pool_lock, _openmp_ok
+    _pool = None                # its threads stayed in the parent
+    _pool_lock = threading.Lock()
+    _one_blas_thread.reset()
+    if _openmp_started:
+        _openmp_ok = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the backend interface, split -------------------------------------------

@@ -1,0 +1,107 @@
+"""fastrnn in a child forked after the parent used its threads.
+
+libgomp's threads and the batch split's Python threads stay in the parent
+at fork; a child that waited for them hung (``_parallel``'s fork handler).
+Each case runs in a fresh interpreter with a timeout, so a hang fails the
+test instead of the suite: the parent runs calls that use an OpenMP team
+(unit split, gradient parts) and the split batch's pool, in both native
+backends, forks, and the child runs the same calls. Every result must come
+back, bit for bit the parent's.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+import fastrnn
+
+pytestmark = [
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform"),
+    pytest.mark.skipif("cython" not in fastrnn.available_backends(),
+                       reason="the Cython backend is not built here"),
+]
+
+SCRIPT = textwrap.dedent('''
+    import multiprocessing as mp
+    import numpy as np
+    import fastrnn
+    from fastrnn import _backends, _parallel
+
+    cb = _backends.get("cython").module
+    # every team on every build: the unit split and the gradient and
+    # projection parts at any size
+    if cb.UNIT_SPLIT_MIN_BYTES is not None:
+        cb.UNIT_SPLIT_MIN_BYTES = {256: 0}
+    cb.GRADIENT_PARTS_MIN_MACS = 0
+    cb.PROJECTION_PARTS_MIN_MACS = 0
+    fastrnn.set_num_threads(2)
+    rng = np.random.default_rng(0)
+
+    def case(cell, T, B, I, H):
+        G = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        p = [rng.standard_normal(s).astype(np.float32) * 0.2
+             for s in ((G * H, I), (G * H, H), (G * H,), (G * H,))]
+        return cell, rng.standard_normal((T, B, I)).astype(np.float32), p, \\
+            rng.standard_normal((T, B, H)).astype(np.float32)
+
+    CASES = [case("lstm", 6, 1, 9, 32), case("gru", 5, 3, 7, 48),    # unit split
+             case("rnn", 5, 2, 9, 24),                                # gradient parts
+             case("rnn", 4, 16, 64, 64)]                              # split batch
+    assert len(_parallel.parts(16, 4, 64, 64, 1)) == 2
+
+    BACKENDS = [b for b in ("cython", "numba") if b in fastrnn.available_backends()]
+
+    def run_all():
+        out = []
+        for (cell, x, p, dy), backend in [(c, b) for c in CASES for b in BACKENDS]:
+            fwd = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward,
+                   "rnn": fastrnn.rnn_forward}[cell]
+            bwd = {"lstm": fastrnn.lstm_backward, "gru": fastrnn.gru_backward,
+                   "rnn": fastrnn.rnn_backward}[cell]
+            states = [None] * (2 if cell == "lstm" else 1)
+            y = fwd(x, *states, *p, backend=backend)
+            o = fwd(x, *states, *p, backend=backend, training=True)
+            g = bwd(o.workspace, dy)
+            out.append([y.y, o.y, *g[:5]])
+        return out
+
+    def child(q):
+        q.put((_parallel.openmp_usable(), run_all()))
+
+    if __name__ == "__main__":
+        parent = run_all()
+        started = _parallel._openmp_started
+        ctx = mp.get_context("fork")
+        q = ctx.Queue()
+        p = ctx.Process(target=child, args=(q,))
+        # fork right after a team's call: its worker is still busy in libgomp
+        cell, x, w, _ = CASES[0]
+        fastrnn.lstm_forward(x, None, None, *w, backend="cython")
+        p.start()
+        usable, got = q.get(timeout=60)
+        p.join(60)
+        assert p.exitcode == 0, p.exitcode
+        assert usable == (not started), (usable, started)
+        for a, b in zip(parent, got):
+            for u, v in zip(a, b):
+                np.testing.assert_array_equal(u, v)
+        print("ok", started)
+''')
+
+
+def test_a_forked_child_runs_what_its_parent_ran(tmp_path):
+    script = tmp_path / "fork_case.py"
+    script.write_text(SCRIPT)
+    # the fastrnn these tests import, installed or in place
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+    try:
+        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                              timeout=180, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child did not finish in 180 s (hung)")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith("ok"), done.stdout
