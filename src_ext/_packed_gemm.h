@@ -59,16 +59,16 @@ static inline void fr_pack_one(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff
  * apart, hits the same few L1 sets again and again. */
 #define FR_PACK_ROWS 8
 static void fr_pack_rows(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k_stride,
-                         float* packed)
+                         float* packed, ptrdiff_t p0, ptrdiff_t p1)
 {
-    ptrdiff_t full = N / FR_PANEL;
+    ptrdiff_t full = N / FR_PANEL < p1 ? N / FR_PANEL : p1;
     for (ptrdiff_t k0 = 0; k0 < K; k0 += FR_PACK_ROWS) {
         ptrdiff_t k1 = k0 + FR_PACK_ROWS < K ? k0 + FR_PACK_ROWS : K;
-        for (ptrdiff_t p = 0; p < full; p++)
+        for (ptrdiff_t p = p0; p < full; p++)
             for (ptrdiff_t k = k0; k < k1; k++)
                 memcpy(packed + (p * K + k) * FR_PANEL, w + k * k_stride + p * FR_PANEL,
                        FR_PANEL * sizeof(float));
-        if (full < fr_n_panels(N))
+        if (full < p1 && full >= p0)
             for (ptrdiff_t k = k0; k < k1; k++)
                 fr_pack_one(K, N, w, k_stride, 1, packed, full, k);
     }
@@ -78,9 +78,9 @@ static void fr_pack_rows(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t k_s
  * FR_PANEL rows of w, transposed, 4 x 4 blocks at a time through SSE
  * registers (every x86-64 has SSE; elsewhere the scalar loop does it all). */
 static void fr_pack_columns(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t n_stride,
-                            float* packed)
+                            float* packed, ptrdiff_t p0, ptrdiff_t p1)
 {
-    for (ptrdiff_t p = 0; p < fr_n_panels(N); p++) {
+    for (ptrdiff_t p = p0; p < p1; p++) {
         ptrdiff_t k = 0;
 #if defined(__SSE__) || defined(_M_X64)
         if ((p + 1) * FR_PANEL <= N) {
@@ -104,18 +104,27 @@ static void fr_pack_columns(ptrdiff_t K, ptrdiff_t N, const float* w, ptrdiff_t 
     }
 }
 
-/* Pack op(W) (K, N) into panels, from a row-major w: (N, K) with op(W) = w^T
- * when ``trans`` (PyTorch's layout, the forward's W_hh^T), else (K, N) (the
- * backward's W_hh). Against one element at a time, 2.3-3.9x and 1.8-3.6x
+/* Pack panels [p0, p1) of op(W) (K, N), from a row-major w: (N, K) with
+ * op(W) = w^T when ``trans`` (PyTorch's layout, the forward's W_hh^T), else
+ * (K, N) (the backward's W_hh). Panels are independent, so the threads that
+ * will read a range of them can pack it themselves (src_ext/_units.pxd).
+ * Against one element at a time, 2.3-3.9x and 1.8-3.6x
  * faster for the grid's W_hh (LSTM at H = 128: 46 -> 14 us and 31 -> 12 us;
  * H = 512: 818 -> 291 us and 979 -> 362 us; C harness, the two interleaved,
  * median of 41), with the same bytes. */
-static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, int trans, float* packed)
+static void fr_pack_panel_range(ptrdiff_t K, ptrdiff_t N, const float* w, int trans,
+                                float* packed, ptrdiff_t p0, ptrdiff_t p1)
 {
     if (trans)
-        fr_pack_columns(K, N, w, K, packed);
+        fr_pack_columns(K, N, w, K, packed, p0, p1);
     else
-        fr_pack_rows(K, N, w, N, packed);
+        fr_pack_rows(K, N, w, N, packed, p0, p1);
+}
+
+/* All of op(W)'s panels. */
+static void fr_pack_panels(ptrdiff_t K, ptrdiff_t N, const float* w, int trans, float* packed)
+{
+    fr_pack_panel_range(K, N, w, trans, packed, 0, fr_n_panels(N));
 }
 
 /* c[r][0:FR_PANEL] += sum_k a[r][k] * w[k][0:FR_PANEL] for ROWS rows of a; w one packed panel.

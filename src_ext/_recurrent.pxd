@@ -19,6 +19,8 @@ cdef extern from "_packed_gemm.h" nogil:
     Py_ssize_t fr_packed_size(Py_ssize_t K, Py_ssize_t N)
     void fr_pack_panels(Py_ssize_t K, Py_ssize_t N, const float* w, int trans,
                         float* packed)
+    void fr_pack_panel_range(Py_ssize_t K, Py_ssize_t N, const float* w, int trans,
+                             float* packed, Py_ssize_t p0, Py_ssize_t p1)
     void fr_gemm_packed(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const float* A,
                         Py_ssize_t lda, const float* packed, float beta, float* C,
                         Py_ssize_t ldc, Py_ssize_t p0, Py_ssize_t p1, int descending)

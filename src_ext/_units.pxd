@@ -7,7 +7,7 @@ the team (src_ext/_team.h).
 A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 [k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
 """
-from _recurrent cimport fr_gemm_packed, FR_PANEL
+from _recurrent cimport fr_gemm_packed, fr_pack_panel_range, FR_PANEL
 from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
                           fr_team_rank, fr_team_barrier)
 
@@ -15,6 +15,32 @@ from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
 cdef inline Py_ssize_t part_start(Py_ssize_t H, int part, int n_parts) noexcept nogil:
     """The first unit of ``part``: the panels split as evenly as they go."""
     return (H // FR_PANEL) * part // n_parts * FR_PANEL
+
+
+cdef inline void pack_own_parts(const float* w,     # IN  W_hh (G*H, H), PyTorch's layout
+                                bint trans, Py_ssize_t H, Py_ssize_t n_gates,
+                                float* packed,      # OUT op(W_hh)'s panels, this thread's
+                                int n_parts) noexcept nogil:
+    """Pack the panels this thread's parts read (parts rank, rank + size, ...).
+    The forward's op(W_hh) is W_hh^T (H, G*H) (``trans``): a part reads each
+    gate's columns for its units. The backward's is W_hh (G*H, H): a part
+    reads the columns of its units.
+
+    A part's steps read only its own panels, so packing them on the thread
+    that reads them needs no barrier, halves the packing's time, and leaves
+    them in that core's cache instead of the other's."""
+    cdef int part = fr_team_rank(), size = fr_team_size()
+    cdef Py_ssize_t G = n_gates * H, k, u0, u1
+    while part < n_parts:
+        u0 = part_start(H, part, n_parts)
+        u1 = part_start(H, part + 1, n_parts)
+        if trans:
+            for k in range(n_gates):
+                fr_pack_panel_range(H, G, w, True, packed, (k * H + u0) // FR_PANEL,
+                                    (k * H + u1) // FR_PANEL)
+        else:
+            fr_pack_panel_range(G, H, w, False, packed, u0 // FR_PANEL, u1 // FR_PANEL)
+        part += size
 
 
 cdef inline float* part_gates(const float* x,        # IN  (T, B, I)

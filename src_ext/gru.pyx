@@ -12,8 +12,8 @@ from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team, step_stride)
-from _units cimport (part_start, part_gates, parts_dh_product, fr_team_size, fr_team_rank,
-                     fr_team_barrier)
+from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
+                     fr_team_size, fr_team_rank, fr_team_barrier)
 
 
 cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_hn,
@@ -224,11 +224,13 @@ def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] w_hh_t=None,
             int unit_parts=0,
             int n_team=1,
-            int proj_parts=1):
+            int proj_parts=1,
+            bint pack_here=False):
     """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``.
 
-    ``unit_parts``, ``n_team``, ``proj_parts``: the hidden units split across a
-    thread team, or the input projections in parts on it, as in ``lstm.forward``.
+    ``unit_parts``, ``n_team``, ``proj_parts``, ``pack_here``: the hidden units
+    split across a thread team, or the input projections in parts on it, as in
+    ``lstm.forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
@@ -237,12 +239,16 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
+    if pack_here and unit_parts <= 0:
+        raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
             raise ValueError(f"unit_parts needs float32 with packed panels, "
                              f"H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
             with nogil, parallel(num_threads=n_team):
+                if pack_here:
+                    pack_own_parts(&w_hh[0, 0], True, H, 3, packed_, unit_parts)
                 gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], &b_hn[0], lens,
                                   T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
                                   &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
@@ -280,16 +286,19 @@ def backward(const floating[:, :, ::1] x,
              int n_threads=1,
              int grad_parts=1,
              int n_team=1,
-             int unit_parts=0):
+             int unit_parts=0,
+             bint pack_here=False):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit.
 
-    ``unit_parts``, ``grad_parts``, ``n_team``: as in ``lstm.backward``."""
+    ``unit_parts``, ``grad_parts``, ``n_team``, ``pack_here``: as in ``lstm.backward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
     cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, H)
     cdef float* packed_ = check_packed(packed, 3 * H, H)
     cdef Recurrent rec
+    if pack_here and unit_parts <= 0:
+        raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     if unit_parts > 0 and (floating is not float or packed_ == NULL or H % FR_PANEL != 0
                            or n_team < 1):
         raise ValueError(f"unit_parts needs float32 with packed panels, "
@@ -298,6 +307,8 @@ def backward(const floating[:, :, ::1] x,
         if unit_parts > 0:
             if floating is float:
                 with parallel(num_threads=n_team):
+                    if pack_here:
+                        pack_own_parts(&w_hh[0, 0], False, H, 3, packed_, unit_parts)
                     gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], packed_,
                                        dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
                                        &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts)

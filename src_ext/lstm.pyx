@@ -33,8 +33,8 @@ from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, F
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team,
                           weight_gradient, step_stride)
-from _units cimport (part_start, part_gates, parts_dh_product, fr_team_size, fr_team_rank,
-                     fr_team_barrier)
+from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
+                     fr_team_size, fr_team_rank, fr_team_barrier)
 
 
 cdef inline floating cell_unit(floating* g, const floating* gh, const floating* c_in,
@@ -339,7 +339,8 @@ def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] w_hh_t=None,
             int unit_parts=0,
             int n_team=1,
-            int proj_parts=1):
+            int proj_parts=1,
+            bint pack_here=False):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
@@ -354,7 +355,9 @@ def forward(const floating[:, :, ::1] x,
     run by a team of ``n_team`` threads, a barrier per step
     (``lstm_forward_units``), instead of one thread for the whole batch.
     Otherwise ``proj_parts``: the input projections in that many column parts
-    on the team (``project_on_team``).
+    on the team (``project_on_team``). ``pack_here`` (with ``unit_parts``):
+    ``packed`` is only room for the panels, and each thread of the team packs
+    the panels its parts read from ``w_hh`` (``pack_own_parts``).
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -374,6 +377,8 @@ def forward(const floating[:, :, ::1] x,
         raise ValueError("h and c differ in size but there is no projection")
     if gh.shape[0] != B or gh.shape[1] != 4 * H:
         raise ValueError(f"gh must be ({B}, {4 * H}) scratch, got ({gh.shape[0]}, {gh.shape[1]})")
+    if pack_here and unit_parts <= 0:
+        raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or w_hr is not None \
                 or H % FR_PANEL != 0 or n_team < 1:
@@ -381,6 +386,8 @@ def forward(const floating[:, :, ::1] x,
                              f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
             with nogil, parallel(num_threads=n_team):
+                if pack_here:
+                    pack_own_parts(&w_hh[0, 0], True, H, 4, packed_, unit_parts)
                 lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], lens, T, B, I,
                                    H, reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
                                    &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
@@ -424,7 +431,8 @@ def backward(const floating[:, :, ::1] x,
              int n_threads=1,
              int grad_parts=1,
              int n_team=1,
-             int unit_parts=0):
+             int unit_parts=0,
+             bint pack_here=False):
     """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
@@ -434,7 +442,7 @@ def backward(const floating[:, :, ::1] x,
     ``packed``, no projection, H a multiple of the panel width): the time
     loop's units split into that many parts on a team of ``n_team`` threads
     (``lstm_backward_units``); ``grad_parts``: the GEMMs after it in that many
-    parts on the team (``gradients_on_team``).
+    parts on the team (``gradients_on_team``); ``pack_here``: as in ``forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]
@@ -454,6 +462,8 @@ def backward(const floating[:, :, ::1] x,
         dm_ = &dm[0, 0]
     elif P != H:
         raise ValueError("h and c differ in size but there is no projection")
+    if pack_here and unit_parts <= 0:
+        raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     if unit_parts > 0 and (floating is not float or packed_ == NULL or w_hr is not None
                            or H % FR_PANEL != 0 or n_team < 1):
         raise ValueError(f"unit_parts needs float32 with packed panels, no "
@@ -462,6 +472,8 @@ def backward(const floating[:, :, ::1] x,
         if unit_parts > 0:
             if floating is float:
                 with parallel(num_threads=n_team):
+                    if pack_here:
+                        pack_own_parts(&w_hh[0, 0], False, H, 4, packed_, unit_parts)
                     lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], packed_, dy_, dy_step,
                                         lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
                                         &dg[0, 0, 0], unit_parts)

@@ -110,16 +110,20 @@ def test_unit_split_rule_in_each_build(cell):
     assert (parts(1, 128), parts(16, 512), parts(8, 64), parts(32, 256)) == (2, 2, 0, 0)
 
 
-def test_kernel_rejects_unit_parts_it_cannot_run():
-    """The raw kernel's ``unit_parts`` needs float32, packed panels and whole
-    panels; anything else is a clear error, not a crash."""
-    T, B, I, H = 4, 2, 3, 16
+def raw_lstm_forward_args(T, B, I, H):
+    """Positional arguments of the raw float32 LSTM forward kernel, zeros."""
     x = np.zeros((T, B, I), np.float32)
     w_ih, w_hh = np.zeros((4 * H, I), np.float32), np.zeros((4 * H, H), np.float32)
-    args = (x, w_ih, w_hh, np.zeros(4 * H, np.float32), None, False,
+    return (x, w_ih, w_hh, np.zeros(4 * H, np.float32), None, False,
             np.empty((1, B, 4 * H), np.float32), np.empty((B, 4 * H), np.float32),
             np.zeros((2, B, H), np.float32), np.zeros((2, B, H), np.float32),
             np.empty((T, B, H), np.float32))
+
+
+def test_kernel_rejects_unit_parts_it_cannot_run():
+    """The raw kernel's ``unit_parts`` needs float32, packed panels and whole
+    panels; anything else is a clear error, not a crash."""
+    args = raw_lstm_forward_args(T=4, B=2, I=3, H=16)
     kernel = cb._typed(cb._lstm.forward, F32)
     with pytest.raises(ValueError, match="unit_parts needs float32 with packed"):
         kernel(*args, unit_parts=2)                       # no packed panels
@@ -155,3 +159,46 @@ def test_unit_split_backward_gives_the_bits_of_the_whole_product(unit_split_ever
     whole = run_backward(cell, ws, dy)
     assert seen == [2, 0]
     assert_results_equal(split, whole)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_team_packs_every_panel_the_calling_thread_would(unit_split_everywhere, monkeypatch,
+                                                         cell, threads):
+    """A unit-split call's team packs W_hh itself (``pack_here``), each thread
+    the panels of its own parts: forward and backward, the room it packs into
+    ends up byte for byte what ``packing.pack`` writes (the room starts as NaN,
+    so a panel left out cannot pass as stale memory of an earlier call), and
+    the results are the bits of a call packed before its team started."""
+    T, B, I, H = 6, 2, 5, 48          # H = 48: parts of one panel and of two
+    x, states = make_x(T, B, I, np.float32), make_states(cell, B, H, np.float32)
+    params, dy = make_params(cell, I, H, np.float32), make_x(T, B, H, np.float32, seed=3)
+    rooms = []
+    room_to_pack = cb._room_to_pack
+
+    def spy(w_hh, trans):
+        rec = room_to_pack(w_hh, trans)
+        rec["packed"][:] = np.nan
+        rooms.append((rec["packed"], w_hh, trans))
+        return rec
+    monkeypatch.setattr(cb, "_room_to_pack", spy)
+    in_team = run(cell, x, states, params, None, False, threads, dy=dy)
+    assert [trans for _, _, trans in rooms] == [True, False]
+    for packed, w_hh, trans in rooms:
+        K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
+        np.testing.assert_array_equal(packed, cb._pack(w_hh, trans, K, N))
+    monkeypatch.setattr(cb, "PACK_IN_TEAM", False)
+    before = run(cell, x, states, params, None, False, threads, dy=dy)
+    assert len(rooms) == 2 and unit_split_everywhere == [2, 2]
+    for got, want in zip(in_team, before):
+        assert_results_equal(got, want)
+
+
+def test_kernel_packs_on_its_team_only_with_unit_parts():
+    """``pack_here`` leaves ``packed`` to the unit split's team: without
+    ``unit_parts`` nothing would pack it, so the kernel refuses."""
+    args = raw_lstm_forward_args(T=4, B=2, I=3, H=16)
+    room = np.empty(cb._packing.packed_size(16, 4 * 16), np.float32)
+    kernel = cb._typed(cb._lstm.forward, F32)
+    with pytest.raises(ValueError, match="pack_here needs unit_parts"):
+        kernel(*args, packed=room, pack_here=True)
