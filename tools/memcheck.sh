@@ -60,14 +60,19 @@ export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
 # MEMCHECK_BUILD=0 reuses the extensions of a previous run (same sources)
 build=${MEMCHECK_BUILD:-1}
 
-# the canary: a raw kernel (no validation) handed an output one step too
-# short; the checker must report its out-of-bounds write before we trust it
+# the canary: a raw kernel handed an output whose memory is one step too
+# short; the checker must report its out-of-bounds write before we trust it.
+# The kernel checks y's shape and strides, so y is a (T, B, H) view that
+# as_strided lays over a buffer of T - 1 steps: the shape is right, the
+# memory is not, and only a memory checker can tell.
 cat > canary.py <<'PY'
 import numpy as np
+from numpy.lib.stride_tricks import as_strided
 from fastrnn._ext import rnn
 T, B, I, H = 4, 2, 3, 5
 x, w_ih, w_hh = np.ones((T, B, I)), np.ones((H, I)), np.ones((H, H))
-y = np.empty((T - 1, B, H))                 # one step short: the kernel is not told
+short = np.empty((T - 1) * B * H)
+y = as_strided(short, shape=(T, B, H), strides=(B * H * 8, H * 8, 8))
 rnn.forward(x, w_ih, w_hh, np.zeros(H), None, False, False, np.empty((T, B, H)),
             np.zeros((2, B, H)), y)
 PY
