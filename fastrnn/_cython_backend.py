@@ -258,12 +258,16 @@ def _room_to_pack(w_hh, trans):
     (``pack_here``): each thread packs the panels its parts read, on the core
     that reads them (``PACK_IN_TEAM``)."""
     K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
-    return dict(packed=np.empty(_packing.packed_size(K, N), np.float32), pack_here=True,
-                n_threads=1)
+    return dict(packed=_room(K, N), pack_here=True)
+
+
+def _room(K, N):
+    """Room for op(W_hh)'s (K, N) panels."""
+    return np.empty(_packing.packed_size(K, N), np.float32)
 
 
 def _pack(w_hh, trans, K, N):
-    packed = np.empty(_packing.packed_size(K, N), np.float32)
+    packed = _room(K, N)
     _packing.pack(w_hh, trans, packed)
     return packed
 
