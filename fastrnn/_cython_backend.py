@@ -162,6 +162,20 @@ UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
 #: inference LSTM 1.04x, GRU 1.06x (its training splits the batch: 1.00x).
 PACK_IN_TEAM = True
 
+#: A unit-split forward whose team packs W_hh also packs W_ih^T's panels there,
+#: each thread its parts' columns, and projects its parts' inputs through them
+#: with the bias added as each value is stored (``project_panels`` in
+#: src_ext/_units.pxd), instead of a bias pass and OpenBLAS. The panels
+#: multiply 1.17-1.30x faster than one-thread OpenBLAS at the grid's
+#: projections (``benchmarks/projection_gemm.c``); packing W_ih costs part of
+#: that back. Against OpenBLAS (``benchmarks/ab_setting.py``, the two
+#: alternating in one process, 2 threads, 21 rounds, median of per-round
+#: ratios, inference / training): LSTM latency 1.09x / 1.01x, small 1.05x
+#: (its training splits the batch), (1, 100, 256, 256) 1.07x / 1.03x,
+#: (4, 50, 512, 512) 1.04x / 1.01x; GRU latency 1.07x / 1.03x, small 1.04x,
+#: (1, 100, 256, 256) 1.06x / 1.00x, (4, 50, 512, 512) 1.04x / 1.02x.
+PROJECT_PACKED = True
+
 
 def unit_parts(cell, dtype, T, B, params, training):
     """Parts to split the hidden units into for this call (0: none; the batch
@@ -171,11 +185,14 @@ def unit_parts(cell, dtype, T, B, params, training):
     the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
     smallest batch bound not under B. Training only where the batch split
     would leave the batch whole: the backward then runs its time loop on one
-    core either way, where a split batch would run it on both.
+    core either way, where a split batch would run it on both. The rule
+    looks at the shapes only, not at the threads: a call gets the same bits
+    with a team of one (one fastrnn thread, or a forked child that may start
+    no team: ``_parallel.team_size``), which runs on the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
     if UNIT_SPLIT_MIN_BYTES is None or T < PREPARE_MIN_T \
-            or cell not in ("lstm", "gru") or len(params) > 4 or not _openmp_usable():
+            or cell not in ("lstm", "gru") or len(params) > 4:
         return 0
     GH, H = params[1].shape
     if dtype != np.float32 or H % _packing.PANEL or B > PACKED_MAX_B:
@@ -253,21 +270,27 @@ def _prepared(dtype, T, B, w_hh, trans):
     return rec
 
 
-def _room_to_pack(w_hh, trans):
+def _room_to_pack(w_hh, trans, w_ih=None):
     """Kernel arguments for a unit-split call whose team packs op(W_hh) itself
     (``pack_here``): each thread packs the panels its parts read, on the core
-    that reads them (``PACK_IN_TEAM``)."""
+    that reads them (``PACK_IN_TEAM``). With ``w_ih`` (a forward, where
+    ``PROJECT_PACKED``), room for W_ih^T's panels too, ``packed_ih``: the team
+    packs them the same way and projects its parts' inputs through them."""
     K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
-    return dict(packed=_room(K, N), pack_here=True)
+    rec = dict(packed=_room(K, N), pack_here=True)
+    if w_ih is not None:
+        rec["packed_ih"] = _room(w_ih.shape[1], w_ih.shape[0])
+    return rec
 
 
 def _room(K, N):
     """Room for op(W)'s (K, N) panels, from the memory cache like every other
     array of a call: fresh pages for each call's panels cost more than the
     packing. Against ``np.empty`` (``benchmarks/ab_setting.py`` on a switch
-    since removed, 15 rounds, inference / training): LSTM latency 1.10x /
-    1.06x, small 1.04x / 1.05x, (1, 100, 512, 512) 1.16x / 1.10x; GRU latency
-    1.00x / 0.97x, small 1.03x / 1.00x, (1, 100, 512, 512) 1.09x / 1.12x."""
+    since removed, 15 rounds, inference / training; W_ih's panels in such a
+    room too): LSTM latency 1.10x / 1.06x, small 1.04x / 1.05x,
+    (1, 100, 512, 512) 1.16x / 1.10x; GRU latency 1.00x / 0.97x, small 1.03x /
+    1.00x, (1, 100, 512, 512) 1.09x / 1.12x."""
     return _buffers.empty((_packing.packed_size(K, N),), np.float32)
 
 
@@ -293,7 +316,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     GH = w_hh.shape[0]
     dtype = x.dtype
     if prepared is None and unit_parts and PACK_IN_TEAM:
-        rec = _room_to_pack(w_hh, True)
+        rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)
     else:
         rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
@@ -359,9 +382,7 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     dstate, dg, grads = _buffers.backward_outputs(cell, x, w_ih, w_hh, dstate_n)
     dx, dw_ih, dw_hh, db_ih, db_hh = grads
     # a forward that split its units has its backward split them the same way
-    # (or the ordinary loop, which reads the same workspace, where this process
-    # may not start a team: ``_parallel.openmp_usable``)
-    units = data.get("unit_parts", 0) if _openmp_usable() else 0
+    units = data.get("unit_parts", 0)
     if prepared is None and units and PACK_IN_TEAM:
         rec = _room_to_pack(w_hh, False)
     else:

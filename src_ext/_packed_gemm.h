@@ -282,18 +282,13 @@ static inline void fr_block(int rows, int np, ptrdiff_t K, const float* a, ptrdi
 }
 #endif
 
-/* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1.
- *
- * ``descending`` walks the panels from p1 down. The time loops alternate
- * it step by step, so each step first reads the panels the last one read
- * last, which are still in the caches: the share of W that fits stays there
- * instead of being evicted, in LRU order, just before it is needed. A
- * column's sums do not depend on the order or the pairing of the panels,
- * so the bits do not change. */
+/* C[:, panels p0..p1) := A @ W + bias, or (+)= A @ W without a bias (beta
+ * 0 or 1). The bias rides in the final store: no pass of its own over C. */
 FR_CLONES
-static void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A, ptrdiff_t lda,
-                           const float* packed, float beta, float* C, ptrdiff_t ldc,
-                           ptrdiff_t p0, ptrdiff_t p1, int descending)
+static void fr_gemm_packed_bias(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                ptrdiff_t lda, const float* packed, float beta, float* C,
+                                ptrdiff_t ldc, ptrdiff_t p0, ptrdiff_t p1, int descending,
+                                const float* bias)
 {
     float acc[FR_MAX_ROWS * FR_STEP_PANELS * FR_PANEL];
     for (ptrdiff_t done = 0; done < p1 - p0;) {
@@ -305,14 +300,37 @@ static void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A
         for (ptrdiff_t b = 0; b < B;) {
             int rows = B - b >= FR_MAX_ROWS ? FR_MAX_ROWS : B - b >= 4 ? 4 : 1;
             fr_block(rows, np, K, A + b * lda, lda, w, acc);
-            for (int r = 0; r < rows; r++)
-                for (ptrdiff_t j = 0; j < width; j++) {
-                    float* c = C + (b + r) * ldc + n0 + j;
-                    *c = beta == 0.0f ? acc[r * cols + j] : *c + acc[r * cols + j];
-                }
+            for (int r = 0; r < rows; r++) {
+                float* c = C + (b + r) * ldc + n0;
+                const float* s = acc + r * cols;
+                if (bias != NULL)
+                    for (ptrdiff_t j = 0; j < width; j++)
+                        c[j] = bias[n0 + j] + s[j];
+                else if (beta == 0.0f)
+                    for (ptrdiff_t j = 0; j < width; j++)
+                        c[j] = s[j];
+                else
+                    for (ptrdiff_t j = 0; j < width; j++)
+                        c[j] += s[j];
+            }
             b += rows;
         }
         done += np;
     }
+}
+
+/* C[:, panels p0..p1) (+)= A @ W for packed W; beta is 0 or 1.
+ *
+ * ``descending`` walks the panels from p1 down. The time loops alternate
+ * it step by step, so each step first reads the panels the last one read
+ * last, which are still in the caches: the share of W that fits stays there
+ * instead of being evicted, in LRU order, just before it is needed. A
+ * column's sums do not depend on the order or the pairing of the panels,
+ * so the bits do not change. */
+static inline void fr_gemm_packed(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A,
+                                  ptrdiff_t lda, const float* packed, float beta, float* C,
+                                  ptrdiff_t ldc, ptrdiff_t p0, ptrdiff_t p1, int descending)
+{
+    fr_gemm_packed_bias(B, N, K, A, lda, packed, beta, C, ldc, p0, p1, descending, NULL);
 }
 #endif

@@ -24,6 +24,10 @@ cdef extern from "_packed_gemm.h" nogil:
     void fr_gemm_packed(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const float* A,
                         Py_ssize_t lda, const float* packed, float beta, float* C,
                         Py_ssize_t ldc, Py_ssize_t p0, Py_ssize_t p1, int descending)
+    void fr_gemm_packed_bias(Py_ssize_t B, Py_ssize_t N, Py_ssize_t K, const float* A,
+                             Py_ssize_t lda, const float* packed, float beta, float* C,
+                             Py_ssize_t ldc, Py_ssize_t p0, Py_ssize_t p1, int descending,
+                             const float* bias)
 
 
 cdef struct Recurrent:
@@ -81,11 +85,13 @@ cdef inline void recurrent_product(const Recurrent* r, Py_ssize_t B, const float
          <const floating*> r.w, <int> (r.K if r.trans else r.N), beta, out, <int> r.N)
 
 
-cdef inline float* check_packed(float[::1] packed, Py_ssize_t K, Py_ssize_t N) except? NULL:
-    """The packed buffer for op(W) (K, N), or NULL; a ValueError if it is too small."""
+cdef inline float* check_packed(float[::1] packed, Py_ssize_t K, Py_ssize_t N,
+                                str name="packed") except? NULL:
+    """The packed buffer for op(W) (K, N), or NULL; a ValueError naming the
+    argument if it is too small."""
     if packed is None:
         return NULL
     if packed.shape[0] < fr_packed_size(K, N):
-        raise ValueError(f"packed must hold at least {fr_packed_size(K, N)} floats "
+        raise ValueError(f"{name} must hold at least {fr_packed_size(K, N)} floats "
                          f"for a ({K}, {N}) matrix, got {packed.shape[0]}")
     return &packed[0]

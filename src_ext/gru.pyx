@@ -86,6 +86,7 @@ cdef void gru_forward_kernel(
 
 cdef inline void gru_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
+        const float* packed_ih,
         const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T,
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk,
         float* gates, float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y,
@@ -96,28 +97,32 @@ cdef inline void gru_units_step(
     cdef float* h_in = hs + slot_in(t, reverse) % n_slots * B * H
     cdef float* h_out = hs + slot_out(t, reverse) % n_slots * B * H
     cdef float* yt = y + t * y_step
-    cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 3, reverse, chunk,
-                               gates, gh, u0, u1)
+    cdef float* g = part_gates(x, w_ih, packed, bias, packed_ih, h_in, s, T, B, I, H, 3,
+                               reverse, chunk, gates, gh, u0, u1)
     fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL if ghn == NULL else ghn + t * B * H,
                lengths, t, B, H, u0, u1)
 
 
 cdef void gru_forward_units(
-        const float* x, const float* w_ih, const float* packed, const float* bias,
-        const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
+        const float* x, const float* w_ih, const float* w_hh, float* packed, const float* bias,
+        float* packed_ih, const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
         float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
         int n_parts) noexcept nogil:
     """The forward with the hidden units split into ``n_parts`` parts across
-    the calling OpenMP team, as ``lstm_forward_units``; ``ghn`` (T, B, H) in
-    training, else NULL."""
+    the calling OpenMP team, as ``lstm_forward_units`` (``w_hh``, ``packed_ih``
+    too); ``ghn`` (T, B, H) in training, else NULL."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t s
+    if w_hh != NULL:
+        pack_own_parts(w_hh, True, H, H, 3, packed, n_parts)
+        if packed_ih != NULL:
+            pack_own_parts(w_ih, True, I, H, 3, packed_ih, n_parts)
     for s in range(T):
         part = rank
         while part < n_parts:
-            gru_units_step(x, w_ih, packed, bias, b_hn, lengths, s, T, B, I, H, reverse,
-                           chunk, gates, gh, ghn, hs, n_slots, y, y_step,
+            gru_units_step(x, w_ih, packed, bias, packed_ih, b_hn, lengths, s, T, B, I, H,
+                           reverse, chunk, gates, gh, ghn, hs, n_slots, y, y_step,
                            part_start(H, part, n_parts),
                            part_start(H, part + 1, n_parts))
             part += size
@@ -186,14 +191,17 @@ cdef void gru_backward_kernel(
 
 
 cdef void gru_backward_units(
-        const float* gates, const float* ghn, const float* hs, const float* packed,
-        const float* dy, Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T,
+        const float* gates, const float* ghn, const float* hs, const float* w_hh,
+        float* packed, const float* dy, Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T,
         Py_ssize_t B, Py_ssize_t H, bint reverse, float* dh, float* dg_x, float* dg_h,
         int n_parts) noexcept nogil:
     """``gru_backward_kernel`` with the hidden units split into ``n_parts``
-    parts across the calling OpenMP team, as ``lstm_backward_units``."""
+    parts across the calling OpenMP team, as ``lstm_backward_units`` (``w_hh``
+    too)."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t G = 3 * H, s, t
+    if w_hh != NULL:
+        pack_own_parts(w_hh, False, H, H, 3, packed, n_parts)
     for s in range(T):
         t = time_at(T - 1 - s, T, reverse)
         part = rank
@@ -225,34 +233,48 @@ def forward(const floating[:, :, ::1] x,
             int unit_parts=0,
             int n_team=1,
             int proj_parts=1,
-            bint pack_here=False):
+            bint pack_here=False,
+            float[::1] packed_ih=None):
     """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``.
 
-    ``unit_parts``, ``n_team``, ``proj_parts``, ``pack_here``: the hidden units
-    split across a thread team, or the input projections in parts on it, as in
-    ``lstm.forward``.
+    ``unit_parts``, ``n_team``, ``proj_parts``, ``pack_here``, ``packed_ih``:
+    the hidden units split across a thread team, or the input projections in
+    parts on it, as in ``lstm.forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
     cdef float* packed_ = check_packed(packed, H, 3 * H)
+    cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
+    cdef float* packed_ih_ = check_packed(packed_ih, I, 3 * H, "packed_ih")
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
+    if packed_ih is not None and not pack_here:
+        raise ValueError("packed_ih needs pack_here: the unit split's team packs W_ih^T into it")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
             raise ValueError(f"unit_parts needs float32 with packed panels, "
                              f"H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
-            with nogil, parallel(num_threads=n_team):
-                if pack_here:
-                    pack_own_parts(&w_hh[0, 0], True, H, 3, packed_, unit_parts)
-                gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], &b_hn[0], lens,
-                                  T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                                  &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
-                                  y_step, unit_parts)
+            if pack_here:
+                to_pack = &w_hh[0, 0]
+            with nogil:
+                # a team of one starts no OpenMP region (_parallel.team_size)
+                if n_team > 1:
+                    with parallel(num_threads=n_team):
+                        gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
+                                          packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
+                                          gates.shape[0], &gates[0, 0, 0], &gh[0, 0], ghn_,
+                                          &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
+                                          unit_parts)
+                else:
+                    gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
+                                      packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
+                                      gates.shape[0], &gates[0, 0, 0], &gh[0, 0], ghn_,
+                                      &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, unit_parts)
         return
     with nogil:
         if w_hh_t_ != NULL:
@@ -296,6 +318,7 @@ def backward(const floating[:, :, ::1] x,
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
     cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, H)
     cdef float* packed_ = check_packed(packed, 3 * H, H)
+    cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
     cdef Recurrent rec
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
@@ -303,14 +326,20 @@ def backward(const floating[:, :, ::1] x,
                            or n_team < 1):
         raise ValueError(f"unit_parts needs float32 with packed panels, "
                          f"H a multiple of {FR_PANEL} and n_team >= 1")
+    if pack_here:
+        to_pack = &w_hh[0, 0]
     with nogil:
         if unit_parts > 0:
             if floating is float:
-                with parallel(num_threads=n_team):
-                    if pack_here:
-                        pack_own_parts(&w_hh[0, 0], False, H, 3, packed_, unit_parts)
-                    gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], packed_,
-                                       dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
+                # a team of one starts no OpenMP region (_parallel.team_size)
+                if n_team > 1:
+                    with parallel(num_threads=n_team):
+                        gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], to_pack,
+                                           packed_, dy_, dy_step, lens, T, B, H, reverse,
+                                           &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts)
+                else:
+                    gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], to_pack,
+                                       packed_, dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
                                        &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts)
         else:
             rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)

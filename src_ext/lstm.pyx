@@ -188,6 +188,7 @@ cdef void lstm_forward_kernel(
 
 cdef inline void lstm_units_step(
         const float* x, const float* w_ih, const float* packed, const float* bias,
+        const float* packed_ih,
         const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
         float* gh, float* hs, float* cs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
@@ -200,14 +201,14 @@ cdef inline void lstm_units_step(
     cdef float* h_out = hs + slot_out(t, reverse) % n_slots * B * H
     cdef float* c_out = cs + slot_out(t, reverse) % n_slots * B * H
     cdef float* yt = y + t * y_step
-    cdef float* g = part_gates(x, w_ih, packed, bias, h_in, s, T, B, I, H, 4, reverse, chunk,
-                               gates, gh, u0, u1)
+    cdef float* g = part_gates(x, w_ih, packed, bias, packed_ih, h_in, s, T, B, I, H, 4,
+                               reverse, chunk, gates, gh, u0, u1)
     fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, u0, u1)
 
 
 cdef void lstm_forward_units(
-        const float* x, const float* w_ih, const float* packed, const float* bias,
-        const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+        const float* x, const float* w_ih, const float* w_hh, float* packed, const float* bias,
+        float* packed_ih, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates, float* gh,
         float* hs, float* cs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
         int n_parts) noexcept nogil:
@@ -218,15 +219,22 @@ cdef void lstm_forward_units(
     parts' columns of W_hh^T, for all the rows. Every part is computed the
     same way whichever thread runs it: the bits do not depend on the team's
     size. ``hs``, ``cs``: ``n_slots`` slots, 2 (inference) or T+1 (training,
-    with ``gates`` (T, B, 4H): the chunk is the whole sequence)."""
+    with ``gates`` (T, B, 4H): the chunk is the whole sequence). ``w_hh``
+    not NULL: first pack this thread's panels of W_hh^T into ``packed``, and
+    of W_ih^T into ``packed_ih`` if that is not NULL (``pack_own_parts``).
+    A team of one runs on the calling thread, inside no parallel region."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t s
+    if w_hh != NULL:
+        pack_own_parts(w_hh, True, H, H, 4, packed, n_parts)
+        if packed_ih != NULL:
+            pack_own_parts(w_ih, True, I, H, 4, packed_ih, n_parts)
     for s in range(T):
         part = rank
         while part < n_parts:
-            lstm_units_step(x, w_ih, packed, bias, lengths, s, T, B, I, H, reverse, chunk,
-                            gates, gh, hs, cs, n_slots, y, y_step, part_start(H, part, n_parts),
-                            part_start(H, part + 1, n_parts))
+            lstm_units_step(x, w_ih, packed, bias, packed_ih, lengths, s, T, B, I, H, reverse,
+                            chunk, gates, gh, hs, cs, n_slots, y, y_step,
+                            part_start(H, part, n_parts), part_start(H, part + 1, n_parts))
             part += size
         fr_team_barrier()
 
@@ -294,7 +302,7 @@ cdef void lstm_backward_kernel(
 
 
 cdef void lstm_backward_units(
-        const float* gates, const float* cs, const float* packed, const float* dy,
+        const float* gates, const float* cs, const float* w_hh, float* packed, const float* dy,
         Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t H, bint reverse, float* dh, float* dc, float* dg,
         int n_parts) noexcept nogil:
@@ -305,9 +313,12 @@ cdef void lstm_backward_units(
     columns of dh += dG @ W_hh from its panels. A part's next fused pass reads
     only its own columns of dh and dc, so one barrier a step is enough. The
     per-column sums are those of the whole product: the same bits as
-    ``lstm_backward_kernel``."""
+    ``lstm_backward_kernel``. ``w_hh`` not NULL: first pack this thread's
+    panels of W_hh into ``packed``."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t G = 4 * H, s, t
+    if w_hh != NULL:
+        pack_own_parts(w_hh, False, H, H, 4, packed, n_parts)
     for s in range(T):
         t = time_at(T - 1 - s, T, reverse)
         part = rank
@@ -340,7 +351,8 @@ def forward(const floating[:, :, ::1] x,
             int unit_parts=0,
             int n_team=1,
             int proj_parts=1,
-            bint pack_here=False):
+            bint pack_here=False,
+            float[::1] packed_ih=None):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
@@ -358,6 +370,9 @@ def forward(const floating[:, :, ::1] x,
     on the team (``project_on_team``). ``pack_here`` (with ``unit_parts``):
     ``packed`` is only room for the panels, and each thread of the team packs
     the panels its parts read from ``w_hh`` (``pack_own_parts``).
+    ``packed_ih`` (with ``pack_here``): room for W_ih^T's panels, which the
+    team packs the same way and projects the inputs through
+    (``project_panels``) instead of BLAS.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -365,6 +380,8 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hr_ = NULL
     cdef floating* m_ = NULL
     cdef float* packed_ = check_packed(packed, P, 4 * H)
+    cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
+    cdef float* packed_ih_ = check_packed(packed_ih, I, 4 * H, "packed_ih")
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, P)
     cdef Recurrent rec
@@ -379,19 +396,30 @@ def forward(const floating[:, :, ::1] x,
         raise ValueError(f"gh must be ({B}, {4 * H}) scratch, got ({gh.shape[0]}, {gh.shape[1]})")
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
+    if packed_ih is not None and not pack_here:
+        raise ValueError("packed_ih needs pack_here: the unit split's team packs W_ih^T into it")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or w_hr is not None \
                 or H % FR_PANEL != 0 or n_team < 1:
             raise ValueError(f"unit_parts needs float32 with packed panels, no "
                              f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
-            with nogil, parallel(num_threads=n_team):
-                if pack_here:
-                    pack_own_parts(&w_hh[0, 0], True, H, 4, packed_, unit_parts)
-                lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], packed_, &bias[0], lens, T, B, I,
-                                   H, reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
-                                   &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
-                                   y_step, unit_parts)
+            if pack_here:
+                to_pack = &w_hh[0, 0]
+            with nogil:
+                # a team of one starts no OpenMP region (_parallel.team_size)
+                if n_team > 1:
+                    with parallel(num_threads=n_team):
+                        lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
+                                           packed_ih_, lens, T, B, I, H, reverse,
+                                           gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
+                                           &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0],
+                                           &y[0, 0, 0], y_step, unit_parts)
+                else:
+                    lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
+                                       packed_ih_, lens, T, B, I, H, reverse, gates.shape[0],
+                                       &gates[0, 0, 0], &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
+                                       hs.shape[0], &y[0, 0, 0], y_step, unit_parts)
         return
     with nogil:
         if w_hh_t_ != NULL:
@@ -453,6 +481,7 @@ def backward(const floating[:, :, ::1] x,
     cdef floating* dh_total_ = NULL
     cdef floating* dm_ = NULL
     cdef float* packed_ = check_packed(packed, 4 * H, P)
+    cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
     cdef Recurrent rec
     if w_hr is not None:
         if m is None or dh_total is None or dm is None or dw_hr is None:
@@ -468,14 +497,20 @@ def backward(const floating[:, :, ::1] x,
                            or H % FR_PANEL != 0 or n_team < 1):
         raise ValueError(f"unit_parts needs float32 with packed panels, no "
                          f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
+    if pack_here:
+        to_pack = &w_hh[0, 0]
     with nogil:
         if unit_parts > 0:
             if floating is float:
-                with parallel(num_threads=n_team):
-                    if pack_here:
-                        pack_own_parts(&w_hh[0, 0], False, H, 4, packed_, unit_parts)
-                    lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], packed_, dy_, dy_step,
-                                        lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
+                # a team of one starts no OpenMP region (_parallel.team_size)
+                if n_team > 1:
+                    with parallel(num_threads=n_team):
+                        lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], to_pack, packed_, dy_,
+                                            dy_step, lens, T, B, H, reverse, &dh[0, 0],
+                                            &dc[0, 0], &dg[0, 0, 0], unit_parts)
+                else:
+                    lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], to_pack, packed_, dy_,
+                                        dy_step, lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
                                         &dg[0, 0, 0], unit_parts)
         else:
             rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)

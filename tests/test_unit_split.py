@@ -161,32 +161,47 @@ def test_unit_split_backward_gives_the_bits_of_the_whole_product(unit_split_ever
     assert_results_equal(split, whole)
 
 
+def spy_on_rooms(monkeypatch):
+    """Record every room a unit-split call's team packs into, as (room, w, trans),
+    each filled with NaN first: a panel left out cannot pass as stale memory
+    of an earlier call."""
+    rooms = []
+    room_to_pack = cb._room_to_pack
+
+    def spy(w_hh, trans, w_ih=None):
+        rec = room_to_pack(w_hh, trans, w_ih)
+        for key, w in (("packed", w_hh), ("packed_ih", w_ih)):
+            if key in rec:
+                rec[key][:] = np.nan
+                rooms.append((rec[key], w, trans))
+        return rec
+    monkeypatch.setattr(cb, "_room_to_pack", spy)
+    return rooms
+
+
+def assert_packed_as_pack_would(rooms):
+    for packed, w, trans in rooms:
+        K, N = (w.shape[1], w.shape[0]) if trans else w.shape
+        np.testing.assert_array_equal(packed, cb._pack(w, trans, K, N))
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_team_packs_every_panel_the_calling_thread_would(unit_split_everywhere, monkeypatch,
                                                          cell, threads):
     """A unit-split call's team packs W_hh itself (``pack_here``), each thread
     the panels of its own parts: forward and backward, the room it packs into
-    ends up byte for byte what ``packing.pack`` writes (the room starts as NaN,
-    so a panel left out cannot pass as stale memory of an earlier call), and
-    the results are the bits of a call packed before its team started."""
+    ends up byte for byte what ``packing.pack`` writes, and the results are
+    the bits of a call packed before its team started (the projection through
+    BLAS in both, as a call packed beforehand projects)."""
     T, B, I, H = 6, 2, 5, 48          # H = 48: parts of one panel and of two
     x, states = make_x(T, B, I, np.float32), make_states(cell, B, H, np.float32)
     params, dy = make_params(cell, I, H, np.float32), make_x(T, B, H, np.float32, seed=3)
-    rooms = []
-    room_to_pack = cb._room_to_pack
-
-    def spy(w_hh, trans):
-        rec = room_to_pack(w_hh, trans)
-        rec["packed"][:] = np.nan
-        rooms.append((rec["packed"], w_hh, trans))
-        return rec
-    monkeypatch.setattr(cb, "_room_to_pack", spy)
+    monkeypatch.setattr(cb, "PROJECT_PACKED", False)
+    rooms = spy_on_rooms(monkeypatch)
     in_team = run(cell, x, states, params, None, False, threads, dy=dy)
-    assert [trans for _, _, trans in rooms] == [True, False]
-    for packed, w_hh, trans in rooms:
-        K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
-        np.testing.assert_array_equal(packed, cb._pack(w_hh, trans, K, N))
+    assert [(w is params[1], trans) for _, w, trans in rooms] == [(True, True), (True, False)]
+    assert_packed_as_pack_would(rooms)
     monkeypatch.setattr(cb, "PACK_IN_TEAM", False)
     before = run(cell, x, states, params, None, False, threads, dy=dy)
     assert len(rooms) == 2 and unit_split_everywhere == [2, 2]
@@ -194,11 +209,41 @@ def test_team_packs_every_panel_the_calling_thread_would(unit_split_everywhere, 
         assert_results_equal(got, want)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_team_projects_through_the_panels_it_packs(unit_split_everywhere, monkeypatch, cell,
+                                                   threads):
+    """With ``PROJECT_PACKED`` a unit-split forward's team also packs W_ih^T
+    (``packed_ih``), each thread its parts' columns, byte for byte what
+    ``packing.pack`` writes, and projects through those panels: the results
+    agree with the BLAS projection's to float32 rounding (the sums run in
+    another order), training's gradients included."""
+    T, B, I, H = 5, 3, 33, 48         # I = 33: past the panels' 4-step unroll
+    x, states = make_x(T, B, I, np.float32), make_states(cell, B, H, np.float32)
+    params, dy = make_params(cell, I, H, np.float32), make_x(T, B, H, np.float32, seed=5)
+    assert cb.PROJECT_PACKED
+    rooms = spy_on_rooms(monkeypatch)
+    panels = run(cell, x, states, params, None, False, threads, dy=dy)
+    assert [(w is params[0], trans) for _, w, trans in rooms][:2] == [(False, True), (True, True)]
+    assert_packed_as_pack_would(rooms)
+    monkeypatch.setattr(cb, "PROJECT_PACKED", False)
+    blas = run(cell, x, states, params, None, False, threads, dy=dy)
+    assert unit_split_everywhere == [2, 2]
+    for got, want in zip(panels, blas):
+        assert_results_equal(got, want, exact=False, rtol=RTOL[F32])
+
+
 def test_kernel_packs_on_its_team_only_with_unit_parts():
     """``pack_here`` leaves ``packed`` to the unit split's team: without
-    ``unit_parts`` nothing would pack it, so the kernel refuses."""
+    ``unit_parts`` nothing would pack it, so the kernel refuses; the same for
+    ``packed_ih`` without ``pack_here``, and a room too small for W_ih^T."""
     args = raw_lstm_forward_args(T=4, B=2, I=3, H=16)
     room = np.empty(cb._packing.packed_size(16, 4 * 16), np.float32)
     kernel = cb._typed(cb._lstm.forward, F32)
     with pytest.raises(ValueError, match="pack_here needs unit_parts"):
         kernel(*args, packed=room, pack_here=True)
+    room_ih = np.empty(cb._packing.packed_size(3, 4 * 16), np.float32)
+    with pytest.raises(ValueError, match="packed_ih needs pack_here"):
+        kernel(*args, packed=room, unit_parts=2, packed_ih=room_ih)
+    with pytest.raises(ValueError, match="packed_ih must hold at least"):
+        kernel(*args, packed=room, unit_parts=2, pack_here=True, packed_ih=room_ih[:-1])
