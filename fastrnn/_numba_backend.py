@@ -94,7 +94,8 @@ def _prepared(dtype, T, B, w_hh, trans):
 
 
 def _pack(w_hh, trans, K, N):
-    packed = np.empty(_k.packed_size(K, N), np.float32)
+    # from the memory cache, like the Cython backend's panels (its ``_room``)
+    packed = _buffers.empty((_k.packed_size(K, N),), np.float32)
     _k.pack(_in(w_hh), trans, K, N, packed)
     return packed
 
@@ -247,7 +248,7 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     # the turned-around weight gradients' scratch (empty when none turns around),
     # one for each part of the GEMMs after the loop
     scratch = _k.wgrad_scratch_size(T * B, GH, (I, H))
-    dw_t = np.empty(scratch * grad_parts, dtype)
+    dw_t = _buffers.empty((scratch * grad_parts,), dtype)
     extra = ()                      # dW_hr with a projection
     if cell == "lstm" and "w_hr" in data:
         HC = GH // 4
