@@ -162,19 +162,28 @@ UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
 #: inference LSTM 1.04x, GRU 1.06x (its training splits the batch: 1.00x).
 PACK_IN_TEAM = True
 
-#: A unit-split forward whose team packs W_hh also packs W_ih^T's panels there,
-#: each thread its parts' columns, and projects its parts' inputs through them
-#: with the bias added as each value is stored (``project_panels`` in
-#: src_ext/_units.pxd), instead of a bias pass and OpenBLAS. The panels
-#: multiply 1.17-1.30x faster than one-thread OpenBLAS at the grid's
-#: projections (``benchmarks/projection_gemm.c``); packing W_ih costs part of
-#: that back. Against OpenBLAS (``benchmarks/ab_setting.py``, the two
-#: alternating in one process, 2 threads, 21 rounds, median of per-round
-#: ratios, inference / training): LSTM latency 1.09x / 1.01x, small 1.05x
-#: (its training splits the batch), (1, 100, 256, 256) 1.07x / 1.03x,
-#: (4, 50, 512, 512) 1.04x / 1.01x; GRU latency 1.07x / 1.03x, small 1.04x,
-#: (1, 100, 256, 256) 1.06x / 1.00x, (4, 50, 512, 512) 1.04x / 1.02x.
+#: The input projections through W_ih^T's packed panels, the bias added as each
+#: value is stored (``project_columns`` in src_ext/_rnn_common.pxd), instead of
+#: a bias pass and OpenBLAS. The panels multiply 1.17-1.30x faster than
+#: one-thread OpenBLAS at the grid's projections (``benchmarks/projection_gemm.c``,
+#: one core); packing W_ih costs part of that back. A unit-split forward
+#: (``unit_parts``) always takes them, its team packing W_ih^T as it does W_hh.
+#: Against OpenBLAS there (``benchmarks/ab_setting.py``, the two alternating in
+#: one process, 2 threads, 21 rounds, median of per-round ratios, inference /
+#: training): LSTM latency 1.09x / 1.01x, small 1.05x (its training splits the
+#: batch), (1, 100, 256, 256) 1.07x / 1.03x, (4, 50, 512, 512) 1.04x / 1.01x;
+#: GRU latency 1.07x / 1.03x, small 1.04x, (1, 100, 256, 256) 1.06x / 1.00x,
+#: (4, 50, 512, 512) 1.04x / 1.02x.
 PROJECT_PACKED = True
+
+#: Other calls that pack W_hh take the panels for W_ih^T of up to this many
+#: bytes (``prepare_forward``: packed once, shared by a split batch's parts).
+#: Against OpenBLAS (15 and 11 rounds, as above): W_ih^T of 16-256 KiB,
+#: inference 1.01-1.07x, RNN long 1.28-1.29x, B = 1, T = 1000, H = 64 LSTM and
+#: GRU 1.14x, training 0.96-1.06x (median 1.01); 1 MiB and more lost, 0.94-1.00x
+#: (LSTM, GRU, RNN at small, medium and large: OpenBLAS blocks a large
+#: projection for the caches better than one pass per pair of panels does).
+PROJECT_PACKED_MAX_BYTES = 256 << 10
 
 
 def unit_parts(cell, dtype, T, B, params, training):
@@ -252,8 +261,14 @@ def prepare_forward(cell, dtype, T, B, params):
     PyTorch's layout). ``_parallel.SplitBackend`` prepares
     once for all the parts of a split batch, with ``B`` their largest, and the
     parts share it: one copy of W_hh in the caches instead of one per core.
+    With ``packed``, also ``packed_ih``, W_ih^T's panels for the input
+    projections, where they take at most ``PROJECT_PACKED_MAX_BYTES``.
     """
-    return _prepared(dtype, T, B, params[1], trans=True)
+    rec = _prepared(dtype, T, B, params[1], trans=True)
+    w_ih = params[0]
+    if "packed" in rec and PROJECT_PACKED and 0 < w_ih.size * 4 <= PROJECT_PACKED_MAX_BYTES:
+        rec["packed_ih"] = _pack(w_ih, True, w_ih.shape[1], w_ih.shape[0])
+    return rec
 
 
 def prepare_backward(cell, dtype, T, B, w_hh):
@@ -278,7 +293,7 @@ def _room_to_pack(w_hh, trans, w_ih=None):
     packs them the same way and projects its parts' inputs through them."""
     K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
     rec = dict(packed=_room(K, N), pack_here=True)
-    if w_ih is not None:
+    if w_ih is not None and w_ih.shape[1]:        # no panels for no inputs
         rec["packed_ih"] = _room(w_ih.shape[1], w_ih.shape[0])
     return rec
 

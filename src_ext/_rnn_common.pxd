@@ -15,6 +15,7 @@ from cython cimport floating
 from cython.parallel cimport parallel
 from libc.stdlib cimport malloc, free
 from _blas cimport gemm
+from _recurrent cimport fr_gemm_packed_bias, FR_PANEL
 
 cdef extern from "_team.h" nogil:
     int fr_team_size()
@@ -67,13 +68,25 @@ cdef inline bint is_valid(const Py_ssize_t* lengths, Py_ssize_t b, Py_ssize_t t)
 
 cdef inline void project_columns(const floating* x,      # IN  (rows, I)
                                  const floating* w_ih,   # IN  (G, I), PyTorch's layout
+                                 const float* packed_ih,  # IN  W_ih^T's panels (I, G), or NULL
                                  const floating* bias,   # IN  (G,)
                                  floating* gates,        # OUT (rows, G), columns [c0, c1)
                                  Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G,
                                  Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
     """gates[:, c0:c1] := x @ w_ih[c0:c1]^T + bias[c0:c1], for many steps at
-    once (one large GEMM); a unit-split kernel projects its own columns."""
+    once (one large GEMM); a unit-split kernel projects its own columns.
+
+    With ``packed_ih`` (float32; c0 where a panel starts, c1 where one starts
+    or G): through W_ih^T's packed panels, the bias added as each value is
+    stored (``fr_gemm_packed_bias``), instead of a bias pass and BLAS. Each
+    value then sums over I in order, whichever rows and panels a call takes,
+    not in BLAS's blocks."""
     cdef Py_ssize_t r, j
+    if floating is float:
+        if packed_ih != NULL:
+            fr_gemm_packed_bias(rows, G, I, x, I, packed_ih, 0, gates, G, c0 // FR_PANEL,
+                                (c1 + FR_PANEL - 1) // FR_PANEL, 0, bias)
+            return
     for r in range(rows):
         for j in range(c0, c1):
             gates[r * G + j] = bias[j]
@@ -83,26 +96,29 @@ cdef inline void project_columns(const floating* x,      # IN  (rows, I)
 
 cdef inline void project_on_team(const floating* x,      # IN  (rows, I)
                                  const floating* w_ih,   # IN  (G, I), PyTorch's layout
+                                 const float* packed_ih,  # IN  W_ih^T's panels, or NULL
                                  const floating* bias,   # IN  (G,)
                                  floating* gates,        # OUT (rows, G)
                                  Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G,
                                  int n_parts, int n_team) noexcept nogil:
     """gates := x @ w_ih^T + bias, for many steps at once, in ``n_parts``
     column parts (``part_bound``; 1: one GEMM) run by a team of ``n_team``
-    threads, each part's BLAS call on one thread: a forward whose time loop
+    threads, each part's product on one thread: a forward whose time loop
     runs on one core gets every core for its input projections. The parts,
     not the team, fix the arithmetic: the same bits for any ``n_team``."""
     cdef int part
     n_parts = max(n_parts, 1)
     if n_team <= 1 or n_parts == 1:
         for part in range(n_parts):
-            project_columns(x, w_ih, bias, gates, rows, I, G, part_bound(G, part, n_parts),
+            project_columns(x, w_ih, packed_ih, bias, gates, rows, I, G,
+                            part_bound(G, part, n_parts),
                             part_bound(G, part + 1, n_parts))
         return
     with parallel(num_threads=n_team):
         part = fr_team_rank()
         while part < n_parts:
-            project_columns(x, w_ih, bias, gates, rows, I, G, part_bound(G, part, n_parts),
+            project_columns(x, w_ih, packed_ih, bias, gates, rows, I, G,
+                            part_bound(G, part, n_parts),
                             part_bound(G, part + 1, n_parts))
             part = part + fr_team_size()
 
@@ -215,6 +231,7 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t s, Py_ssize_t T, Py_ssize_t chunk,
 
 cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
                                  const floating* w_ih,    # IN  (G, I)
+                                 const float* packed_ih,  # IN  W_ih^T's panels, or NULL
                                  const floating* bias,    # IN  (G,)
                                  floating* gates,         # OUT (chunk, B, G)
                                  Py_ssize_t s, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
@@ -229,7 +246,8 @@ cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
     cdef Py_ssize_t n
     cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
     if s % chunk == 0:
-        project_on_team(x + t_low * B * I, w_ih, bias, gates, n * B, I, G, proj_parts, n_team)
+        project_on_team(x + t_low * B * I, w_ih, packed_ih, bias, gates, n * B, I, G,
+                        proj_parts, n_team)
     return gates + (time_at(s, T, reverse) - t_low) * B * G
 
 

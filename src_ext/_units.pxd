@@ -7,7 +7,7 @@ the team (src_ext/_team.h).
 A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 [k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
 """
-from _recurrent cimport fr_gemm_packed, fr_gemm_packed_bias, fr_pack_panel_range, FR_PANEL
+from _recurrent cimport fr_gemm_packed, fr_pack_panel_range, FR_PANEL
 from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
                           fr_team_rank, fr_team_barrier)
 
@@ -24,7 +24,7 @@ cdef inline void pack_own_parts(const float* w,     # IN  W_hh (G*H, H) or W_ih 
     """Pack the panels this thread's parts read (parts rank, rank + size, ...).
     The forward's op(W_hh) is W_hh^T (H, G*H) (``trans``, K = H): a part reads
     each gate's columns for its units; the same for W_ih^T (K = I, G*H) when
-    the forward projects through panels (``project_panels``). The backward's
+    the forward projects through panels (``project_columns``). The backward's
     is W_hh (G*H, H): a part reads the columns of its units.
 
     A part's steps read only its own panels, so packing them on the thread
@@ -42,20 +42,6 @@ cdef inline void pack_own_parts(const float* w,     # IN  W_hh (G*H, H) or W_ih 
         else:
             fr_pack_panel_range(G, H, w, False, packed, u0 // FR_PANEL, u1 // FR_PANEL)
         part += size
-
-
-cdef inline void project_panels(const float* x,         # IN  (rows, I)
-                                const float* packed_ih, # IN  W_ih^T's panels (I, G)
-                                const float* bias,      # IN  (G,)
-                                float* gates,           # OUT (rows, G), columns [c0, c1)
-                                Py_ssize_t rows, Py_ssize_t I, Py_ssize_t G,
-                                Py_ssize_t c0, Py_ssize_t c1) noexcept nogil:
-    """gates[:, c0:c1] := x @ W_ih^T[:, c0:c1] + bias[c0:c1], as
-    ``project_columns`` but through W_ih^T's packed panels (c0, c1 whole
-    panels), the bias added as each value is stored rather than in a pass of
-    its own; each sum runs over I in order, not in BLAS's blocks."""
-    fr_gemm_packed_bias(rows, G, I, x, I, packed_ih, 0, gates, G, c0 // FR_PANEL,
-                        c1 // FR_PANEL, 0, bias)
 
 
 cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
@@ -77,12 +63,8 @@ cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
     cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
     if s % chunk == 0:
         for k in range(n_gates):
-            if packed_ih != NULL:
-                project_panels(x + t_low * B * I, packed_ih, bias, gates, n * B, I, G,
-                               k * H + u0, k * H + u1)
-            else:
-                project_columns(x + t_low * B * I, w_ih, bias, gates, n * B, I, G,
-                                k * H + u0, k * H + u1)
+            project_columns(x + t_low * B * I, w_ih, packed_ih, bias, gates, n * B, I, G,
+                            k * H + u0, k * H + u1)
     # the gates, like the panels within each, in the opposite order on odd steps
     # (see fr_gemm_packed)
     for q in range(n_gates):

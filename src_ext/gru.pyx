@@ -50,6 +50,7 @@ cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_h
 cdef void gru_forward_kernel(
         const floating* x,          # IN    (T, B, I)
         const floating* w_ih,       # IN    (3H, I)
+        const float* packed_ih,     # IN    W_ih^T's panels (I, 3H), or NULL: BLAS
         const Recurrent* rec,       # IN    W_hh^T (H, 3H)
         const floating* bias,       # IN    (3H,) b_ih + (b_hr, b_hz, 0)
         const floating* b_hn,       # IN    (H,)
@@ -75,7 +76,8 @@ cdef void gru_forward_kernel(
     cdef floating *yt
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts, n_team)
+        g = step_gates(x, w_ih, packed_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts,
+                       n_team)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * y_step
@@ -252,8 +254,6 @@ def forward(const floating[:, :, ::1] x,
     cdef Recurrent rec
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
-    if packed_ih is not None and not pack_here:
-        raise ValueError("packed_ih needs pack_here: the unit split's team packs W_ih^T into it")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
             raise ValueError(f"unit_parts needs float32 with packed panels, "
@@ -281,7 +281,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(w_hh_t_, False, H, 3 * H, <float*> NULL, 1)
         else:
             rec = recurrent(&w_hh[0, 0], True, H, 3 * H, packed_, n_threads)
-        gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], &b_hn[0],
+        gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], &b_hn[0],
                            lens, T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
                            &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
                            proj_parts, n_team)

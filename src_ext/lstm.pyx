@@ -124,6 +124,7 @@ cdef inline void backward_rows(const floating* gt, floating* dgt, const floating
 cdef void lstm_forward_kernel(
         const floating* x,          # IN    (T, B, I)
         const floating* w_ih,       # IN    (4H, I)
+        const float* packed_ih,     # IN    W_ih^T's panels (I, 4H), or NULL: BLAS
         const Recurrent* rec,       # IN    W_hh^T (P, 4H)
         const floating* w_hr,       # IN    (P, H), or NULL: no projection (P = H)
         const floating* bias,       # IN    (4H,)  b_ih + b_hh
@@ -156,7 +157,8 @@ cdef void lstm_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        g = step_gates(x, w_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts, n_team)
+        g = step_gates(x, w_ih, packed_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts,
+                       n_team)
         h_in = hs + slot_in(t, reverse) % n_slots * B * P
         c_in = cs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * P
@@ -370,9 +372,10 @@ def forward(const floating[:, :, ::1] x,
     on the team (``project_on_team``). ``pack_here`` (with ``unit_parts``):
     ``packed`` is only room for the panels, and each thread of the team packs
     the panels its parts read from ``w_hh`` (``pack_own_parts``).
-    ``packed_ih`` (with ``pack_here``): room for W_ih^T's panels, which the
-    team packs the same way and projects the inputs through
-    (``project_panels``) instead of BLAS.
+    ``packed_ih`` (float32 only): the input projections through W_ih^T's
+    panels (``project_columns``) instead of BLAS, as packed by
+    ``packing.pack(w_ih, True, packed_ih)``; with ``pack_here``, room for them
+    that the team packs as it does W_hh's.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -396,8 +399,6 @@ def forward(const floating[:, :, ::1] x,
         raise ValueError(f"gh must be ({B}, {4 * H}) scratch, got ({gh.shape[0]}, {gh.shape[1]})")
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
-    if packed_ih is not None and not pack_here:
-        raise ValueError("packed_ih needs pack_here: the unit split's team packs W_ih^T into it")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or w_hr is not None \
                 or H % FR_PANEL != 0 or n_team < 1:
@@ -426,7 +427,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(w_hh_t_, False, P, 4 * H, <float*> NULL, 1)
         else:
             rec = recurrent(&w_hh[0, 0], True, P, 4 * H, packed_, n_threads)
-        lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, w_hr_, &bias[0], lens,
+        lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, w_hr_, &bias[0], lens,
                             T, B, I, H, P, reverse, gates.shape[0], &gates[0, 0, 0],
                             &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
                             m is not None and m.shape[0] > 1, &y[0, 0, 0], y_step,

@@ -14,6 +14,7 @@ from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carr
 cdef void rnn_forward_kernel(
         const floating* x,          # IN    (T, B, I)
         const floating* w_ih,       # IN    (H, I)
+        const float* packed_ih,     # IN    W_ih^T's panels (I, H), or NULL: BLAS
         const Recurrent* rec,       # IN    W_hh^T (H, H)
         const floating* bias,       # IN    (H,) b_ih + b_hh
         const Py_ssize_t* lengths,  # IN    (B,) or NULL
@@ -36,7 +37,8 @@ cdef void rnn_forward_kernel(
     cdef floating h_
     for s in range(T):
         t = time_at(s, T, reverse)
-        p = step_gates(x, w_ih, bias, pre, s, T, B, I, H, chunk, reverse, proj_parts, n_team)
+        p = step_gates(x, w_ih, packed_ih, bias, pre, s, T, B, I, H, chunk, reverse, proj_parts,
+                       n_team)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * y_step
@@ -107,14 +109,17 @@ def forward(const floating[:, :, ::1] x,
             int n_threads=1,
             const floating[:, ::1] w_hh_t=None,
             int proj_parts=1,
-            int n_team=1):
+            int n_team=1,
+            float[::1] packed_ih=None):
     """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers.
 
     ``proj_parts``, ``n_team``: the input projections in that many column
-    parts on a team of ``n_team`` threads (``project_on_team``)."""
+    parts on a team of ``n_team`` threads (``project_on_team``);
+    ``packed_ih``: through W_ih^T's panels, as in ``lstm.forward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
+    cdef float* packed_ih_ = check_packed(packed_ih, I, H, "packed_ih")
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
@@ -123,7 +128,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(w_hh_t_, False, H, H, <float*> NULL, 1)
         else:
             rec = recurrent(&w_hh[0, 0], True, H, H, packed_, n_threads)
-        rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], &rec, &bias[0], lens,
+        rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], lens,
                            T, B, I, H, reverse, relu, pre.shape[0], &pre[0, 0, 0],
                            &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, proj_parts,
                            n_team)

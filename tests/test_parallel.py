@@ -123,13 +123,17 @@ def test_parts_share_one_prepared_w_hh(split_small, monkeypatch, backend, cell, 
     monkeypatch.setattr(module, "PREPARE_MIN_T", 1)
     packs = []
     real_pack = packing.pack
-    monkeypatch.setattr(packing, "pack", lambda *a: (packs.append(a[1]), real_pack(*a))[1])
+    monkeypatch.setattr(packing, "pack",
+                        lambda *a: (packs.append((a[0].size, a[1])), real_pack(*a))[1])
     T, B, I, H = 4, 9, 5, 6
     x, states, params, dy, dstates = make_case(cell, (T, B, I, H), np.float32)
     out, grads = forward_backward(cell, backend, x, states, params, dy, dstates)
     assert out.workspace.data["split"] == [(0, 5), (5, 9)]
-    # one forward (W_hh^T, trans) and one backward (W_hh) packing, not one per part
-    assert packs == ([True, False] if packed_max_b == 32 else [])
+    # one forward (W_hh^T, trans) and one backward (W_hh) packing, not one per
+    # part; the Cython backend's forward packs W_ih^T too (PROJECT_PACKED)
+    GH = params[1].shape[0]
+    forward = [(GH * H, True), (GH * I, True)] if backend == "cython" else [(GH * H, True)]
+    assert packs == (forward + [(GH * H, False)] if packed_max_b == 32 else [])
     ref, ref_grads = reference64(cell, x, states, params, dy, dstates)
     assert_matches(out, ref, np.float32)
     assert_matches(grads, ref_grads, np.float32)
