@@ -181,8 +181,9 @@ PROJECT_PACKED = True
 #: Against OpenBLAS (15 and 11 rounds, as above): W_ih^T of 16-256 KiB,
 #: inference 1.01-1.07x, RNN long 1.28-1.29x, B = 1, T = 1000, H = 64 LSTM and
 #: GRU 1.14x, training 0.96-1.06x (median 1.01); 1 MiB and more lost, 0.94-1.00x
-#: (LSTM, GRU, RNN at small, medium and large: OpenBLAS blocks a large
-#: projection for the caches better than one pass per pair of panels does).
+#: (LSTM, GRU, RNN at small, medium and large), though alone on a core the
+#: panels beat OpenBLAS there too. Why is not known: taking 128 rows of x at a
+#: time did not change it (benchmarks/RESULTS.md, "What changed since ba7095e").
 PROJECT_PACKED_MAX_BYTES = 256 << 10
 
 

@@ -282,8 +282,9 @@ static inline void fr_block(int rows, int np, ptrdiff_t K, const float* a, ptrdi
 }
 #endif
 
-/* C[:, panels p0..p1) := A @ W + bias, or (+)= A @ W without a bias (beta
- * 0 or 1). The bias rides in the final store: no pass of its own over C. */
+/* C[:, panels p0..p1) := A @ W + bias (beta unused), or without a bias
+ * C (+)= A @ W, beta 0 or 1. The bias rides in the final store, bias + sum:
+ * no pass of its own over C, and the bits of a bias pass followed by beta 1. */
 FR_CLONES
 static void fr_gemm_packed_bias(ptrdiff_t B, ptrdiff_t N, ptrdiff_t K, const float* A,
                                 ptrdiff_t lda, const float* packed, float beta, float* C,
