@@ -194,9 +194,9 @@ cdef void gru_backward_kernel(
 
 cdef void gru_backward_units(
         const float* gates, const float* ghn, const float* hs, const float* w_hh,
-        float* packed, const float* dy, Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T,
-        Py_ssize_t B, Py_ssize_t H, bint reverse, float* dh, float* dg_x, float* dg_h,
-        int n_parts) noexcept nogil:
+        float* packed, const float* dy, Py_ssize_t dy_step, const Py_ssize_t* lengths,
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, bint reverse, float* dh, float* dg_x,
+        float* dg_h, int n_parts) noexcept nogil:
     """``gru_backward_kernel`` with the hidden units split into ``n_parts``
     parts across the calling OpenMP team, as ``lstm_backward_units`` (``w_hh``
     too)."""
