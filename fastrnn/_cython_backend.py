@@ -34,8 +34,8 @@ import numpy as np
 
 from . import _buffers
 from ._parallel import (cores as _cores, gradient_parts as _gradient_parts,
-                        openmp_usable as _openmp_usable, parts as _split_parts,
-                        projection_parts as _projection_parts, team_size as _team_size)
+                        openmp_usable as _openmp_usable, projection_parts as _projection_parts,
+                        team_size as _team_size)
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -139,14 +139,20 @@ PARALLEL_MIN_MACS = None
 #: 1, 64-96: 0.51-0.68x; 1, 128: 1.13x; 4, 128: 1.06x; 8, 128: 0.70x;
 #: 16, 256: 0.89x; 32, 256: 0.88x; 4, 512: 2.21x; 16, 512: 1.17x;
 #: 24, 512: 1.08x; 32, 512: 1.00x. None: never (the other builds).
-#: Training splits its forward's units where this table does and the batch
-#: split would not split the batch (``unit_parts`` below), and its backward's
-#: the same way (``backward``). Against one core for the time loops (11
-#: rounds, forward and backward): LSTM and GRU B = 1, H = 512 2.16-2.24x,
-#: B = 4, H = 512 1.57-1.63x, B = 1, H = 256 1.30-1.40x, LSTM B = 4, H = 256
-#: 1.16x, B = 1, H = 128 (the grid's latency) 1.05-1.06x. Against the batch
-#: split (the forward's units alone split): B = 12, H = 512 1.09-1.11x but
-#: B = 16, H = 512 (small) 0.93-0.94x, a split batch splitting the backward too.
+#: Training splits its forward's units where this table does (``unit_parts``
+#: below), and its backward's the same way (``backward``). Against one core
+#: for the time loops (11 rounds, forward and backward): LSTM and GRU B = 1,
+#: H = 512 2.16-2.24x, B = 4, H = 512 1.57-1.63x, B = 1, H = 256 1.30-1.40x,
+#: LSTM B = 4, H = 256 1.16x, B = 1, H = 128 (the grid's latency) 1.05-1.06x.
+#: Against the batch split, which takes batches of 8 rows or more (11 rounds,
+#: (B, T, I, H), LSTM / GRU): (16, 25, 512, 512) (the grid's small) 1.18x /
+#: 1.19x, (12, 50, 512, 512) 1.32x / 1.32x, (8, 100, 512, 512) 1.28x / 1.27x,
+#: (20, 25, 512, 512) 1.21x / 1.21x, (24, 25, 512, 512) 1.09x / 1.08x,
+#: (16, 25, 384, 512) 1.19x / 1.17x, (8, 25, 1024, 1024) 1.45x / 1.43x; short
+#: sequences most, where the batch split packs W_hh on one thread for each
+#: pass: (16, 5, 512, 512) 1.58x / 1.55x, (8, 10, 512, 512) 1.72x / 1.63x.
+#: (Measured before the backward split its units, the forward's split alone
+#: had lost to the batch split at the grid's small: 0.93-0.94x.)
 UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
                         if ISA == "x86-64-v4" else None)
 
@@ -159,7 +165,7 @@ UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
 #: per-round ratios, inference / training): LSTM latency 1.10x / 1.06x, GRU
 #: latency 1.08x / 1.02x; LSTM (1, 100, 256, 256) 1.05x / 1.06x, GRU 1.06x /
 #: 1.02x; LSTM (4, 50, 512, 512) 1.10x / 1.05x, GRU 1.11x / 1.08x; small
-#: inference LSTM 1.04x, GRU 1.06x (its training splits the batch: 1.00x).
+#: inference LSTM 1.04x, GRU 1.06x (its training then split the batch: 1.00x).
 PACK_IN_TEAM = True
 
 #: The input projections through W_ih^T's packed panels, the bias added as each
@@ -170,8 +176,8 @@ PACK_IN_TEAM = True
 #: (``unit_parts``) always takes them, its team packing W_ih^T as it does W_hh.
 #: Against OpenBLAS there (``benchmarks/ab_setting.py``, the two alternating in
 #: one process, 2 threads, 21 rounds, median of per-round ratios, inference /
-#: training): LSTM latency 1.09x / 1.01x, small 1.05x (its training splits the
-#: batch), (1, 100, 256, 256) 1.07x / 1.03x, (4, 50, 512, 512) 1.04x / 1.01x;
+#: training): LSTM latency 1.09x / 1.01x, small 1.05x (its training then split
+#: the batch), (1, 100, 256, 256) 1.07x / 1.03x, (4, 50, 512, 512) 1.04x / 1.01x;
 #: GRU latency 1.07x / 1.03x, small 1.04x, (1, 100, 256, 256) 1.06x / 1.00x,
 #: (4, 50, 512, 512) 1.04x / 1.02x.
 PROJECT_PACKED = True
@@ -193,9 +199,8 @@ def unit_parts(cell, dtype, T, B, params, training):
     which keeps every step) of an LSTM without projection or a GRU,
     float32, a call that packs W_hh (``prepare_forward``), H a multiple of
     the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
-    smallest batch bound not under B. Training only where the batch split
-    would leave the batch whole: the backward then runs its time loop on one
-    core either way, where a split batch would run it on both. The rule
+    smallest batch bound not under B. Training takes the same rule: its
+    backward then splits the units the same way (``backward``). The rule
     looks at the shapes only, not at the threads: a call gets the same bits
     with a team of one (one fastrnn thread, or a forked child that may start
     no team: ``_parallel.team_size``), which runs on the calling thread.
@@ -209,8 +214,6 @@ def unit_parts(cell, dtype, T, B, params, training):
         return 0
     bound = min((b for b in UNIT_SPLIT_MIN_BYTES if b >= B), default=None)
     if bound is None or GH * H * 4 < UNIT_SPLIT_MIN_BYTES[bound]:
-        return 0
-    if training and len(_split_parts(B, T, params[0].shape[1], H, GH // H)) > 1:
         return 0
     return 2
 

@@ -61,12 +61,7 @@ def test_unit_split_matches_reference_and_any_thread_count(unit_split_everywhere
     f32 = [None if a is None else a.astype(np.float32) for a in (x, *states, *params, dy)]
     args = (cell, f32[0], f32[1:1 + n], f32[1 + n:-1], lengths, reverse)
     two = run(*args, threads=2, dy=f32[-1])
-    G = {"lstm": 4, "gru": 3}[cell]
-    if mode == "training" and len(_parallel.parts(B, T, I, H, G)) > 1:
-        # training keeps the batch split where it applies (``unit_parts``)
-        assert unit_split_everywhere == [0, 0], "a split batch's training took the unit split"
-    else:
-        assert unit_split_everywhere == [2], "the call did not take the unit split"
+    assert unit_split_everywhere == [2], "the call did not take the unit split"
     one = run(*args, threads=1, dy=f32[-1])
     expected = run(cell, x, states, params, lengths, reverse, 2, backend="reference", dy=dy)
     for got, same, want in zip(two, one, expected):
@@ -79,10 +74,11 @@ def test_unit_split_applies_only_where_it_can(monkeypatch):
     params = tuple(make_params("lstm", 8, 32, np.float32))
     assert cb.unit_parts("lstm", F32, 10, 4, params, training=False) == 2
     assert cb.unit_parts("lstm", F32, 10, 4, params, training=True) == 2
-    # a batch the batch split splits: training keeps it, for the backward's sake
+    # a batch the batch split would split: split the units instead, training's
+    # backward too (it splits them the same way)
     assert len(_parallel.parts(32, 10, 8, 32, 4)) == 2
     assert cb.unit_parts("lstm", F32, 10, 32, params, training=False) == 2
-    assert cb.unit_parts("lstm", F32, 10, 32, params, training=True) == 0
+    assert cb.unit_parts("lstm", F32, 10, 32, params, training=True) == 2
     assert cb.unit_parts("gru", F32, 10, 4, tuple(make_params("gru", 8, 32, np.float32)),
                          training=False) == 2
     assert cb.unit_parts("rnn_tanh", F32, 10, 4,
@@ -100,14 +96,17 @@ def test_unit_split_applies_only_where_it_can(monkeypatch):
 def test_unit_split_rule_in_each_build(cell):
     """Only the x86-64-v4 build splits units, and there by the measured table:
     the grid's latency shape (B = 1, H = 128) and small one (B = 16, H = 512)
-    do, its long (B = 8, H = 64) and medium (B = 32, H = 256) do not."""
-    def parts(B, H):
+    do, its long (B = 8, H = 64) and medium (B = 32, H = 256) do not; in
+    inference and training alike."""
+    def parts(B, H, training):
         return cb.unit_parts(cell, F32, 100, B, tuple(make_params(cell, H, H, np.float32)),
-                             training=False)
-    if cb.ISA != "x86-64-v4":
-        assert cb.UNIT_SPLIT_MIN_BYTES is None and parts(1, 128) == 0
-        return
-    assert (parts(1, 128), parts(16, 512), parts(8, 64), parts(32, 256)) == (2, 2, 0, 0)
+                             training=training)
+    for training in (False, True):
+        if cb.ISA != "x86-64-v4":
+            assert cb.UNIT_SPLIT_MIN_BYTES is None and parts(1, 128, training) == 0
+            continue
+        got = [parts(B, H, training) for B, H in ((1, 128), (16, 512), (8, 64), (32, 256))]
+        assert got == [2, 2, 0, 0], f"training={training}"
 
 
 def raw_lstm_forward_args(T, B, I, H):
