@@ -4,9 +4,13 @@ For each target and cell it prints the ratio of every run (``first / second``),
 marked ✓ (met in every run), ✗ (in none) or ± (in some). For a miss it also
 prints what fastrnn would need, as a fraction of the GEMM limit: the target
 ratio times the peer's own fraction of the limit in that run. A need at or
-above 1 cannot be met: a recurrent layer is GEMMs plus element-wise work.
+above 1 asks for more than OpenBLAS's GEMM rate. With ``--peak``, the
+machine's FMA peak for all the threads (``benchmarks/fma_peak.c``), it also
+prints the GFLOP/s a miss needs as a fraction of that peak: no implementation
+runs its multiply-adds faster, and a recurrent layer is GEMMs plus
+element-wise work that takes the same execution units.
 
-Run: ``python benchmarks/targets.py run1.json [run2.json ...]``
+Run: ``python benchmarks/targets.py [--peak GFLOPS] run1.json [run2.json ...]``
 """
 import argparse
 import json
@@ -53,8 +57,9 @@ def ratio_cell(reports, cell, mode, shape, target, peers):
         # the fastest peer: the smallest ratio
         peer = min((p for p in peers if p in r["speedup"]), key=r["speedup"].get)
         ratios.append(r["speedup"][peer])
-        peer_fraction = r["flops"] / (r["median_ms"][peer] / 1e3) / 1e9 / r["limit_gflops"]
-        needs.append((target * peer_fraction, r["fraction_of_limit"], peer))
+        peer_gflops = r["flops"] / (r["median_ms"][peer] / 1e3) / 1e9
+        needs.append((target * peer_gflops / r["limit_gflops"], r["fraction_of_limit"], peer,
+                      target * peer_gflops))
     met = [q >= target for q in ratios]
     text = f"{_mark(met)} " + " / ".join(f"{q:.2f}×" for q in ratios)
     return text, None if all(met) else needs
@@ -63,6 +68,8 @@ def ratio_cell(reports, cell, mode, shape, target, peers):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("reports", nargs="+", help="JSON files written by fastrnn bench --json")
+    ap.add_argument("--peak", type=float, default=None,
+                    help="the FMA peak of all the threads in GFLOP/s (benchmarks/fma_peak.c)")
     args = ap.parse_args()
     reports = []
     for path in args.reports:
@@ -95,8 +102,11 @@ def main():
         print("\nMisses: the fraction of the limit fastrnn would need (target × the "
               "peer's fraction) and the fraction it reached, run by run")
         for case, needs in misses:
-            print(f"- {case}: " + "; ".join(f"needs {n:.2f} against {p}, reached {g:.2f}"
-                                          for n, g, p in needs))
+            print(f"- {case}: " + "; ".join(
+                f"needs {n:.2f} against {p}, reached {g:.2f}"
+                + (f" (needs {q:.0f} GFLOP/s, {q / args.peak:.2f} of the FMA peak)"
+                   if args.peak else "")
+                for n, g, p, q in needs))
 
 
 if __name__ == "__main__":
