@@ -150,7 +150,9 @@ PARALLEL_MIN_MACS = None
 #: (20, 25, 512, 512) 1.21x / 1.21x, (24, 25, 512, 512) 1.09x / 1.08x,
 #: (16, 25, 384, 512) 1.19x / 1.17x, (8, 25, 1024, 1024) 1.45x / 1.43x; short
 #: sequences most, where the batch split packs W_hh on one thread for each
-#: pass: (16, 5, 512, 512) 1.58x / 1.55x, (8, 10, 512, 512) 1.72x / 1.63x.
+#: pass: (16, 5, 512, 512) 1.58x / 1.55x, (8, 10, 512, 512) 1.72x / 1.63x;
+#: long ones least: (8, 400, 512, 512) 1.20x / 1.09x, (16, 200, 512, 512)
+#: 1.02x / 0.98x, (24, 100, 512, 512) 1.00x / 0.98x.
 #: (Measured before the backward split its units, the forward's split alone
 #: had lost to the batch split at the grid's small: 0.93-0.94x.)
 UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
