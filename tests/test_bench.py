@@ -6,6 +6,7 @@ never asserted (that is what the benchmark is for).
 import contextlib
 import io
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -189,9 +190,28 @@ def test_targets_mark_each_run_and_compute_the_needs():
     text, needs = targets.ratio_cell([report(2.5), report(1.6)], "lstm", "inference",
                                      "latency", 2.0, peers)
     assert text == "± 2.50× / 1.60×"
-    # ORT at 1.6 ms runs 1e6 flops at 0.625 GFLOP/s: 0.0625 of the limit; 2x needs 0.125
-    assert needs[1] == (pytest.approx(0.125), 0.1, "onnxruntime")
+    # ORT at 1.6 ms runs 1e6 flops at 0.625 GFLOP/s: 0.0625 of the limit; 2x
+    # needs 0.125 of it, 1.25 GFLOP/s
+    assert needs[1] == (pytest.approx(0.125), 0.1, "onnxruntime", pytest.approx(1.25))
     text, _ = targets.ratio_cell([report(1.2)], "lstm", "inference", "latency", 2.0, peers)
     assert text == "✗ 1.20×"
     assert targets.ratio_cell([report(2.5)], "gru", "inference", "latency", 2.0,
                               peers) == (None, None)
+
+
+def test_targets_print_the_needs_as_a_fraction_of_the_fma_peak(tmp_path, monkeypatch, capsys):
+    """``targets.py --peak``: a miss's need in GFLOP/s over the given peak."""
+    targets = _targets_module()
+    # fastrnn 1 ms, ONNX Runtime 1.6 ms for 1e6 flops: 2x needs 1.25 GFLOP/s
+    row = {"cell": "lstm", "shape": "latency", "mode": "inference", "flops": 1e6,
+           "median_ms": {"cython": 1.0, "onnxruntime": 1.6}, "speedup": {"onnxruntime": 1.6},
+           "limit_gflops": 10.0, "fraction_of_limit": 0.1}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps({"rows": [row]}))
+    monkeypatch.setattr(sys, "argv", ["targets.py", "--peak", "5", str(path)])
+    targets.main()
+    out = capsys.readouterr().out
+    assert "reached 0.10 (needs 1 GFLOP/s, 0.25 of the FMA peak)" in out
+    monkeypatch.setattr(sys, "argv", ["targets.py", str(path)])
+    targets.main()
+    assert "FMA peak" not in capsys.readouterr().out
