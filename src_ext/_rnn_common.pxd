@@ -14,6 +14,7 @@ forward and in slot ``t + 1`` going in reverse, so the states that fed steps
 from cython cimport floating
 from cython.parallel cimport parallel
 from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
 from _blas cimport gemm
 from _recurrent cimport fr_gemm_packed_bias, FR_PANEL
 
@@ -168,7 +169,12 @@ cdef inline void input_and_weight_gradients(
     weight_gradient(dg_x + g0, G, x, rows, g1 - g0, I, dw_ih + g0 * I)
     weight_gradient(dg_h + g0, G, h_in, rows, g1 - g0, H, dw_hh + g0 * H)
     column_sums(dg_x + g0, rows, g1 - g0, G, db_ih + g0)
-    column_sums(dg_h + g0, rows, g1 - g0, G, db_hh + g0)
+    if dg_h == dg_x:
+        # LSTM and RNN: both biases get the same gradient; a second pass over
+        # all T*B rows of dg was 1-2% of a long training call
+        memcpy(db_hh + g0, db_ih + g0, (g1 - g0) * sizeof(floating))
+    else:
+        column_sums(dg_h + g0, rows, g1 - g0, G, db_hh + g0)
 
 
 cdef inline void gradients_on_team(
