@@ -158,6 +158,19 @@ PARALLEL_MIN_MACS = None
 UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
                         if ISA == "x86-64-v4" else None)
 
+#: Calls of at most ``UNIT_SPLIT_SHORT_T`` steps also split from these smaller
+#: bounds (``unit_parts`` takes the lower of the two tables' bounds). Between
+#: 1.5 and 3 MiB the unit split's lead over the batch split shrinks with T
+#: (B = 8-24, the two alternating in one process, 11 rounds, inference /
+#: training): LSTM (16, 25, 384, 384) 1.19x / 1.13x, (12, 25, 336, 336)
+#: 1.21x / 1.23x, (10, 40, 352, 352) 1.17x / 1.11x, (20, 30, 400, 400)
+#: 1.15x / 1.11x; GRU (16, 25, 384, 384) 1.11x / 1.08x, (16, 25, 448, 448)
+#: 1.14x / 1.12x; but at T = 50 0.93-1.04x (LSTM (16, 50, 384, 384), (24, 50,
+#: 368, 368), GRU (16, 50, 384, 384), (24, 50, 368, 368)), at T = 100-200 GRU
+#: (16, 100, 384, 384) 0.95x / 0.94x, (16, 200, 384, 384) 0.90x / 0.93x.
+UNIT_SPLIT_SHORT_T = 40
+UNIT_SPLIT_SHORT_MIN_BYTES = {24: 3 << 19} if ISA == "x86-64-v4" else None
+
 
 #: A unit-split call packs W_hh on its team, each thread the panels its parts
 #: read, rather than all of them on the calling thread before the team starts
@@ -190,8 +203,10 @@ PROJECT_PACKED = True
 #: inference 1.01-1.07x, RNN long 1.28-1.29x, B = 1, T = 1000, H = 64 LSTM and
 #: GRU 1.14x, training 0.96-1.06x (median 1.01); 1 MiB and more lost, 0.94-1.00x
 #: (LSTM, GRU, RNN at small, medium and large), though alone on a core the
-#: panels beat OpenBLAS there too. Why is not known: taking 128 rows of x at a
-#: time did not change it (benchmarks/RESULTS.md, "What changed since ba7095e").
+#: panels beat OpenBLAS there too: inside the kernel both run below their
+#: rate alone, the panels' lead shrinks to about 5%, and packing W_ih^T takes
+#: most of it (perf call graphs of LSTM medium inference, benchmarks/RESULTS.md,
+#: "The peers' GEMMs are faster than OpenBLAS").
 PROJECT_PACKED_MAX_BYTES = 256 << 10
 
 
@@ -201,8 +216,10 @@ def unit_parts(cell, dtype, T, B, params, training):
     which keeps every step) of an LSTM without projection or a GRU,
     float32, a call that packs W_hh (``prepare_forward``), H a multiple of
     the panel width, and W_hh^T of at least ``UNIT_SPLIT_MIN_BYTES`` for the
-    smallest batch bound not under B. Training takes the same rule: its
-    backward then splits the units the same way (``backward``). The rule
+    smallest batch bound not under B (or ``UNIT_SPLIT_SHORT_MIN_BYTES``'s,
+    if lower, for at most ``UNIT_SPLIT_SHORT_T`` steps). Training takes the
+    same rule: its backward then splits the units the same way
+    (``backward``). The rule
     looks at the shapes only, not at the threads: a call gets the same bits
     with a team of one (one fastrnn thread, or a forked child that may start
     no team: ``_parallel.team_size``), which runs on the calling thread.
@@ -214,10 +231,17 @@ def unit_parts(cell, dtype, T, B, params, training):
     GH, H = params[1].shape
     if dtype != np.float32 or H % _packing.PANEL or B > PACKED_MAX_B:
         return 0
-    bound = min((b for b in UNIT_SPLIT_MIN_BYTES if b >= B), default=None)
-    if bound is None or GH * H * 4 < UNIT_SPLIT_MIN_BYTES[bound]:
-        return 0
-    return 2
+    need = _bound_for(UNIT_SPLIT_MIN_BYTES, B)
+    if T <= UNIT_SPLIT_SHORT_T and UNIT_SPLIT_SHORT_MIN_BYTES is not None:
+        need = min(need, _bound_for(UNIT_SPLIT_SHORT_MIN_BYTES, B))
+    return 2 if GH * H * 4 >= need else 0
+
+
+def _bound_for(table, B):
+    """The bytes ``table`` asks of W_hh^T at B rows: its smallest batch bound
+    not under B; infinite past the largest."""
+    bound = min((b for b in table if b >= B), default=None)
+    return float("inf") if bound is None else table[bound]
 
 
 #: multiply-adds from which an unsplit backward runs the GEMMs after its time

@@ -109,6 +109,24 @@ def test_unit_split_rule_in_each_build(cell):
         assert got == [2, 2, 0, 0], f"training={training}"
 
 
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_short_sequences_split_from_smaller_weights(cell):
+    """``UNIT_SPLIT_SHORT_MIN_BYTES``: for at most ``UNIT_SPLIT_SHORT_T``
+    steps, B = 16 with H = 384 (LSTM W_hh^T 2.25 MiB, GRU 1.69 MiB) splits its
+    units; with more steps, or with H = 256, it keeps the batch split."""
+    def parts(T, B, H):
+        return cb.unit_parts(cell, F32, T, B, tuple(make_params(cell, H, H, np.float32)),
+                             training=False)
+    if cb.ISA != "x86-64-v4":
+        assert cb.UNIT_SPLIT_SHORT_MIN_BYTES is None and parts(25, 16, 384) == 0
+        return
+    short = cb.UNIT_SPLIT_SHORT_T
+    assert parts(short, 16, 384) == 2 and parts(short + 1, 16, 384) == 0
+    assert parts(short, 16, 256) == 0                       # 1 MiB or less: never
+    assert parts(short, 32, 384) == 0                       # past the table's rows
+    assert parts(short + 1, 16, 512) == 2                   # the main table's bound holds
+
+
 def raw_lstm_forward_args(T, B, I, H):
     """Positional arguments of the raw float32 LSTM forward kernel, zeros."""
     x = np.zeros((T, B, I), np.float32)
