@@ -9,23 +9,20 @@
  * sgemm on the row-major x (rows, I) and W_ih^T (I, G*H).
  *
  * Build and run from the repository root, with the path of SciPy's OpenBLAS:
- *   gcc -O3 -march=x86-64-v3 -I src_ext benchmarks/projection_gemm.c -o /tmp/projection_gemm -ldl
+ *   gcc -O3 -march=x86-64-v4 -I src_ext benchmarks/projection_gemm.c -o /tmp/projection_gemm -ldl
  *   OPENBLAS=$(python -c "import scipy, glob, os; print(glob.glob(os.path.join(os.path.dirname(scipy.__file__), '..', 'scipy.libs', 'libscipy_openblas*.so'))[0])")
  *   taskset -c 0 /tmp/projection_gemm "$OPENBLAS"
  */
-#include <dlfcn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "_packed_gemm.h"
 #include "harness.h"
+#include "openblas.h"
 
 #define ROUNDS 21
 
-typedef void (*sgemm_t)(const char*, const char*, const int*, const int*, const int*,
-                        const float*, const float*, const int*, const float*, const int*,
-                        const float*, float*, const int*);
 static sgemm_t sgemm;
 
 /* GFLOP/s of C (M, N) = A (M, K) @ W (K, N): packed panels, then sgemm */
@@ -72,18 +69,7 @@ static void measure(const char* what, ptrdiff_t M, ptrdiff_t K, ptrdiff_t N)
 
 int main(int argc, char** argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s PATH_TO_SCIPY_OPENBLAS\n", argv[0]);
-        return 2;
-    }
-    void* lib = dlopen(argv[1], RTLD_NOW);
-    void (*threads)(int) = lib ? (void (*)(int))dlsym(lib, "scipy_openblas_set_num_threads") : NULL;
-    sgemm = lib ? (sgemm_t)dlsym(lib, "scipy_sgemm_") : NULL;
-    if (sgemm == NULL || threads == NULL) {
-        fprintf(stderr, "no scipy_sgemm_ in %s\n", argv[1]);
-        return 1;
-    }
-    threads(1);
+    sgemm = openblas_sgemm(argc, argv);
     printf("| projection (one half) | rows x I x G*H | packed GFLOP/s | sgemm GFLOP/s | packed / sgemm |\n");
     printf("|---|---|---|---|---|\n");
     /* rows: a chunk of steps x the half's batch (_buffers.chunk) */

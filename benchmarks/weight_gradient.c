@@ -9,69 +9,39 @@
  *   - OpenBLAS as the x86-64-v4 build calls it (dw^T = a^T-major product);
  *   - OpenBLAS as the other builds do from 2048 rows (dw_t = a^T @ dg, then a
  *     transpose);
- *   - 8 x 32 register tiles of dW over blocks of KB rows, reading dG and the
- *     inputs where they lie (no packing): 8 broadcasts of dG and two 16-wide
- *     loads of x per 16 FMAs, each block's sums added into dW.
+ *   - the register tiles of src_ext/_weight_gradient.h (``fr_weight_gradient``:
+ *     8 x 32 tiles of dW over blocks of FR_WGRAD_ROWS rows, reading dG and the
+ *     inputs where they lie, no packing), which the x86-64-v4 build uses up to
+ *     ``_cython_backend.WGRAD_TILES_MAX_N`` columns;
  * and checks the tiles against OpenBLAS.
  *
- * Build and run from the repository root (the tiles need G % 8 == 0 and
- * n % 32 == 0, as the shapes below have):
- *   gcc -O3 -march=x86-64-v4 -I benchmarks benchmarks/weight_gradient.c -o /tmp/weight_gradient -ldl -lm
+ * Build and run from the repository root (the tiles need AVX-512, G % 8 == 0
+ * and n % 32 == 0, as the shapes below have):
+ *   gcc -O3 -march=x86-64-v4 -I src_ext benchmarks/weight_gradient.c -o /tmp/weight_gradient -ldl -lm
  *   OPENBLAS=$(python -c "import scipy, glob, os; print(glob.glob(os.path.join(os.path.dirname(scipy.__file__), '..', 'scipy.libs', 'libscipy_openblas*.so'))[0])")
  *   taskset -c 0 /tmp/weight_gradient "$OPENBLAS"
  */
-#include <dlfcn.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "_weight_gradient.h"
 #include "harness.h"
+#include "openblas.h"
 
-#define ROUNDS 21
-#ifndef KB
-#define KB 64   /* 64 rows: 1.00-1.10x of 128 and 1.05-1.26x of 256 at these shapes */
+#if !FR_WGRAD_TILES
+#error "the register tiles need an AVX-512 build: -march=x86-64-v4"
 #endif
 
-typedef float v16 __attribute__((vector_size(64), aligned(4)));
-typedef void (*sgemm_t)(const char*, const char*, const int*, const int*, const int*,
-                        const float*, const float*, const int*, const float*, const int*,
-                        const float*, float*, const int*);
-static sgemm_t sgemm;
+#define ROUNDS 21
 
-/* dw[0:8, 0:32] (+)= sum over kr rows k of dg[k, 0:8]^T a[k, 0:32] */
-static inline void tile_8x32(ptrdiff_t kr, const float* dg, ptrdiff_t G, const float* a,
-                             ptrdiff_t n, float* dw, int first)
-{
-    v16 s[8][2];
-    for (int r = 0; r < 8; r++) {
-        s[r][0] = first ? (v16){0} : *(v16*)(dw + r * n);
-        s[r][1] = first ? (v16){0} : *(v16*)(dw + r * n + 16);
-    }
-    for (ptrdiff_t k = 0; k < kr; k++) {
-        v16 a0 = *(const v16*)(a + k * n), a1 = *(const v16*)(a + k * n + 16);
-        const float* d = dg + k * G;
-        for (int r = 0; r < 8; r++) {
-            s[r][0] += d[r] * a0;
-            s[r][1] += d[r] * a1;
-        }
-    }
-    for (int r = 0; r < 8; r++) {
-        *(v16*)(dw + r * n) = s[r][0];
-        *(v16*)(dw + r * n + 16) = s[r][1];
-    }
-}
+static sgemm_t sgemm;
 
 static void wgrad_tiles(ptrdiff_t rows, ptrdiff_t G, ptrdiff_t n, const float* dg,
                         const float* a, float* dw)
 {
-    for (ptrdiff_t k0 = 0; k0 < rows; k0 += KB) {
-        ptrdiff_t kr = rows - k0 < KB ? rows - k0 : KB;
-        for (ptrdiff_t i0 = 0; i0 < n; i0 += 32)
-            for (ptrdiff_t g0 = 0; g0 < G; g0 += 8)
-                tile_8x32(kr, dg + k0 * G + g0, G, a + k0 * n + i0, n, dw + g0 * n + i0,
-                          k0 == 0);
-    }
+    fr_weight_gradient(rows, G, n, dg, G, a, n, dw, n);
 }
 
 /* OpenBLAS as the x86-64-v4 build calls it: row-major dw (G, n) = dg^T @ a
@@ -142,18 +112,7 @@ static void measure(const char* what, ptrdiff_t rows, ptrdiff_t G, ptrdiff_t n)
 
 int main(int argc, char** argv)
 {
-    if (argc < 2) {
-        fprintf(stderr, "usage: %s PATH_TO_SCIPY_OPENBLAS\n", argv[0]);
-        return 2;
-    }
-    void* lib = dlopen(argv[1], RTLD_NOW);
-    void (*threads)(int) = lib ? (void (*)(int))dlsym(lib, "scipy_openblas_set_num_threads") : NULL;
-    sgemm = lib ? (sgemm_t)dlsym(lib, "scipy_sgemm_") : NULL;
-    if (sgemm == NULL || threads == NULL) {
-        fprintf(stderr, "no scipy_sgemm_ in %s\n", argv[1]);
-        return 1;
-    }
-    threads(1);
+    sgemm = openblas_sgemm(argc, argv);
     printf("| weight gradient | rows x G x n | OpenBLAS (v4) | OpenBLAS transposed | tiles "
            "| tiles / OpenBLAS (v4) | max abs difference |\n|---|---|---|---|---|---|---|\n");
     /* rows: T*B of one half of a split batch, or all of an unsplit one */

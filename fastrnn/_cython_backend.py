@@ -256,6 +256,20 @@ def _bound_for(table, B):
 GRADIENT_PARTS_MIN_MACS = 1 << 21
 
 
+#: Weight gradients (dW_ih, dW_hh: a sum over all T*B rows) with at most this
+#: many columns (I or H; a multiple of 32) go through the register tiles of
+#: src_ext/_weight_gradient.h in the x86-64-v4 build, rather than OpenBLAS,
+#: which packs all of dG for them. Alone on a core
+#: (``benchmarks/weight_gradient.c``): 1.26-1.31x at 4000 rows and 64
+#: columns, 1.12-1.14x at 100-200 rows and 128, 1.05-1.07x at 800 and 128;
+#: 0.62-0.95x from 256. Training calls against 0 (``benchmarks/ab_setting.py``,
+#: 15 rounds, RNN / LSTM / GRU): the grid's long 1.16x / 1.06x / 1.07x,
+#: (4, 500, 64, 64) 1.19x / 1.03x / 1.07x, (16, 100, 128, 128) 1.09x / 1.03x /
+#: 1.02x, (1, 200, 128, 128) 1.09x / 1.02x / 1.01x, the grid's latency 1.01x.
+#: 0: never.
+WGRAD_TILES_MAX_N = 128
+
+
 def gradient_parts(cell, T, B, I, GH, H):
     """Parts for the GEMMs after an unsplit backward's loop (``_parallel``)."""
     return _gradient_parts(T, B, I, GH, H, GRADIENT_PARTS_MIN_MACS)
@@ -433,7 +447,8 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     else:
         rec = prepare_backward(cell, dtype, T, B, w_hh) if prepared is None else prepared
         units = units if "packed" in rec else 0
-    rec = dict(rec, grad_parts=grad_parts, n_team=_team_size(max(grad_parts, units)))
+    rec = dict(rec, grad_parts=grad_parts, n_team=_team_size(max(grad_parts, units)),
+               wgrad_tiles_max_n=WGRAD_TILES_MAX_N)
     if units:
         rec["unit_parts"] = units
     if cell == "lstm" and "w_hr" in data:

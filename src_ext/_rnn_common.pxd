@@ -18,6 +18,12 @@ from libc.string cimport memcpy
 from _blas cimport gemm
 from _recurrent cimport fr_gemm_packed_bias, FR_PANEL
 
+cdef extern from "_weight_gradient.h" nogil:
+    const int FR_WGRAD_TILES
+    void fr_weight_gradient(Py_ssize_t rows, Py_ssize_t G, Py_ssize_t n, const float* dg,
+                            Py_ssize_t ldg, const float* a, Py_ssize_t lda, float* dw,
+                            Py_ssize_t ldw)
+
 cdef extern from "_team.h" nogil:
     int fr_team_size()
     int fr_team_rank()
@@ -157,17 +163,18 @@ cdef inline void input_and_weight_gradients(
         floating* dw_hh,          # OUT (G, H)
         floating* db_ih,          # OUT (G,)
         floating* db_hh,          # OUT (G,)
-        int part, int n_parts) noexcept nogil:
+        int part, int n_parts, Py_ssize_t tiles_max_n) noexcept nogil:
     """Everything BPTT needs after the time loop, a few GEMMs over all T*B
     rows; here part ``part`` of ``n_parts`` of it: columns [i0, i1) of dx and
     rows [g0, g1) of the weight and bias gradients (``part_bound``). Each part
-    is the same arithmetic whichever thread computes it."""
+    is the same arithmetic whichever thread computes it. ``tiles_max_n``: as
+    in ``weight_gradient``."""
     cdef Py_ssize_t i0 = part_bound(I, part, n_parts), i1 = part_bound(I, part + 1, n_parts)
     cdef Py_ssize_t g0 = part_bound(G, part, n_parts), g1 = part_bound(G, part + 1, n_parts)
     gemm(False, False, <int> rows, <int> (i1 - i0), <int> G, <floating> 1, dg_x, <int> G,
          w_ih + i0, <int> I, <floating> 0, dx + i0, <int> I)
-    weight_gradient(dg_x + g0, G, x, rows, g1 - g0, I, dw_ih + g0 * I)
-    weight_gradient(dg_h + g0, G, h_in, rows, g1 - g0, H, dw_hh + g0 * H)
+    weight_gradient(dg_x + g0, G, x, rows, g1 - g0, I, dw_ih + g0 * I, tiles_max_n)
+    weight_gradient(dg_h + g0, G, h_in, rows, g1 - g0, H, dw_hh + g0 * H, tiles_max_n)
     column_sums(dg_x + g0, rows, g1 - g0, G, db_ih + g0)
     if dg_h == dg_x:
         # LSTM and RNN: both biases get the same gradient; a second pass over
@@ -181,7 +188,7 @@ cdef inline void gradients_on_team(
         const floating* dg_x, const floating* dg_h, const floating* x, const floating* h_in,
         const floating* w_ih, Py_ssize_t rows, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G,
         floating* dx, floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
-        int n_parts, int n_team) noexcept nogil:
+        int n_parts, int n_team, Py_ssize_t tiles_max_n) noexcept nogil:
     """``input_and_weight_gradients`` in ``n_parts`` parts (1: whole) run by a
     team of ``n_team`` threads: a backward whose batch is not split across the
     cores (one core ran its time loop) gets them all for its GEMMs, each part's
@@ -192,13 +199,13 @@ cdef inline void gradients_on_team(
     if n_team <= 1 or n_parts == 1:
         for part in range(n_parts):
             input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih,
-                                       dw_hh, db_ih, db_hh, part, n_parts)
+                                       dw_hh, db_ih, db_hh, part, n_parts, tiles_max_n)
         return
     with parallel(num_threads=n_team):
         part = fr_team_rank()
         while part < n_parts:
             input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih,
-                                       dw_hh, db_ih, db_hh, part, n_parts)
+                                       dw_hh, db_ih, db_hh, part, n_parts, tiles_max_n)
             part = part + fr_team_size()
 
 
@@ -206,10 +213,18 @@ cdef inline void weight_gradient(const floating* dg,    # IN  (rows, G), rows ld
                                  Py_ssize_t ldg,
                                  const floating* a,     # IN  (rows, n)
                                  Py_ssize_t rows, Py_ssize_t G, Py_ssize_t n,
-                                 floating* dw) noexcept nogil:   # OUT (G, n)
-    """dw := dg^T @ a, a sum over all rows (see WGRAD_TRANSPOSED_MIN_ROWS)."""
+                                 floating* dw,          # OUT (G, n)
+                                 Py_ssize_t tiles_max_n) noexcept nogil:
+    """dw := dg^T @ a, a sum over all rows: in the register tiles of
+    _weight_gradient.h where this build has them and n is at most
+    ``tiles_max_n`` (the caller's measured rule; 0: never), a multiple of 32,
+    and G of 8; else BLAS (see WGRAD_TRANSPOSED_MIN_ROWS)."""
     cdef floating* dw_t = NULL
     cdef Py_ssize_t i0, i, j
+    if floating is float:
+        if FR_WGRAD_TILES and rows > 0 and n <= tiles_max_n and n % 32 == 0 and G % 8 == 0:
+            fr_weight_gradient(rows, G, n, dg, ldg, a, n, dw, n)
+            return
     if rows >= WGRAD_TRANSPOSED_MIN_ROWS and G > n:
         dw_t = <floating*> malloc(G * n * sizeof(floating))
     if dw_t == NULL:

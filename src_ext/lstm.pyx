@@ -459,6 +459,7 @@ def backward(const floating[:, :, ::1] x,
              float[::1] packed=None,
              int n_threads=1,
              int grad_parts=1,
+             Py_ssize_t wgrad_tiles_max_n=0,
              int n_team=1,
              int unit_parts=0,
              bint pack_here=False):
@@ -471,7 +472,10 @@ def backward(const floating[:, :, ::1] x,
     ``packed``, no projection, H a multiple of the panel width): the time
     loop's units split into that many parts on a team of ``n_team`` threads
     (``lstm_backward_units``); ``grad_parts``: the GEMMs after it in that many
-    parts on the team (``gradients_on_team``); ``pack_here``: as in ``forward``.
+    parts on the team (``gradients_on_team``); ``wgrad_tiles_max_n``: weight
+    gradients with at most that many columns (I, H) in register tiles rather
+    than BLAS where the build has them (``weight_gradient``; 0: never);
+    ``pack_here``: as in ``forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]
@@ -521,7 +525,9 @@ def backward(const floating[:, :, ::1] x,
         gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
                           &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
                           T * B, I, P, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],
-                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team)
+                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team,
+                          wgrad_tiles_max_n)
         if w_hr_ != NULL:
             # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
-            weight_gradient(dh_total_, P, &m[0, 0, 0], T * B, P, H, &dw_hr[0, 0])
+            weight_gradient(dh_total_, P, &m[0, 0, 0], T * B, P, H, &dw_hr[0, 0],
+                            wgrad_tiles_max_n)

@@ -152,8 +152,11 @@ def backward(const floating[:, :, ::1] x,
              float[::1] packed=None,
              int n_threads=1,
              int grad_parts=1,
+             Py_ssize_t wgrad_tiles_max_n=0,
              int n_team=1):
-    """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit."""
+    """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit.
+
+    ``grad_parts``, ``wgrad_tiles_max_n``, ``n_team``: as in ``lstm.backward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
@@ -167,4 +170,5 @@ def backward(const floating[:, :, ::1] x,
         gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
                           &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
                           T * B, I, H, H, &dx[0, 0, 0], &dw_ih[0, 0],
-                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team)
+                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team,
+                          wgrad_tiles_max_n)
