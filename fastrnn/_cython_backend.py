@@ -219,10 +219,10 @@ def unit_parts(cell, dtype, T, B, params, training):
     smallest batch bound not under B (or ``UNIT_SPLIT_SHORT_MIN_BYTES``'s,
     if lower, for at most ``UNIT_SPLIT_SHORT_T`` steps). Training takes the
     same rule: its backward then splits the units the same way
-    (``backward``). The rule
-    looks at the shapes only, not at the threads: a call gets the same bits
-    with a team of one (one fastrnn thread, or a forked child that may start
-    no team: ``_parallel.team_size``), which runs on the calling thread.
+    (``backward``). The rule looks at the shapes only, not at the threads: a
+    call gets the same bits with a team of one (one fastrnn thread, or a
+    forked child that may start no team: ``_parallel.team_size``), which
+    runs on the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
     if UNIT_SPLIT_MIN_BYTES is None or T < PREPARE_MIN_T \

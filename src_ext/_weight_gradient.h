@@ -11,8 +11,9 @@
  * build calls it (benchmarks/weight_gradient.c, one core, median of 21):
  * 1.26-1.31x at 4000 rows and n = 64, 1.12-1.14x at 100-200 rows and n =
  * 128, 1.05-1.07x at 800 rows and n = 128; 0.62-0.95x from n = 256, hence
- * _rnn_common's size rule. Each value sums its rows in order, in blocks:
- * the same bits whichever part of G a thread computes.
+ * the size rule (WGRAD_TILES_MAX_N in fastrnn/_cython_backend.py, applied by
+ * weight_gradient in _rnn_common.pxd). Each value sums its rows in order, in
+ * blocks: the same bits whichever part of G a thread computes.
  *
  * Only the x86-64-v4 (AVX-512) build has the tiles (FR_WGRAD_TILES); the
  * others call BLAS.
