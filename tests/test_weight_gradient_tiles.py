@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states,
-                      make_x, run_backward)
+from conftest import (RTOL, assert_results_equal, make_lengths, make_params,
+                      make_projected_params, make_projected_states, make_states, make_x,
+                      run_backward, run_projected_forward)
 from fastrnn import _parallel
 
 cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
@@ -99,3 +100,36 @@ def test_the_switch_takes_effect():
     assert not np.array_equal(blas.dweight_hh, tiles.dweight_hh)
     np.testing.assert_array_equal(blas.dx, tiles.dx)
     np.testing.assert_allclose(tiles.dweight_ih, blas.dweight_ih, rtol=1e-4, atol=1e-4)
+    # and dW_hr of a projected LSTM (n = H = 64, G = P = 16)
+    P = 16
+    states = make_projected_states(B, H, P, np.float32)
+    params = make_projected_params(I, H, P, np.float32)
+    dy = make_x(T, B, P, np.float32, seed=9)
+    hr = []
+    for limit in (0, 128):
+        old, cb.WGRAD_TILES_MAX_N = cb.WGRAD_TILES_MAX_N, limit
+        try:
+            out = run_projected_forward("cython", x, states, params, training=True)
+            hr.append(run_backward("lstm", out.workspace, dy).dweight_hr)
+        finally:
+            cb.WGRAD_TILES_MAX_N = old
+    assert not np.array_equal(hr[0], hr[1])
+
+
+@pytest.mark.parametrize("tiles", [True, False], ids=["tiles", "blas"])
+def test_the_projected_lstm_weight_gradients_match_the_reference(monkeypatch, tiles):
+    """With ``weight_hr``: dW_hr sums dh_total^T m over the rows (G = P = 16,
+    n = H = 64: tiles) as dW_ih does (n = I = 32); dW_hh's n = P = 16 stays
+    with BLAS. 140 rows: three blocks, the last partial."""
+    monkeypatch.setattr(cb, "WGRAD_TILES_MAX_N", 128 if tiles else 0)
+    T, B, I, H, P = 35, 4, 32, 64, 16
+    x64 = make_x(T, B, I)
+    s64, p64 = make_projected_states(B, H, P), make_projected_params(I, H, P)
+    dy64 = make_x(T, B, P, seed=9)
+    got_out = run_projected_forward("cython", x64.astype(np.float32), as_f32(s64), as_f32(p64),
+                                    training=True)
+    got = run_backward("lstm", got_out.workspace, dy64.astype(np.float32))
+    want_out = run_projected_forward("reference", x64, s64, p64, training=True)
+    want = run_backward("lstm", want_out.workspace, dy64)
+    assert got.dweight_hr is not None
+    assert_results_equal(got, want, exact=False, rtol=RTOL[F32])
