@@ -86,11 +86,15 @@ cdef inline void recurrent_product(const Recurrent* r, Py_ssize_t B, const float
 
 
 cdef inline float* check_packed(float[::1] packed, Py_ssize_t K, Py_ssize_t N,
-                                str name="packed") except? NULL:
+                                str name="packed", bint float64_call=False) except? NULL:
     """The packed buffer for op(W) (K, N), or NULL; a ValueError naming the
-    argument if it is too small."""
+    argument if it is too small, or if it is given to a float64 call
+    (``float64_call``) that would not read it."""
     if packed is None:
         return NULL
+    if float64_call:
+        raise ValueError(f"{name} holds float32 panels, but this call is float64, whose "
+                         f"products run through BLAS: pass {name}=None")
     if packed.shape[0] < fr_packed_size(K, N):
         raise ValueError(f"{name} must hold at least {fr_packed_size(K, N)} floats "
                          f"for a ({K}, {N}) matrix, got {packed.shape[0]}")

@@ -384,7 +384,8 @@ def forward(const floating[:, :, ::1] x,
     cdef floating* m_ = NULL
     cdef float* packed_ = check_packed(packed, P, 4 * H)
     cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
-    cdef float* packed_ih_ = check_packed(packed_ih, I, 4 * H, "packed_ih")
+    cdef float* packed_ih_ = check_packed(packed_ih, I, 4 * H, "packed_ih",
+                                          floating is double)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, P)
     cdef Recurrent rec

@@ -119,7 +119,8 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
-    cdef float* packed_ih_ = check_packed(packed_ih, I, H, "packed_ih")
+    cdef float* packed_ih_ = check_packed(packed_ih, I, H, "packed_ih",
+                                          floating is double)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec

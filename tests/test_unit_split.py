@@ -262,3 +262,34 @@ def test_kernel_packs_on_its_team_only_with_unit_parts():
     room_ih = np.empty(cb._packing.packed_size(3, 4 * 16), np.float32)
     with pytest.raises(ValueError, match="packed_ih must hold at least"):
         kernel(*args, packed=room, unit_parts=2, pack_here=True, packed_ih=room_ih[:-1])
+
+
+
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_float64_kernel_refuses_w_ih_panels(cell):
+    """W_ih^T's panels (``packed_ih``) are float32; a float64 forward projects
+    through BLAS and would ignore them, so it refuses them by name instead of
+    silently taking another path than the caller asked for."""
+    T, B, I, H = 4, 2, 3, 16
+    G = {"rnn_tanh": 1, "lstm": 4, "gru": 3}[cell]
+    f64 = np.float64
+    x, y = np.zeros((T, B, I), f64), np.empty((T, B, H), f64)
+    w_ih, w_hh, bias = np.zeros((G * H, I), f64), np.zeros((G * H, H), f64), np.zeros(G * H, f64)
+    hs = np.zeros((2, B, H), f64)
+    if cell == "rnn_tanh":
+        kernel = cb._rnn.forward
+        args = (x, w_ih, w_hh, bias, None, False, False, np.empty((T, B, H), f64), hs, y)
+    elif cell == "lstm":
+        kernel = cb._lstm.forward
+        args = (x, w_ih, w_hh, bias, None, False, np.empty((1, B, G * H), f64),
+                np.empty((B, G * H), f64), hs, np.zeros((2, B, H), f64), y)
+    else:
+        kernel = cb._gru.forward
+        args = (x, w_ih, w_hh, bias, np.zeros(H, f64), None, False,
+                np.empty((1, B, G * H), f64), np.empty((B, G * H), f64), None, hs, y)
+    kernel = cb._typed(kernel, np.dtype(f64))
+    kernel(*args)                                   # the same call without panels runs
+    room_ih = np.empty(cb._packing.packed_size(I, G * H), np.float32)
+    with pytest.raises(ValueError, match="packed_ih holds float32 panels, but this call "
+                                         "is float64"):
+        kernel(*args, packed_ih=room_ih)
