@@ -210,6 +210,22 @@ PROJECT_PACKED = True
 PROJECT_PACKED_MAX_BYTES = 256 << 10
 
 
+#: A unit-split call's team meets at the spinning barrier of src_ext/_team.h
+#: every step instead of OpenMP's (``spin_barrier`` of the kernels); it spins
+#: a while, then yields its core. Alone (two threads doing nothing else,
+#: 200,000 meetings, the Zen 4 machine): libgomp's took 313-387 ns a meeting,
+#: the spinning one 35 ns. Against OpenMP's (``benchmarks/ab_setting.py``,
+#: the two alternating in one process, 2 threads, 21 rounds, median of
+#: per-round ratios, inference / training): LSTM latency 1.06x / 1.05x,
+#: (1, 300, 128, 128) 1.04x / 1.09x, (4, 100, 256, 256) 1.02x / 1.01x; GRU
+#: latency 1.01x / 1.04x, (1, 300, 128, 128) 1.09x / 1.04x, (4, 100, 256,
+#: 256) 0.98x / 1.00x; in another run of 15 rounds LSTM latency 1.10x /
+#: 1.08x, the grid's small 0.98-1.00x. With both cores busy with two other
+#: processes (7 rounds): LSTM latency 1.07x / 9.7x, GRU latency 5.0x / 1.00x:
+#: OpenMP's barrier stalled for milliseconds where the spinning one yields.
+SPIN_BARRIER = True
+
+
 def unit_parts(cell, dtype, T, B, params, training):
     """Parts to split the hidden units into for this call (0: none; the batch
     split of ``_parallel`` applies). The forward (inference, or training's,
@@ -385,7 +401,8 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     # the hidden units split across a team of fastrnn's threads (``unit_parts``)
     # or the input projections in parts on such a team (``proj_parts``)
     if unit_parts:
-        team = dict(unit_parts=unit_parts, n_team=_team_size(unit_parts))
+        team = dict(unit_parts=unit_parts, n_team=_team_size(unit_parts),
+                    spin_barrier=SPIN_BARRIER)
     else:
         team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
     data = None
@@ -450,7 +467,7 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
     rec = dict(rec, grad_parts=grad_parts, n_team=_team_size(max(grad_parts, units)),
                wgrad_tiles_max_n=WGRAD_TILES_MAX_N)
     if units:
-        rec["unit_parts"] = units
+        rec.update(unit_parts=units, spin_barrier=SPIN_BARRIER)
     if cell == "lstm" and "w_hr" in data:
         w_hr = data["w_hr"]
         dw_hr = np.empty_like(w_hr)

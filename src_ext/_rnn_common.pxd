@@ -25,9 +25,12 @@ cdef extern from "_weight_gradient.h" nogil:
                             Py_ssize_t ldw)
 
 cdef extern from "_team.h" nogil:
+    ctypedef struct fr_barrier:
+        int spin
     int fr_team_size()
     int fr_team_rank()
-    void fr_team_barrier()
+    void fr_barrier_init(fr_barrier* b, int spin)
+    void fr_barrier_wait(fr_barrier* b)
 
 #: A weight gradient dW (G, n) = dg^T @ a sums over all T*B rows. With that
 #: many rows and G > n, OpenBLAS's Haswell/Zen kernels compute dW^T = a^T @ dg

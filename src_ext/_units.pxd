@@ -9,7 +9,7 @@ A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 """
 from _recurrent cimport fr_gemm_packed, fr_pack_panel_range, FR_PANEL
 from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
-                          fr_team_rank, fr_team_barrier)
+                          fr_team_rank)
 
 
 cdef inline Py_ssize_t part_start(Py_ssize_t H, int part, int n_parts) noexcept nogil:

@@ -11,9 +11,10 @@ from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, gradients_on_team, step_stride)
+                          zero_row, gradients_on_team, step_stride, fr_barrier,
+                          fr_barrier_init, fr_barrier_wait)
 from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
-                     fr_team_size, fr_team_rank, fr_team_barrier)
+                     fr_team_size, fr_team_rank)
 
 
 cdef inline void fused_rows(floating* g, const floating* gh, const floating* b_hn,
@@ -110,7 +111,7 @@ cdef void gru_forward_units(
         float* packed_ih, const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
         float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
-        int n_parts) noexcept nogil:
+        int n_parts, fr_barrier* bar) noexcept nogil:
     """The forward with the hidden units split into ``n_parts`` parts across
     the calling OpenMP team, as ``lstm_forward_units`` (``w_hh``, ``packed_ih``
     too); ``ghn`` (T, B, H) in training, else NULL."""
@@ -128,7 +129,7 @@ cdef void gru_forward_units(
                            part_start(H, part, n_parts),
                            part_start(H, part + 1, n_parts))
             part += size
-        fr_team_barrier()
+        fr_barrier_wait(bar)
 
 
 cdef inline void backward_rows(const floating* gt, const floating* ghn_t,
@@ -196,7 +197,7 @@ cdef void gru_backward_units(
         const float* gates, const float* ghn, const float* hs, const float* w_hh,
         float* packed, const float* dy, Py_ssize_t dy_step, const Py_ssize_t* lengths,
         Py_ssize_t T, Py_ssize_t B, Py_ssize_t H, bint reverse, float* dh, float* dg_x,
-        float* dg_h, int n_parts) noexcept nogil:
+        float* dg_h, int n_parts, fr_barrier* bar) noexcept nogil:
     """``gru_backward_kernel`` with the hidden units split into ``n_parts``
     parts across the calling OpenMP team, as ``lstm_backward_units`` (``w_hh``
     too)."""
@@ -213,7 +214,7 @@ cdef void gru_backward_units(
                           dg_h + t * B * G, lengths, t, B, H, part_start(H, part, n_parts),
                           part_start(H, part + 1, n_parts))
             part += size
-        fr_team_barrier()
+        fr_barrier_wait(bar)
         parts_dh_product(dg_h + t * B * G, packed, dh, B, H, 3, s, n_parts)
 
 
@@ -236,12 +237,13 @@ def forward(const floating[:, :, ::1] x,
             int n_team=1,
             int proj_parts=1,
             bint pack_here=False,
+            bint spin_barrier=True,
             float[::1] packed_ih=None):
     """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``.
 
-    ``unit_parts``, ``n_team``, ``proj_parts``, ``pack_here``, ``packed_ih``:
-    the hidden units split across a thread team, or the input projections in
-    parts on it, as in ``lstm.forward``.
+    ``unit_parts``, ``n_team``, ``proj_parts``, ``pack_here``, ``packed_ih``,
+    ``spin_barrier``: the hidden units split across a thread team, or the
+    input projections in parts on it, as in ``lstm.forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
@@ -253,6 +255,7 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
+    cdef fr_barrier bar             # the unit split's team meets here every step
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     if unit_parts > 0:
@@ -262,6 +265,7 @@ def forward(const floating[:, :, ::1] x,
         if floating is float:
             if pack_here:
                 to_pack = &w_hh[0, 0]
+            fr_barrier_init(&bar, spin_barrier)
             with nogil:
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
@@ -270,12 +274,13 @@ def forward(const floating[:, :, ::1] x,
                                           packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
                                           gates.shape[0], &gates[0, 0, 0], &gh[0, 0], ghn_,
                                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
-                                          unit_parts)
+                                          unit_parts, &bar)
                 else:
                     gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
                                       packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
                                       gates.shape[0], &gates[0, 0, 0], &gh[0, 0], ghn_,
-                                      &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, unit_parts)
+                                      &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, unit_parts,
+                                      &bar)
         return
     with nogil:
         if w_hh_t_ != NULL:
@@ -311,11 +316,12 @@ def backward(const floating[:, :, ::1] x,
              Py_ssize_t wgrad_tiles_max_n=0,
              int n_team=1,
              int unit_parts=0,
-             bint pack_here=False):
+             bint pack_here=False,
+             bint spin_barrier=True):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit.
 
     ``unit_parts``, ``grad_parts``, ``wgrad_tiles_max_n``, ``n_team``,
-    ``pack_here``: as in ``lstm.backward``."""
+    ``pack_here``, ``spin_barrier``: as in ``lstm.backward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
@@ -323,6 +329,7 @@ def backward(const floating[:, :, ::1] x,
     cdef float* packed_ = check_packed(packed, 3 * H, H)
     cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
     cdef Recurrent rec
+    cdef fr_barrier bar             # the unit split's team meets here every step
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     if unit_parts > 0 and (floating is not float or packed_ == NULL or H % FR_PANEL != 0
@@ -331,6 +338,7 @@ def backward(const floating[:, :, ::1] x,
                          f"H a multiple of {FR_PANEL} and n_team >= 1")
     if pack_here:
         to_pack = &w_hh[0, 0]
+    fr_barrier_init(&bar, spin_barrier)
     with nogil:
         if unit_parts > 0:
             if floating is float:
@@ -339,11 +347,12 @@ def backward(const floating[:, :, ::1] x,
                     with parallel(num_threads=n_team):
                         gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], to_pack,
                                            packed_, dy_, dy_step, lens, T, B, H, reverse,
-                                           &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts)
+                                           &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts,
+                                           &bar)
                 else:
                     gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], to_pack,
                                        packed_, dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
-                                       &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts)
+                                       &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts, &bar)
         else:
             rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
             gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,

@@ -32,9 +32,10 @@ from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team,
-                          weight_gradient, step_stride)
+                          weight_gradient, step_stride, fr_barrier, fr_barrier_init,
+                          fr_barrier_wait)
 from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
-                     fr_team_size, fr_team_rank, fr_team_barrier)
+                     fr_team_size, fr_team_rank)
 
 
 cdef inline floating cell_unit(floating* g, const floating* gh, const floating* c_in,
@@ -213,7 +214,7 @@ cdef void lstm_forward_units(
         float* packed_ih, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates, float* gh,
         float* hs, float* cs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
-        int n_parts) noexcept nogil:
+        int n_parts, fr_barrier* bar) noexcept nogil:
     """The forward with the hidden units split into ``n_parts``
     parts instead of the batch, run by the calling OpenMP team: thread k takes
     parts k, k + team size, ..., and the team meets at a barrier after every
@@ -238,7 +239,7 @@ cdef void lstm_forward_units(
                             chunk, gates, gh, hs, cs, n_slots, y, y_step,
                             part_start(H, part, n_parts), part_start(H, part + 1, n_parts))
             part += size
-        fr_team_barrier()
+        fr_barrier_wait(bar)
 
 
 cdef void lstm_backward_kernel(
@@ -307,7 +308,7 @@ cdef void lstm_backward_units(
         const float* gates, const float* cs, const float* w_hh, float* packed, const float* dy,
         Py_ssize_t dy_step, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t H, bint reverse, float* dh, float* dc, float* dg,
-        int n_parts) noexcept nogil:
+        int n_parts, fr_barrier* bar) noexcept nogil:
     """``lstm_backward_kernel`` (no projection, packed W_hh) with the hidden
     units split into ``n_parts`` parts across the calling OpenMP team, as
     ``lstm_forward_units``: each step, a part's fused pass for its units,
@@ -330,7 +331,7 @@ cdef void lstm_backward_units(
                           NULL if dy == NULL else dy + t * dy_step, dh, dc, lengths, t, B, H,
                           part_start(H, part, n_parts), part_start(H, part + 1, n_parts))
             part += size
-        fr_team_barrier()
+        fr_barrier_wait(bar)
         parts_dh_product(dg + t * B * G, packed, dh, B, H, 4, s, n_parts)
 
 
@@ -354,6 +355,7 @@ def forward(const floating[:, :, ::1] x,
             int n_team=1,
             int proj_parts=1,
             bint pack_here=False,
+            bint spin_barrier=True,
             float[::1] packed_ih=None):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
@@ -375,7 +377,8 @@ def forward(const floating[:, :, ::1] x,
     ``packed_ih`` (float32 only): the input projections through W_ih^T's
     panels (``project_columns``) instead of BLAS, as packed by
     ``packing.pack(w_ih, True, packed_ih)``; with ``pack_here``, room for them
-    that the team packs as it does W_hh's.
+    that the team packs as it does W_hh's. ``spin_barrier``: the team meets
+    at src_ext/_team.h's spinning barrier, else at OpenMP's.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -389,6 +392,7 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, P)
     cdef Recurrent rec
+    cdef fr_barrier bar             # the unit split's team meets here every step
     if w_hr is not None:
         if m is None or w_hr.shape[0] != P or w_hr.shape[1] != H:
             raise ValueError("a projection needs w_hr (P, H) and the m buffer")
@@ -408,6 +412,7 @@ def forward(const floating[:, :, ::1] x,
         if floating is float:
             if pack_here:
                 to_pack = &w_hh[0, 0]
+            fr_barrier_init(&bar, spin_barrier)
             with nogil:
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
@@ -416,12 +421,13 @@ def forward(const floating[:, :, ::1] x,
                                            packed_ih_, lens, T, B, I, H, reverse,
                                            gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
                                            &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0],
-                                           &y[0, 0, 0], y_step, unit_parts)
+                                           &y[0, 0, 0], y_step, unit_parts, &bar)
                 else:
                     lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
                                        packed_ih_, lens, T, B, I, H, reverse, gates.shape[0],
                                        &gates[0, 0, 0], &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
-                                       hs.shape[0], &y[0, 0, 0], y_step, unit_parts)
+                                       hs.shape[0], &y[0, 0, 0], y_step, unit_parts,
+                                       &bar)
         return
     with nogil:
         if w_hh_t_ != NULL:
@@ -463,7 +469,8 @@ def backward(const floating[:, :, ::1] x,
              Py_ssize_t wgrad_tiles_max_n=0,
              int n_team=1,
              int unit_parts=0,
-             bint pack_here=False):
+             bint pack_here=False,
+             bint spin_barrier=True):
     """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
@@ -476,7 +483,7 @@ def backward(const floating[:, :, ::1] x,
     parts on the team (``gradients_on_team``); ``wgrad_tiles_max_n``: weight
     gradients with at most that many columns (I, H) in register tiles rather
     than BLAS where the build has them (``weight_gradient``; 0: never);
-    ``pack_here``: as in ``forward``.
+    ``pack_here``, ``spin_barrier``: as in ``forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]
@@ -489,6 +496,7 @@ def backward(const floating[:, :, ::1] x,
     cdef float* packed_ = check_packed(packed, 4 * H, P)
     cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
     cdef Recurrent rec
+    cdef fr_barrier bar             # the unit split's team meets here every step
     if w_hr is not None:
         if m is None or dh_total is None or dm is None or dw_hr is None:
             raise ValueError("a projection needs m, dh_total, dm and dw_hr")
@@ -505,6 +513,7 @@ def backward(const floating[:, :, ::1] x,
                          f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
     if pack_here:
         to_pack = &w_hh[0, 0]
+    fr_barrier_init(&bar, spin_barrier)
     with nogil:
         if unit_parts > 0:
             if floating is float:
@@ -513,11 +522,11 @@ def backward(const floating[:, :, ::1] x,
                     with parallel(num_threads=n_team):
                         lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], to_pack, packed_, dy_,
                                             dy_step, lens, T, B, H, reverse, &dh[0, 0],
-                                            &dc[0, 0], &dg[0, 0, 0], unit_parts)
+                                            &dc[0, 0], &dg[0, 0, 0], unit_parts, &bar)
                 else:
                     lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], to_pack, packed_, dy_,
                                         dy_step, lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
-                                        &dg[0, 0, 0], unit_parts)
+                                        &dg[0, 0, 0], unit_parts, &bar)
         else:
             rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
             lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step,

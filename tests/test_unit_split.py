@@ -69,6 +69,31 @@ def test_unit_split_matches_reference_and_any_thread_count(unit_split_everywhere
         assert_results_equal(got, want, exact=False, rtol=RTOL[F32])
 
 
+@pytest.mark.parametrize("T,B,I,H", [(60, 1, 9, 32), (33, 3, 7, 48)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_spinning_barrier_gives_the_bits_of_openmps(unit_split_everywhere, monkeypatch, cell,
+                                                    T, B, I, H):
+    """The team of a unit split meets every step at src_ext/_team.h's
+    spinning barrier (``SPIN_BARRIER``) or at OpenMP's. Either way every
+    step reads the units the other thread wrote in the step before, so the
+    outputs and gradients are the same bits; a barrier that let a thread
+    run ahead would read half-written states and differ, from one repetition
+    to the next, so the spinning one runs twenty times."""
+    x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    dy = make_x(T, B, H, seed=7)
+    f32 = [a.astype(np.float32) for a in (x, *states, *params, dy)]
+    n = len(states)
+    args = (cell, f32[0], f32[1:1 + n], f32[1 + n:-1], None, False)
+    monkeypatch.setattr(cb, "SPIN_BARRIER", False)
+    openmp = run(*args, threads=2, dy=f32[-1])
+    monkeypatch.setattr(cb, "SPIN_BARRIER", True)
+    for _ in range(20):
+        spinning = run(*args, threads=2, dy=f32[-1])
+        for got, want in zip(spinning, openmp):
+            assert_results_equal(got, want)                 # bit for bit
+    assert set(unit_split_everywhere) == {2}, "a call did not take the unit split"
+
+
 def test_unit_split_applies_only_where_it_can(monkeypatch):
     monkeypatch.setattr(cb, "UNIT_SPLIT_MIN_BYTES", {256: 0})
     params = tuple(make_params("lstm", 8, 32, np.float32))
