@@ -90,7 +90,7 @@ def test_ten_thousand_calls_do_not_grow_the_process(backend):
 @pytest.mark.parametrize("backend", fastrnn.available_backends())
 def test_calls_leave_no_traced_allocation_behind(backend):
     """tracemalloc (which sees NumPy's buffers): once warm, 1,000 more calls
-    leave less than 16 bytes per call behind.
+    leave less than 16 bytes per call behind, in one of two windows of 1,000.
 
     Warm-up happens while tracing, for 1,000 calls: caches that fill on first
     use (NumPy's small-array cache, Numba's type cache of array flags) grow for
@@ -98,7 +98,10 @@ def test_calls_leave_no_traced_allocation_behind(backend):
     moved the traced total by 0-4.3 kB (free lists). Any leaked Python object
     is at least 16 bytes, and the smallest array a call allocates (lengths,
     (B,) intp) is 16 bytes of data plus a 100-byte object: leaking it once
-    per call would leave 116 kB here.
+    per call would leave 116 kB in every window. A cache that still grows
+    once after the warm-up does so in one window only: once, in a fresh
+    venv's first run of the suite (Numba compiling and caching from scratch),
+    a window of Numba calls kept 19,127 bytes, and reruns 0.8-2.5 kB.
     """
     fns = workloads(backend)
     for fn in fns:                         # compilation, outside the trace
@@ -109,14 +112,16 @@ def test_calls_leave_no_traced_allocation_behind(backend):
         for i in range(1000):
             fns[i % len(fns)]()
         gc.collect()
-        before = tracemalloc.get_traced_memory()[0]
-        for i in range(1000):
-            fns[i % len(fns)]()
-        gc.collect()
-        after = tracemalloc.get_traced_memory()[0]
+        kept = []
+        for window in range(2):
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(1000):
+                fns[i % len(fns)]()
+            gc.collect()
+            kept.append(tracemalloc.get_traced_memory()[0] - before)
     finally:
         tracemalloc.stop()
-    assert after - before < 16_000, after - before
+    assert min(kept) < 16_000, f"bytes kept by each window of 1,000 calls: {kept}"
 
 
 def allocated_arrays(data, inputs):
