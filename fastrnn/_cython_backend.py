@@ -212,9 +212,10 @@ PROJECT_PACKED_MAX_BYTES = 256 << 10
 
 #: A unit-split call's team meets at the spinning barrier of src_ext/_team.h
 #: every step instead of OpenMP's (``spin_barrier`` of the kernels); it spins
-#: a while, then yields its core. Alone (two threads doing nothing else,
-#: 200,000 meetings, the Zen 4 machine): libgomp's took 313-387 ns a meeting,
-#: the spinning one 35 ns. Against OpenMP's (``benchmarks/ab_setting.py``,
+#: a while, then yields its core. Alone (``benchmarks/team_barrier.c``, two
+#: threads doing nothing else, the Zen 4 machine, 12 runs): libgomp's took
+#: 247-458 ns a meeting (median 279), the spinning one 27-164 (median 32).
+#: Against OpenMP's (``benchmarks/ab_setting.py``,
 #: the two alternating in one process, 2 threads, 21 rounds, median of
 #: per-round ratios, inference / training): LSTM latency 1.06x / 1.05x,
 #: (1, 300, 128, 128) 1.04x / 1.09x, (4, 100, 256, 256) 1.02x / 1.01x; GRU

@@ -3,10 +3,11 @@
  * ``with parallel()`` block. Without OpenMP the block runs on one thread: a
  * team of one, and the barrier does nothing.
  *
- * The barrier meets once a step. libgomp's took 313-387 ns a meeting on the
- * Zen 4 development machine (two threads doing nothing else, 200,000
- * meetings), where a round trip between the cores takes 65 ns
- * (benchmarks/two_cores.c); the spinning barrier below took 35 ns. A
+ * The barrier meets once a step. libgomp's took 247-458 ns a meeting on the
+ * Zen 4 development machine (median 279 over 12 runs of
+ * benchmarks/team_barrier.c: two threads doing nothing else), where a round
+ * trip between the cores takes 65 ns (benchmarks/two_cores.c); the spinning
+ * barrier below took 27-164 ns (median 32). A
  * 100-step unit-split call meets 100 times in its forward and 100 in its
  * backward. It spins only a while, then yields the core, so that a team
  * sharing its cores with other work still makes progress. */

@@ -6,10 +6,11 @@ GNU OpenMP's idle threads spin (``GOMP_SPINCOUNT``). After a unit-split call
 spins for its next region for about 6 ms by default (300,000 rounds); a
 split batch's second part, which runs on a Python thread
 (``_parallel.run_parts``), then shares its core with it. On the Zen 4
-development machine a GRU medium inference call took 14.1 ms right after a
-GRU latency call against 7.6 ms after its own kind, and 7.1 against 7.2
-with ``GOMP_SPINCOUNT=10000`` (about 0.2 ms of spinning), which left the
-unit-split calls as fast as before (``benchmarks/bench_after_team.py``).
+development machine a GRU medium inference call took 14.48 ms right after a
+GRU latency call against 7.72 ms after its own kind, and 7.95 against 8.13
+with ``GOMP_SPINCOUNT=10000`` (about 0.2 ms of spinning)
+(``benchmarks/bench_after_team.py``), which left the unit-split calls as
+fast as before.
 """
 import ctypes
 import os
