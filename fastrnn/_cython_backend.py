@@ -313,6 +313,30 @@ def projection_parts(cell, training, T, B, I, GH):
     return _projection_parts(steps * B, I, GH, PROJECTION_PARTS_MIN_MACS)
 
 
+#: A forward whose time loop runs on one core (no unit split, one part of the
+#: batch) projects its inputs ahead of the loop on a second thread
+#: (``pipe_chunk`` of the kernels) from this many multiply-adds of projection
+#: (T*B*I*G*H); None: never.
+PIPELINE_MIN_MACS = 1 << 19
+#: rows (steps * B) a chunk of the pipeline projects at once, at least
+PIPELINE_CHUNK_ROWS = 16
+#: chunks a call must have: the loop waits for the first one
+PIPELINE_MIN_CHUNKS = 4
+#: chunk slots the inference's ring holds: how far the projections may run ahead
+PIPELINE_SLOTS = 4
+
+
+def pipeline_chunk(cell, training, T, B, I, GH):
+    """Steps a chunk of the pipelined input projections takes in an unsplit
+    forward (``_parallel``), 0 for none: from ``PIPELINE_MIN_MACS``, for at
+    least two chunks. A rule on the shape alone, like ``projection_parts``:
+    a team of one projects the same chunks itself."""
+    if PIPELINE_MIN_MACS is None or T * B * I * GH < PIPELINE_MIN_MACS:
+        return 0
+    steps = -(-PIPELINE_CHUNK_ROWS // B)
+    return steps if T >= PIPELINE_MIN_CHUNKS * steps else 0
+
+
 def prepare_forward(cell, dtype, T, B, params):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
@@ -377,14 +401,17 @@ def _pack(w_hh, trans, K, N):
 
 
 def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, unit_parts=0,
-            y=None, proj_parts=1):
+            y=None, proj_parts=1, pipe_chunk=0):
     """The backend interface's forward; ``prepared``: ``prepare_forward``'s
     result, shared by the parts of a split batch (None: prepare here);
     ``unit_parts``: as ``unit_parts()`` returns, run on up to that many of
     fastrnn's threads; ``y``: (T, B, H) to write the output into, rows of a
     larger batch's output for a part of a split batch (None: a new array);
     ``proj_parts``: as ``projection_parts()`` returns, the input projections
-    in that many parts on up to as many threads (without ``unit_parts``)."""
+    in that many parts on up to as many threads (without ``unit_parts``);
+    ``pipe_chunk``: as ``pipeline_chunk()`` returns, the input projections in
+    chunks of that many steps ahead of the time loop, on a second thread
+    (instead of ``proj_parts``)."""
     w_ih, w_hh, b_ih, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
@@ -398,12 +425,21 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = _buffers.empty((T, B, H), dtype) if y is None else y
     keep_gates = training and cell in ("lstm", "gru")
-    gates = _buffers.empty((T if keep_gates else _buffers.chunk(T, B, GH), B, GH), dtype)
-    # the hidden units split across a team of fastrnn's threads (``unit_parts``)
-    # or the input projections in parts on such a team (``proj_parts``)
+    if keep_gates:
+        steps = T
+    elif pipe_chunk:
+        steps = min(T, PIPELINE_SLOTS * pipe_chunk)
+    else:
+        steps = _buffers.chunk(T, B, GH)
+    gates = _buffers.empty((steps, B, GH), dtype)
+    # the hidden units split across a team of fastrnn's threads (``unit_parts``),
+    # the input projections ahead of the time loop on a second one
+    # (``pipe_chunk``) or in parts on such a team (``proj_parts``)
     if unit_parts:
         team = dict(unit_parts=unit_parts, n_team=_team_size(unit_parts),
                     spin_barrier=SPIN_BARRIER)
+    elif pipe_chunk:
+        team = dict(pipe_chunk=pipe_chunk, n_team=_team_size(2))
     else:
         team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
     data = None

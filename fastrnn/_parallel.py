@@ -379,11 +379,15 @@ class SplitBackend:
         G = {"lstm": 4, "gru": 3}.get(cell, 1)
         ranges = parts(B, T, I, params[1].shape[0] // G, G)
         if len(ranges) == 1:
-            # one core will run the time loop: the backend may share the input
-            # projections among the threads
-            fn = getattr(self.module, "projection_parts", None)
+            # one core will run the time loop: the backend may project the
+            # inputs ahead of it on another thread, or share the projections
+            # among the threads
             extra = {}
-            if fn is not None:
+            ahead = getattr(self.module, "pipeline_chunk", None)
+            if ahead is not None:
+                extra["pipe_chunk"] = ahead(cell, training, T, B, I, params[0].shape[0])
+            fn = getattr(self.module, "projection_parts", None)
+            if fn is not None and not extra.get("pipe_chunk"):
                 extra["proj_parts"] = fn(cell, training, T, B, I, params[0].shape[0])
             return self.module.forward(cell, x, state0, params, lengths, reverse, training,
                                        **extra)

@@ -31,6 +31,9 @@ cdef extern from "_team.h" nogil:
     int fr_team_rank()
     void fr_barrier_init(fr_barrier* b, int spin)
     void fr_barrier_wait(fr_barrier* b)
+    const int FR_HANDOVER
+    void fr_publish(long* counter, long value)
+    void fr_wait_for(const long* counter, long value)
 
 #: A weight gradient dW (G, n) = dg^T @ a sums over all T*B rows. With that
 #: many rows and G > n, OpenBLAS's Haswell/Zen kernels compute dW^T = a^T @ dg
@@ -253,6 +256,99 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t s, Py_ssize_t T, Py_ssize_t chunk,
     return T - first - n[0] if reverse else first
 
 
+# -- the input projections ahead of the time loop ------------------------------
+#
+# A forward whose time loop runs on one core (a batch too small to split, and
+# no unit split) leaves the other core idle while it steps; each chunk's
+# projection, though, only has to be done before the loop reaches the chunk.
+# So a second thread of the team projects chunk after chunk into a ring of
+# chunk slots in the gates buffer (``project_ahead``) while the loop steps
+# through the ones before (``step_gates``): the projection leaves the loop's
+# path but for the first chunk. The two hand chunks over through two counters
+# (src_ext/_team.h). A team of one (or a build without the atomics) projects
+# each chunk in the loop instead, into the same slot with the same call: the
+# bits do not depend on the team.
+
+cdef struct Pipeline:
+    long produced           # chunks projected into their slots so far
+    long consumed           # chunks the time loop is done with
+    Py_ssize_t chunk        # steps a chunk
+    Py_ssize_t n_ring       # chunk slots before a slot is reused
+    bint aligned            # the buffer holds every step at its time (training)
+    bint helper             # a second thread projects (else the loop itself)
+
+
+cdef inline Pipeline* pipeline_init(Pipeline* pipe, Py_ssize_t chunk, Py_ssize_t rows,
+                                    Py_ssize_t T, int n_team) noexcept nogil:
+    """``pipe`` set up for chunks of ``chunk`` steps in a gates buffer of
+    ``rows`` steps (at least ``chunk``), a second thread projecting when
+    ``n_team`` > 1; NULL (no pipeline) for ``chunk`` 0."""
+    if chunk <= 0:
+        return NULL
+    pipe.produced = 0
+    pipe.consumed = 0
+    pipe.chunk = chunk
+    pipe.aligned = rows >= T
+    # a buffer of every step never reuses a slot
+    pipe.n_ring = (T + chunk - 1) // chunk if pipe.aligned else rows // chunk
+    pipe.helper = n_team > 1 and FR_HANDOVER
+    return pipe
+
+
+cdef inline Py_ssize_t check_pipe_chunk(Py_ssize_t chunk, Py_ssize_t rows) except -1:
+    """``chunk``, a kernel's ``pipe_chunk``, checked against its gates
+    buffer of ``rows`` steps."""
+    if chunk < 0 or chunk > rows:
+        raise ValueError(f"pipe_chunk must be 0 (no pipeline) or a chunk of steps that "
+                         f"fits the gates buffer's {rows}, got {chunk}")
+    return chunk
+
+
+cdef inline floating* chunk_slot(const Pipeline* pipe, floating* gates, Py_ssize_t k,
+                                 Py_ssize_t t_low, Py_ssize_t B, Py_ssize_t G) noexcept nogil:
+    """Where the k-th visited chunk, whose earliest step is ``t_low``, goes."""
+    if pipe.aligned:
+        return gates + t_low * B * G
+    return gates + k % pipe.n_ring * pipe.chunk * B * G
+
+
+cdef inline void project_ahead(const floating* x, const floating* w_ih,
+                               const float* packed_ih, const floating* bias,
+                               floating* gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                               Py_ssize_t G, bint reverse, Pipeline* pipe) noexcept nogil:
+    """The second thread's work: every chunk's projection, in the order the
+    loop visits them, each once the loop is done with its slot's last chunk."""
+    cdef Py_ssize_t k, n, t_low
+    cdef Py_ssize_t n_chunks = (T + pipe.chunk - 1) // pipe.chunk
+    for k in range(n_chunks):
+        if k >= pipe.n_ring:
+            fr_wait_for(&pipe.consumed, k - pipe.n_ring + 1)
+        t_low = chunk_start(k * pipe.chunk, T, pipe.chunk, reverse, &n)
+        project_columns(x + t_low * B * I, w_ih, packed_ih, bias,
+                        chunk_slot(pipe, gates, k, t_low, B, G), n * B, I, G, 0, G)
+        fr_publish(&pipe.produced, k + 1)
+
+
+cdef inline bint projects_ahead(Pipeline* pipe, const floating* x, const floating* w_ih,
+                                const float* packed_ih, const floating* bias,
+                                floating* gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+                                Py_ssize_t G, bint reverse) noexcept nogil:
+    """Called first by a forward kernel on every thread of its team: True on
+    the thread that projects ahead (it has done so when this returns) or has
+    nothing to do; False on the one that runs the time loop. A team that
+    came out smaller than asked leaves the loop to project itself."""
+    if pipe == NULL or not pipe.helper:
+        return False
+    if fr_team_size() < 2:
+        pipe.helper = False     # the only thread
+        return False
+    if fr_team_rank() == 0:
+        return False
+    if fr_team_rank() == 1:
+        project_ahead(x, w_ih, packed_ih, bias, gates, T, B, I, G, reverse, pipe)
+    return True
+
+
 cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
                                  const floating* w_ih,    # IN  (G, I)
                                  const float* packed_ih,  # IN  W_ih^T's panels, or NULL
@@ -260,19 +356,33 @@ cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
                                  floating* gates,         # OUT (chunk, B, G)
                                  Py_ssize_t s, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                  Py_ssize_t G, Py_ssize_t chunk, bint reverse,
-                                 int proj_parts, int n_team) noexcept nogil:
+                                 int proj_parts, int n_team, Pipeline* pipe) noexcept nogil:
     """The gate rows of the s-th visited step.
 
     Steps are projected ``chunk`` at a time: the first step of a chunk
     projects the inputs of the whole chunk, stored in time order, in
     ``proj_parts`` parts on a team of ``n_team`` threads (``project_on_team``).
+    With ``pipe`` (not NULL), the chunks are the pipeline's: the first step of
+    one hands the slots before it back and waits for it to be projected, or
+    projects it itself without a helper (``projects_ahead``).
     """
     cdef Py_ssize_t n
     cdef Py_ssize_t t_low = chunk_start(s, T, chunk, reverse, &n)
+    cdef Py_ssize_t k = s // chunk
+    cdef floating* slot
+    if pipe == NULL:
+        if s % chunk == 0:
+            project_on_team(x + t_low * B * I, w_ih, packed_ih, bias, gates, n * B, I, G,
+                            proj_parts, n_team)
+        return gates + (time_at(s, T, reverse) - t_low) * B * G
+    slot = chunk_slot(pipe, gates, k, t_low, B, G)
     if s % chunk == 0:
-        project_on_team(x + t_low * B * I, w_ih, packed_ih, bias, gates, n * B, I, G,
-                        proj_parts, n_team)
-    return gates + (time_at(s, T, reverse) - t_low) * B * G
+        if pipe.helper:
+            fr_publish(&pipe.consumed, k)
+            fr_wait_for(&pipe.produced, k + 1)
+        else:
+            project_columns(x + t_low * B * I, w_ih, packed_ih, bias, slot, n * B, I, G, 0, G)
+    return slot + (time_at(s, T, reverse) - t_low) * B * G
 
 
 cdef inline void carry_row(const floating* src, floating* dst, Py_ssize_t n) noexcept nogil:

@@ -76,6 +76,30 @@ static inline void fr_barrier_wait(fr_barrier* b)
     _Pragma("omp barrier")
 }
 
+/* A counter one thread of a team raises and another waits on: the input
+ * projections run ahead of the time loop on a second thread
+ * (src_ext/_rnn_common.pxd, ``project_ahead``), which publishes the chunks
+ * it has projected, and the loop the chunks it is done with. The waiting
+ * spins, then yields, as the barrier's does. */
+#ifdef FR_SPIN_BARRIER
+#define FR_HANDOVER 1
+static inline void fr_publish(long* counter, long value)
+{
+    /* release: what this thread wrote before reaches the one that sees it */
+    __atomic_store_n(counter, value, __ATOMIC_RELEASE);
+}
+
+static inline void fr_wait_for(const long* counter, long value)
+{
+    for (long i = 0; __atomic_load_n(counter, __ATOMIC_ACQUIRE) < value; i++) {
+        if (i < FR_SPINS)
+            fr_pause();
+        else
+            sched_yield();
+    }
+}
+#endif
+
 static inline int fr_team_size(void) { return omp_get_num_threads(); }
 static inline int fr_team_rank(void) { return omp_get_thread_num(); }
 #else
@@ -84,5 +108,12 @@ static inline void fr_barrier_init(fr_barrier* b, int spin) { b->spin = spin; }
 static inline void fr_barrier_wait(fr_barrier* b) { (void)b; }
 static inline int fr_team_size(void) { return 1; }
 static inline int fr_team_rank(void) { return 0; }
+#endif
+#ifndef FR_HANDOVER
+/* no atomics to hand chunks over with: a kernel never starts a second
+ * thread for them (fr_handover), and these are never called */
+#define FR_HANDOVER 0
+static inline void fr_publish(long* counter, long value) { *counter = value; }
+static inline void fr_wait_for(const long* counter, long value) { (void)counter; (void)value; }
 #endif
 #endif

@@ -11,6 +11,7 @@ from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
+                          Pipeline, pipeline_init, projects_ahead, check_pipe_chunk,
                           zero_row, gradients_on_team, step_stride, fr_barrier,
                           fr_barrier_init, fr_barrier_wait)
 from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
@@ -68,6 +69,7 @@ cdef void gru_forward_kernel(
         Py_ssize_t y_step,          # elements between y's steps (see step_stride)
         int proj_parts,             # the input projections in parts on a team
         int n_team,                 #   of n_team threads (see project_on_team)
+        Pipeline* pipe,             # or the projections ahead of the loop, or NULL
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t s, t
@@ -75,10 +77,12 @@ cdef void gru_forward_kernel(
     cdef floating *h_in
     cdef floating *h_out
     cdef floating *yt
+    if projects_ahead(pipe, x, w_ih, packed_ih, bias, gates, T, B, I, G, reverse):
+        return
     for s in range(T):
         t = time_at(s, T, reverse)
         g = step_gates(x, w_ih, packed_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts,
-                       n_team)
+                       n_team, pipe)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * y_step
@@ -238,12 +242,14 @@ def forward(const floating[:, :, ::1] x,
             int proj_parts=1,
             bint pack_here=False,
             bint spin_barrier=True,
-            float[::1] packed_ih=None):
+            float[::1] packed_ih=None,
+            Py_ssize_t pipe_chunk=0):
     """Run the GRU over x; ``ghn`` is None in inference. See ``fastrnn._cython_backend``.
 
     ``unit_parts``, ``n_team``, ``proj_parts``, ``pack_here``, ``packed_ih``,
-    ``spin_barrier``: the hidden units split across a thread team, or the
-    input projections in parts on it, as in ``lstm.forward``.
+    ``spin_barrier``, ``pipe_chunk``: the hidden units split across a thread
+    team, or the input projections in parts on it or ahead of the time loop,
+    as in ``lstm.forward``.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
@@ -258,6 +264,12 @@ def forward(const floating[:, :, ::1] x,
     cdef fr_barrier bar             # the unit split's team meets here every step
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
+    cdef Pipeline pipe
+    cdef Pipeline* pipe_ = pipeline_init(&pipe, check_pipe_chunk(pipe_chunk, gates.shape[0]),
+                                         gates.shape[0], T, n_team)
+    cdef Py_ssize_t chunk = gates.shape[0] if pipe_ == NULL else pipe_chunk
+    if unit_parts > 0 and pipe_ != NULL:
+        raise ValueError("pipe_chunk needs unit_parts 0: a unit split projects its own columns")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
             raise ValueError(f"unit_parts needs float32 with packed panels, "
@@ -287,10 +299,17 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(w_hh_t_, False, H, 3 * H, <float*> NULL, 1)
         else:
             rec = recurrent(&w_hh[0, 0], True, H, 3 * H, packed_, n_threads)
-        gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], &b_hn[0],
-                           lens, T, B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
-                           &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
-                           proj_parts, n_team)
+        if pipe_ != NULL and pipe_.helper:
+            with parallel(num_threads=2):
+                gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0],
+                                   &b_hn[0], lens, T, B, I, H, reverse, chunk, &gates[0, 0, 0],
+                                   &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
+                                   y_step, 1, 1, pipe_)
+        else:
+            gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], &b_hn[0],
+                               lens, T, B, I, H, reverse, chunk, &gates[0, 0, 0],
+                               &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
+                               proj_parts, n_team, pipe_)
 
 
 def backward(const floating[:, :, ::1] x,

@@ -31,6 +31,7 @@ from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
+                          Pipeline, pipeline_init, projects_ahead, check_pipe_chunk,
                           zero_row, gradients_on_team,
                           weight_gradient, step_stride, fr_barrier, fr_barrier_init,
                           fr_barrier_wait)
@@ -145,6 +146,7 @@ cdef void lstm_forward_kernel(
         Py_ssize_t y_step,          # elements between y's steps (see step_stride)
         int proj_parts,             # the input projections in parts on a team
         int n_team,                 #   of n_team threads (see project_on_team)
+        Pipeline* pipe,             # or the projections ahead of the loop, or NULL
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, j
@@ -156,10 +158,12 @@ cdef void lstm_forward_kernel(
     cdef floating *yt
     cdef floating *mt
     cdef floating h_
+    if projects_ahead(pipe, x, w_ih, packed_ih, bias, gates, T, B, I, G, reverse):
+        return
     for s in range(T):
         t = time_at(s, T, reverse)
         g = step_gates(x, w_ih, packed_ih, bias, gates, s, T, B, I, G, chunk, reverse, proj_parts,
-                       n_team)
+                       n_team, pipe)
         h_in = hs + slot_in(t, reverse) % n_slots * B * P
         c_in = cs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * P
@@ -356,7 +360,8 @@ def forward(const floating[:, :, ::1] x,
             int proj_parts=1,
             bint pack_here=False,
             bint spin_barrier=True,
-            float[::1] packed_ih=None):
+            float[::1] packed_ih=None,
+            Py_ssize_t pipe_chunk=0):
     """Run the LSTM over x; see ``fastrnn._cython_backend`` for the buffers.
 
     ``hs``/``cs`` have T+1 slots (training: every state kept) or 2 slots
@@ -379,6 +384,13 @@ def forward(const floating[:, :, ::1] x,
     ``packing.pack(w_ih, True, packed_ih)``; with ``pack_here``, room for them
     that the team packs as it does W_hh's. ``spin_barrier``: the team meets
     at src_ext/_team.h's spinning barrier, else at OpenMP's.
+
+    ``pipe_chunk`` > 0 (without ``unit_parts``): the inputs are projected in
+    chunks of that many steps, a second thread of the team (``n_team`` > 1)
+    running ahead of the time loop (``project_ahead`` in _rnn_common.pxd),
+    into ``gates``: every step's rows if it has T (training), else a ring of
+    ``gates.shape[0] // pipe_chunk`` chunk slots; ``proj_parts`` is then not
+    used.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = cs.shape[2]
     cdef Py_ssize_t P = hs.shape[2]
@@ -404,6 +416,13 @@ def forward(const floating[:, :, ::1] x,
         raise ValueError(f"gh must be ({B}, {4 * H}) scratch, got ({gh.shape[0]}, {gh.shape[1]})")
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
+    cdef Pipeline pipe
+    cdef Pipeline* pipe_ = pipeline_init(&pipe, check_pipe_chunk(pipe_chunk, gates.shape[0]),
+                                         gates.shape[0], T, n_team)
+    cdef Py_ssize_t chunk = gates.shape[0] if pipe_ == NULL else pipe_chunk
+    cdef bint keep_m = m is not None and m.shape[0] > 1
+    if unit_parts > 0 and pipe_ != NULL:
+        raise ValueError("pipe_chunk needs unit_parts 0: a unit split projects its own columns")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or w_hr is not None \
                 or H % FR_PANEL != 0 or n_team < 1:
@@ -434,11 +453,17 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(w_hh_t_, False, P, 4 * H, <float*> NULL, 1)
         else:
             rec = recurrent(&w_hh[0, 0], True, P, 4 * H, packed_, n_threads)
-        lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, w_hr_, &bias[0], lens,
-                            T, B, I, H, P, reverse, gates.shape[0], &gates[0, 0, 0],
-                            &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
-                            m is not None and m.shape[0] > 1, &y[0, 0, 0], y_step,
-                            proj_parts, n_team)
+        if pipe_ != NULL and pipe_.helper:
+            with parallel(num_threads=2):
+                lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, w_hr_, &bias[0],
+                                    lens, T, B, I, H, P, reverse, chunk, &gates[0, 0, 0],
+                                    &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
+                                    keep_m, &y[0, 0, 0], y_step, 1, 1, pipe_)
+        else:
+            lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, w_hr_, &bias[0],
+                                lens, T, B, I, H, P, reverse, chunk, &gates[0, 0, 0],
+                                &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
+                                keep_m, &y[0, 0, 0], y_step, proj_parts, n_team, pipe_)
 
 
 def backward(const floating[:, :, ::1] x,

@@ -5,10 +5,12 @@ Backward needs only the states themselves (act' is a function of act's
 output), so training keeps the state slots and nothing else.
 """
 from cython cimport floating
+from cython.parallel cimport parallel
 from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, gradients_on_team, step_stride)
+                          zero_row, gradients_on_team, step_stride, Pipeline, pipeline_init,
+                          projects_ahead, check_pipe_chunk)
 
 
 cdef void rnn_forward_kernel(
@@ -28,6 +30,7 @@ cdef void rnn_forward_kernel(
         Py_ssize_t y_step,          # elements between y's steps (see step_stride)
         int proj_parts,             # the input projections in parts on a team
         int n_team,                 #   of n_team threads (see project_on_team)
+        Pipeline* pipe,             # or the projections ahead of the loop, or NULL
 ) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
     cdef floating *p
@@ -35,10 +38,12 @@ cdef void rnn_forward_kernel(
     cdef floating *h_out
     cdef floating *yt
     cdef floating h_
+    if projects_ahead(pipe, x, w_ih, packed_ih, bias, pre, T, B, I, H, reverse):
+        return
     for s in range(T):
         t = time_at(s, T, reverse)
         p = step_gates(x, w_ih, packed_ih, bias, pre, s, T, B, I, H, chunk, reverse, proj_parts,
-                       n_team)
+                       n_team, pipe)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
         h_out = hs + slot_out(t, reverse) % n_slots * B * H
         yt = y + t * y_step
@@ -110,12 +115,15 @@ def forward(const floating[:, :, ::1] x,
             const floating[:, ::1] w_hh_t=None,
             int proj_parts=1,
             int n_team=1,
-            float[::1] packed_ih=None):
+            float[::1] packed_ih=None,
+            Py_ssize_t pipe_chunk=0):
     """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers.
 
     ``proj_parts``, ``n_team``: the input projections in that many column
     parts on a team of ``n_team`` threads (``project_on_team``);
-    ``packed_ih``: through W_ih^T's panels, as in ``lstm.forward``."""
+    ``packed_ih``: through W_ih^T's panels, as in ``lstm.forward``;
+    ``pipe_chunk`` > 0: instead, chunks of that many steps projected ahead
+    of the time loop, as in ``lstm.forward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
@@ -124,15 +132,25 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
+    cdef Pipeline pipe
+    cdef Pipeline* pipe_ = pipeline_init(&pipe, check_pipe_chunk(pipe_chunk, pre.shape[0]),
+                                         pre.shape[0], T, n_team)
+    cdef Py_ssize_t chunk = pre.shape[0] if pipe_ == NULL else pipe_chunk
     with nogil:
         if w_hh_t_ != NULL:
             rec = recurrent(w_hh_t_, False, H, H, <float*> NULL, 1)
         else:
             rec = recurrent(&w_hh[0, 0], True, H, H, packed_, n_threads)
-        rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], lens,
-                           T, B, I, H, reverse, relu, pre.shape[0], &pre[0, 0, 0],
-                           &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, proj_parts,
-                           n_team)
+        if pipe_ != NULL and pipe_.helper:
+            with parallel(num_threads=2):
+                rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], lens,
+                                   T, B, I, H, reverse, relu, chunk, &pre[0, 0, 0],
+                                   &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, 1, 1, pipe_)
+        else:
+            rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], lens,
+                               T, B, I, H, reverse, relu, chunk, &pre[0, 0, 0],
+                               &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, proj_parts,
+                               n_team, pipe_)
 
 
 def backward(const floating[:, :, ::1] x,

@@ -113,6 +113,43 @@ def run_backward(cell, ws, dy, dstates=None):
     return fn(ws, dy, *dstates)
 
 
+def run_on_threads(cell, backend, x, states, params, lengths, reverse, training, threads, dy,
+                   **kw):
+    """``[forward's result]`` on ``threads`` of fastrnn's threads, and in
+    training the backward's gradients after it (the thread count stays set)."""
+    from fastrnn import _parallel
+    _parallel.set_num_threads(threads)
+    out = run_forward(cell, backend, x, states, params, lengths=lengths, reverse=reverse,
+                      training=training, **kw)
+    return [out, run_backward(cell, out.workspace, dy)] if training else [out]
+
+
+def assert_runs_equal(a, b, **kw):
+    """Two ``run_on_threads`` results: equal bit for bit, or close with
+    ``exact=False`` (keywords of ``assert_results_equal``)."""
+    assert len(a) == len(b)
+    for ra, rb in zip(a, b):
+        assert_results_equal(ra, rb, **kw)
+
+
+def assert_two_threads_match(cell, x, states, params, lengths, reverse, training, dy, dtype,
+                             **kw):
+    """The Cython backend on two of fastrnn's threads against one, bit for
+    bit, and against the reference (``RTOL``), with the arrays (float64)
+    cast to ``dtype`` for the Cython calls; ``kw``: more forward arrays
+    (``weight_hr``)."""
+    def cast(a):
+        return None if a is None else a.astype(dtype)
+    args = (cast(x), tuple(map(cast, states)), tuple(map(cast, params)), lengths, reverse,
+            training)
+    kw_cast = {k: cast(v) for k, v in kw.items()}
+    two = run_on_threads(cell, "cython", *args, 2, cast(dy), **kw_cast)
+    assert_runs_equal(two, run_on_threads(cell, "cython", *args, 1, cast(dy), **kw_cast))
+    expected = run_on_threads(cell, "reference", x, states, params, lengths, reverse, training,
+                              2, dy, **kw)
+    assert_runs_equal(two, expected, exact=False, rtol=RTOL[np.dtype(dtype)])
+
+
 def final_states(out):
     """``(h_n,)`` or ``(h_n, c_n)`` of a forward result."""
     return tuple(out)[1:-1]

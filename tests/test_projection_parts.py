@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 import fastrnn
-from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states,
-                      make_x, projected_case, record_keyword, run_backward, run_forward)
+from conftest import (assert_two_threads_match, make_lengths, make_params, make_states, make_x,
+                      projected_case, record_keyword)
+from conftest import run_on_threads as run
 from fastrnn import _backends, _buffers, _parallel
 
 if "cython" not in fastrnn.available_backends():
@@ -31,27 +32,13 @@ def parts_everywhere(request, monkeypatch):
     asked. Yields (parts, calls)."""
     module = _backends.get("cython").module
     monkeypatch.setattr(module, "PROJECTION_PARTS_MIN_MACS", 0)
+    monkeypatch.setattr(module, "PIPELINE_MIN_MACS", None)     # parts, not the pipeline
     monkeypatch.setattr(_parallel, "PROJECTION_PARTS", request.param)
     monkeypatch.setattr(_buffers, "chunk", lambda T, B, GH: min(T, 3))
     calls = record_keyword(monkeypatch, module, "forward", "proj_parts", 1)
     threads = _parallel.get_num_threads()
     yield request.param, calls
     _parallel.set_num_threads(threads)
-
-
-def run(cell, backend, x, states, params, lengths, reverse, training, threads, dy, **kw):
-    """``[forward's result]``, and in training the backward's gradients after it."""
-    _parallel.set_num_threads(threads)
-    out = run_forward(cell, backend, x, states, params, lengths=lengths, reverse=reverse,
-                      training=training, **kw)
-    return [out, run_backward(cell, out.workspace, dy)] if training else [out]
-
-
-def assert_same(a, b, **kw):
-    """Two ``run`` results: equal bit for bit, or close with ``exact=False``."""
-    assert len(a) == len(b)
-    for ra, rb in zip(a, b):
-        assert_results_equal(ra, rb, **kw)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -65,34 +52,20 @@ def test_projection_parts_match_reference_and_any_thread_count(parts_everywhere,
                                                                training, dtype):
     n_parts, calls = parts_everywhere
     x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
-    dy = make_x(T, B, H, seed=7)
-    lengths = make_lengths(lengths_kind, T, B)
-    n = len(states)
-    cast = [a.astype(dtype) for a in (x, *states, *params, dy)]
-    args = (cast[0], cast[1:1 + n], cast[1 + n:-1], lengths, reverse, training)
-    two = run(cell, "cython", *args, threads=2, dy=cast[-1])
-    assert calls == [n_parts], "the forward did not split its input projections"
-    one = run(cell, "cython", *args, threads=1, dy=cast[-1])
-    assert_same(two, one)                                # bit for bit
-    expected = run(cell, "reference", x, states, params, lengths, reverse, training, 2, dy)
-    assert_same(two, expected, exact=False, rtol=RTOL[np.dtype(dtype)])
+    assert_two_threads_match(cell, x, states, params, make_lengths(lengths_kind, T, B), reverse,
+                             training, make_x(T, B, H, seed=7), dtype)
+    assert calls == [n_parts] * 2, "the forward did not split its input projections"
 
 
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_projection_parts_with_a_projection(parts_everywhere, dtype, training):
-    arrays, lengths = projected_case()
-
-    def go(backend, threads, arrays):
-        x_, s0, s1, *p, dy_ = arrays
-        return run("lstm", backend, x_, (s0, s1), tuple(p[:4]), lengths, False, training,
-                   threads, dy_, weight_hr=p[4])
     n_parts, calls = parts_everywhere
-    cast = [a.astype(dtype) for a in arrays]
-    two = go("cython", 2, cast)
-    assert calls == [n_parts]
-    assert_same(two, go("cython", 1, cast))
-    assert_same(two, go("reference", 2, arrays), exact=False, rtol=RTOL[np.dtype(dtype)])
+    arrays, lengths = projected_case()
+    x, s0, s1, *p, dy = arrays
+    assert_two_threads_match("lstm", x, (s0, s1), tuple(p[:4]), lengths, False, training, dy,
+                             dtype, weight_hr=p[4])
+    assert calls == [n_parts] * 2
 
 
 def test_projection_parts_rule():
