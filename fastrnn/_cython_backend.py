@@ -315,12 +315,26 @@ def projection_parts(cell, training, T, B, I, GH):
 
 #: A forward whose time loop runs on one core (no unit split, one part of the
 #: batch) projects its inputs ahead of the loop on a second thread
-#: (``pipe_chunk`` of the kernels) from this many multiply-adds of projection
-#: (T*B*I*G*H); None: never.
+#: (``pipe_chunk`` of the kernels, ``project_ahead`` in
+#: src_ext/_rnn_common.pxd) from this many multiply-adds of projection
+#: (T*B*I*G*H); None: never. Against projecting each chunk in the loop
+#: (``benchmarks/ab_setting.py``, the two alternating in one process, 2
+#: threads, 11 rounds, median of per-round ratios, inference / training):
+#: RNN latency 1.14x / 1.16x (21 rounds: 1.16x), (1, 1000, 64, 64) RNN 1.33x /
+#: 1.17x, LSTM 1.28x / 1.03x, GRU 1.22x / 1.06x, (4, 200, 128, 128) RNN 1.45x
+#: / 1.13x, LSTM 1.52x / 1.13x, GRU 1.39x / 1.12x, the grid's RNN long 1.34x /
+#: 1.07x; near the bounds, (1, 100, 64, 64) RNN (410K) 1.04x / 1.04x, LSTM
+#: 1.12x / 1.19x, GRU 1.11x / 1.08x; (1, 200, 32, 32) LSTM (819K) 1.13x /
+#: 1.07x, GRU (614K) 1.12x / 1.08x, but RNN (205K) 0.78x / 1.01x; four
+#: chunks, (1, 64, 128, 128) and (1, 64, 96, 96) RNN 1.05x (21 rounds).
+#: The grid's LSTM and GRU latency (a unit split) and long (a split batch)
+#: do not take it: 0.97-1.03x.
 PIPELINE_MIN_MACS = 1 << 19
-#: rows (steps * B) a chunk of the pipeline projects at once, at least
+#: rows (steps * B) a chunk of the pipeline projects at once, at least.
+#: 8 or 32 against 16 (11 rounds, as above): 0.95-1.12x, no side ahead.
 PIPELINE_CHUNK_ROWS = 16
-#: chunks a call must have: the loop waits for the first one
+#: chunks a call must have: the loop waits for the first one. With two or
+#: three, (1, 40, 64, 64) and (1, 40, 128, 128): 0.96-1.03x.
 PIPELINE_MIN_CHUNKS = 4
 #: chunk slots the inference's ring holds: how far the projections may run ahead
 PIPELINE_SLOTS = 4
