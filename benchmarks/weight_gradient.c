@@ -41,7 +41,7 @@ static sgemm_t sgemm;
 static void wgrad_tiles(ptrdiff_t rows, ptrdiff_t G, ptrdiff_t n, const float* dg,
                         const float* a, float* dw)
 {
-    fr_weight_gradient(rows, G, n, dg, G, a, n, dw, n);
+    fr_weight_gradient(rows, G, n, dg, G, a, n, dw, n, 0);
 }
 
 /* OpenBLAS as the x86-64-v4 build calls it: row-major dw (G, n) = dg^T @ a

@@ -351,6 +351,45 @@ def pipeline_chunk(cell, training, T, B, I, GH):
     return steps if T >= PIPELINE_MIN_CHUNKS * steps else 0
 
 
+#: A backward whose time loop runs on one core computes its GEMMs (dx,
+#: dW_ih, dW_hh, the biases' gradients) on a second thread behind the loop,
+#: block by block (``grad_chunk`` of the kernels, ``gradients_behind`` in
+#: src_ext/_rnn_common.pxd), from this many multiply-adds of them (the three
+#: products: T*B*G*H*(2I + H)); None: never. Against the GEMMs after the loop
+#: (in two parts on both cores from ``GRADIENT_PARTS_MIN_MACS``;
+#: ``benchmarks/ab_setting.py``, training, the two alternating in one
+#: process, 2 threads, 11 rounds, median of per-round ratios, 2^20 against
+#: None): (1, 1000, 64, 64) RNN 1.17x, LSTM 1.13x, GRU 1.09x; (1, 400, 128,
+#: 128) RNN 1.15x; (1, 300, 96, 96) RNN 1.04x, LSTM 0.98x, GRU 1.12x; 15
+#: rounds: (1, 200, 64, 64) RNN 1.06x, LSTM 1.08x, GRU 1.24x; (1, 100, 64,
+#: 64) LSTM 1.03x, GRU 1.09x, but RNN (1.2M) 0.68x; the grid's RNN latency
+#: 0.97x and 1.07x in two runs. Without the bounds below, B = 4 or H = 256
+#: lost 0.72-0.97x: there the two cores after the loop beat one beside it.
+GRADIENTS_BEHIND_MIN_MACS = 1 << 21
+#: rows (steps * B) of a block, at least: the weight gradients sum over them
+GRADIENTS_BEHIND_ROWS = 32
+#: blocks a call must have: the last one is computed after the loop
+GRADIENTS_BEHIND_MIN_BLOCKS = 2
+#: the most multiply-adds the GEMMs may have for each one of the loop's
+#: products (B * (2I + H) against H), and the largest H: one core computes
+#: them behind the loop, where after it two would, so they must not take
+#: much longer than the loop itself
+GRADIENTS_BEHIND_MAX_RATIO = 3
+GRADIENTS_BEHIND_MAX_H = 128
+
+
+def gradient_chunk(cell, T, B, I, GH, H):
+    """Steps a block of the gradients behind an unsplit backward's loop
+    takes (``_parallel``), 0 for none. A rule on the shape alone: a team of
+    one computes the same blocks after the loop."""
+    macs = T * B * GH * (2 * I + H)
+    if GRADIENTS_BEHIND_MIN_MACS is None or macs < GRADIENTS_BEHIND_MIN_MACS \
+            or H > GRADIENTS_BEHIND_MAX_H or B * (2 * I + H) > GRADIENTS_BEHIND_MAX_RATIO * H:
+        return 0
+    steps = -(-GRADIENTS_BEHIND_ROWS // B)
+    return steps if T >= GRADIENTS_BEHIND_MIN_BLOCKS * steps else 0
+
+
 def prepare_forward(cell, dtype, T, B, params):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
@@ -497,10 +536,12 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     return y, state_n, data
 
 
-def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
+def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1, grad_chunk=0):
     """The backend interface's backward; ``prepared`` as in ``forward``, from
     ``prepare_backward``; ``grad_parts``: as ``gradient_parts()`` returns, run
-    on up to that many of fastrnn's threads."""
+    on up to that many of fastrnn's threads; ``grad_chunk``: as
+    ``gradient_chunk()`` returns, the GEMMs behind the time loop on a second
+    thread (instead of ``grad_parts``)."""
     x, w_ih, w_hh = data["x"], data["w_ih"], data["w_hh"]
     lengths, reverse = data["lengths"], data["reverse"]
     T, B, _ = x.shape
@@ -517,6 +558,8 @@ def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1):
         units = units if "packed" in rec else 0
     rec = dict(rec, grad_parts=grad_parts, n_team=_team_size(max(grad_parts, units)),
                wgrad_tiles_max_n=WGRAD_TILES_MAX_N)
+    if grad_chunk and not units:
+        rec.update(grad_chunk=grad_chunk, n_team=_team_size(2))
     if units:
         rec.update(unit_parts=units, spin_barrier=SPIN_BARRIER)
     if cell == "lstm" and "w_hr" in data:

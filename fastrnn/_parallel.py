@@ -420,7 +420,12 @@ class SplitBackend:
             x, w_hh = data["x"], data["w_hh"]
             T, B, I = x.shape
             n = fn(cell, T, B, I, *w_hh.shape)
-            return self.module.backward(cell, data, dy, dstate_n, grad_parts=n)
+            extra = {}
+            behind = getattr(self.module, "gradient_chunk", None)
+            if behind is not None and not data.get("unit_parts"):
+                # or compute them behind the loop on another thread
+                extra["grad_chunk"] = behind(cell, T, B, I, *w_hh.shape)
+            return self.module.backward(cell, data, dy, dstate_n, grad_parts=n, **extra)
         ranges = data["split"]
         first = data["parts"][0]
         shared = self._shared("prepare_backward", ranges, cell, first["x"].dtype,

@@ -22,7 +22,7 @@ cdef extern from "_weight_gradient.h" nogil:
     const int FR_WGRAD_TILES
     void fr_weight_gradient(Py_ssize_t rows, Py_ssize_t G, Py_ssize_t n, const float* dg,
                             Py_ssize_t ldg, const float* a, Py_ssize_t lda, float* dw,
-                            Py_ssize_t ldw)
+                            Py_ssize_t ldw, int add)
 
 cdef extern from "_team.h" nogil:
     ctypedef struct fr_barrier:
@@ -137,12 +137,13 @@ cdef inline void project_on_team(const floating* x,      # IN  (rows, I)
 
 
 cdef inline void column_sums(const floating* a, Py_ssize_t rows, Py_ssize_t cols,
-                             Py_ssize_t lda, floating* out) noexcept nogil:
-    """out := a.sum(axis=0) for a (rows, cols), rows lda apart; row by row so
-    it vectorises."""
+                             Py_ssize_t lda, floating* out, bint add=False) noexcept nogil:
+    """out := a.sum(axis=0) for a (rows, cols), rows lda apart (``add``: out
+    +=); row by row so it vectorises."""
     cdef Py_ssize_t r, j
-    for j in range(cols):
-        out[j] = 0
+    if not add:
+        for j in range(cols):
+            out[j] = 0
     for r in range(rows):
         for j in range(cols):
             out[j] += a[r * lda + j]
@@ -169,25 +170,26 @@ cdef inline void input_and_weight_gradients(
         floating* dw_hh,          # OUT (G, H)
         floating* db_ih,          # OUT (G,)
         floating* db_hh,          # OUT (G,)
-        int part, int n_parts, Py_ssize_t tiles_max_n) noexcept nogil:
+        int part, int n_parts, Py_ssize_t tiles_max_n, bint add=False) noexcept nogil:
     """Everything BPTT needs after the time loop, a few GEMMs over all T*B
     rows; here part ``part`` of ``n_parts`` of it: columns [i0, i1) of dx and
     rows [g0, g1) of the weight and bias gradients (``part_bound``). Each part
     is the same arithmetic whichever thread computes it. ``tiles_max_n``: as
-    in ``weight_gradient``."""
+    in ``weight_gradient``. ``add``: the weight and bias gradients of these
+    rows are added to those of rows before (``gradients_behind``)."""
     cdef Py_ssize_t i0 = part_bound(I, part, n_parts), i1 = part_bound(I, part + 1, n_parts)
     cdef Py_ssize_t g0 = part_bound(G, part, n_parts), g1 = part_bound(G, part + 1, n_parts)
     gemm(False, False, <int> rows, <int> (i1 - i0), <int> G, <floating> 1, dg_x, <int> G,
          w_ih + i0, <int> I, <floating> 0, dx + i0, <int> I)
-    weight_gradient(dg_x + g0, G, x, rows, g1 - g0, I, dw_ih + g0 * I, tiles_max_n)
-    weight_gradient(dg_h + g0, G, h_in, rows, g1 - g0, H, dw_hh + g0 * H, tiles_max_n)
-    column_sums(dg_x + g0, rows, g1 - g0, G, db_ih + g0)
+    weight_gradient(dg_x + g0, G, x, rows, g1 - g0, I, dw_ih + g0 * I, tiles_max_n, add)
+    weight_gradient(dg_h + g0, G, h_in, rows, g1 - g0, H, dw_hh + g0 * H, tiles_max_n, add)
+    column_sums(dg_x + g0, rows, g1 - g0, G, db_ih + g0, add)
     if dg_h == dg_x:
         # LSTM and RNN: both biases get the same gradient; a second pass over
         # all T*B rows of dg was 1-2% of a long training call
         memcpy(db_hh + g0, db_ih + g0, (g1 - g0) * sizeof(floating))
     else:
-        column_sums(dg_h + g0, rows, g1 - g0, G, db_hh + g0)
+        column_sums(dg_h + g0, rows, g1 - g0, G, db_hh + g0, add)
 
 
 cdef inline void gradients_on_team(
@@ -220,22 +222,22 @@ cdef inline void weight_gradient(const floating* dg,    # IN  (rows, G), rows ld
                                  const floating* a,     # IN  (rows, n)
                                  Py_ssize_t rows, Py_ssize_t G, Py_ssize_t n,
                                  floating* dw,          # OUT (G, n)
-                                 Py_ssize_t tiles_max_n) noexcept nogil:
-    """dw := dg^T @ a, a sum over all rows: in the register tiles of
-    _weight_gradient.h where this build has them and n is at most
+                                 Py_ssize_t tiles_max_n, bint add=False) noexcept nogil:
+    """dw := dg^T @ a, a sum over all rows (``add``: dw +=): in the register
+    tiles of _weight_gradient.h where this build has them and n is at most
     ``tiles_max_n`` (the caller's measured rule; 0: never), a multiple of 32,
     and G of 8; else BLAS (see WGRAD_TRANSPOSED_MIN_ROWS)."""
     cdef floating* dw_t = NULL
     cdef Py_ssize_t i0, i, j
     if floating is float:
         if FR_WGRAD_TILES and rows > 0 and n <= tiles_max_n and n % 32 == 0 and G % 8 == 0:
-            fr_weight_gradient(rows, G, n, dg, ldg, a, n, dw, n)
+            fr_weight_gradient(rows, G, n, dg, ldg, a, n, dw, n, add)
             return
-    if rows >= WGRAD_TRANSPOSED_MIN_ROWS and G > n:
+    if rows >= WGRAD_TRANSPOSED_MIN_ROWS and G > n and not add:
         dw_t = <floating*> malloc(G * n * sizeof(floating))
     if dw_t == NULL:
         gemm(True, False, <int> G, <int> n, <int> rows, <floating> 1, dg, <int> ldg,
-             a, <int> n, <floating> 0, dw, <int> n)
+             a, <int> n, <floating> add, dw, <int> n)
         return
     gemm(True, False, <int> n, <int> G, <int> rows, <floating> 1, a, <int> n,
          dg, <int> ldg, <floating> 0, dw_t, <int> G)
@@ -304,6 +306,16 @@ cdef inline Py_ssize_t check_pipe_chunk(Py_ssize_t chunk, Py_ssize_t rows) excep
     return chunk
 
 
+cdef inline Pipeline* backward_pipeline(Pipeline* pipe, Py_ssize_t grad_chunk, Py_ssize_t T,
+                                        int n_team, int unit_parts) except *:
+    """``pipe`` set up for a backward's gradients behind its loop, blocks of
+    ``grad_chunk`` steps (``gradients_behind``), or NULL for none; the
+    arguments checked."""
+    if unit_parts > 0 and grad_chunk != 0:
+        raise ValueError("grad_chunk needs unit_parts 0: a unit split's team runs the loop")
+    return pipeline_init(pipe, check_pipe_chunk(grad_chunk, T), T, T, n_team)
+
+
 cdef inline floating* chunk_slot(const Pipeline* pipe, floating* gates, Py_ssize_t k,
                                  Py_ssize_t t_low, Py_ssize_t B, Py_ssize_t G) noexcept nogil:
     """Where the k-th visited chunk, whose earliest step is ``t_low``, goes."""
@@ -329,24 +341,99 @@ cdef inline void project_ahead(const floating* x, const floating* w_ih,
         fr_publish(&pipe.produced, k + 1)
 
 
+cdef inline int pipeline_role(Pipeline* pipe) noexcept nogil:
+    """This thread's part in a pipelined call, asked by every thread of its
+    team: 0 runs the time loop, 1 the work beside it (the projections ahead
+    of it, the gradients behind it), 2 nothing. A team that came out smaller
+    than asked has its one thread run the loop, and the loop then does the
+    helper's work itself (``pipe.helper`` false)."""
+    if pipe == NULL or not pipe.helper:
+        return 0
+    if fr_team_size() < 2:
+        pipe.helper = False     # the only thread
+        return 0
+    return min(fr_team_rank(), 2)
+
+
 cdef inline bint projects_ahead(Pipeline* pipe, const floating* x, const floating* w_ih,
                                 const float* packed_ih, const floating* bias,
                                 floating* gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                 Py_ssize_t G, bint reverse) noexcept nogil:
     """Called first by a forward kernel on every thread of its team: True on
     the thread that projects ahead (it has done so when this returns) or has
-    nothing to do; False on the one that runs the time loop. A team that
-    came out smaller than asked leaves the loop to project itself."""
-    if pipe == NULL or not pipe.helper:
-        return False
-    if fr_team_size() < 2:
-        pipe.helper = False     # the only thread
-        return False
-    if fr_team_rank() == 0:
-        return False
-    if fr_team_rank() == 1:
+    nothing to do; False on the one that runs the time loop
+    (``pipeline_role``)."""
+    cdef int role = pipeline_role(pipe)
+    if role == 1:
         project_ahead(x, w_ih, packed_ih, bias, gates, T, B, I, G, reverse, pipe)
-    return True
+    return role != 0
+
+
+# -- the gradients behind the backward's time loop -------------------------------
+#
+# The mirror image: a backward whose loop runs on one core finishes the
+# gradient rows dG of a block of steps long before the loop ends, and dx,
+# dW_ih, dW_hh and the biases' gradients of those rows need nothing else. So
+# a second thread computes them block by block behind the loop
+# (``gradients_behind``), adding each block's weight and bias gradients to
+# the blocks' before, in the order the loop finishes them. Without a second
+# thread the same blocks are computed in the same order after the loop: the
+# same bits.
+
+cdef inline void step_finished(Pipeline* pipe, Py_ssize_t s, Py_ssize_t T) noexcept nogil:
+    """The backward's loop has finished its s-th visited step: hand over the
+    block it completes, if any."""
+    if pipe != NULL and pipe.helper and ((s + 1) % pipe.chunk == 0 or s + 1 == T):
+        fr_publish(&pipe.produced, (s + pipe.chunk) // pipe.chunk)
+
+
+cdef inline void gradients_behind(
+        Pipeline* pipe,
+        const floating* dg_x,     # IN  (T*B, G) as input_and_weight_gradients
+        const floating* dg_h,     # IN  (T*B, G)
+        const floating* x,        # IN  (T*B, I)
+        const floating* h_in,     # IN  (T*B, H)
+        const floating* w_ih,     # IN  (G, I)
+        Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, Py_ssize_t G, bint reverse,
+        floating* dx, floating* dw_ih, floating* dw_hh, floating* db_ih, floating* db_hh,
+        Py_ssize_t tiles_max_n) noexcept nogil:
+    """``input_and_weight_gradients`` block by block of ``pipe.chunk`` steps,
+    in the order the backward's loop visits them (the forward's last steps
+    first), each once the loop has finished it (``step_finished``)."""
+    cdef Py_ssize_t k, n, t_low, r0
+    cdef Py_ssize_t n_blocks = (T + pipe.chunk - 1) // pipe.chunk
+    for k in range(n_blocks):
+        if pipe.helper:
+            fr_wait_for(&pipe.produced, k + 1)
+        # the loop's k-th block of steps is the forward's k-th from its end
+        t_low = chunk_start(k * pipe.chunk, T, pipe.chunk, not reverse, &n)
+        r0 = t_low * B
+        input_and_weight_gradients(dg_x + r0 * G, dg_h + r0 * G, x + r0 * I, h_in + r0 * H,
+                                   w_ih, n * B, I, H, G, dx + r0 * I, dw_ih, dw_hh, db_ih,
+                                   db_hh, 0, 1, tiles_max_n, k > 0)
+
+
+cdef inline void backward_gradients(
+        Pipeline* pipe, const floating* dg_x, const floating* dg_h, const floating* x,
+        const floating* h_in, const floating* w_ih, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+        Py_ssize_t H, Py_ssize_t G, bint reverse, floating* dx, floating* dw_ih,
+        floating* dw_hh, floating* db_ih, floating* db_hh, int n_parts, int n_team,
+        Py_ssize_t tiles_max_n) noexcept nogil:
+    """What a backward does besides or after its time loop: the gradients
+    behind it (``pipe`` not NULL, ``gradients_behind``) or after it, in
+    ``n_parts`` parts on a team of ``n_team`` (``gradients_on_team``)."""
+    if pipe != NULL:
+        gradients_behind(pipe, dg_x, dg_h, x, h_in, w_ih, T, B, I, H, G, reverse, dx, dw_ih,
+                         dw_hh, db_ih, db_hh, tiles_max_n)
+    else:
+        gradients_on_team(dg_x, dg_h, x, h_in, w_ih, T * B, I, H, G, dx, dw_ih, dw_hh, db_ih,
+                          db_hh, n_parts, n_team, tiles_max_n)
+
+
+cdef inline bint runs_the_gradients(Pipeline* pipe, int role) noexcept nogil:
+    """Does the thread of ``role`` (``pipeline_role``) compute a backward's
+    gradients: behind the loop, or after it when it runs the loop alone?"""
+    return role == 1 or (role == 0 and (pipe == NULL or not pipe.helper))
 
 
 cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)

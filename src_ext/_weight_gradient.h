@@ -52,26 +52,28 @@ static inline void fr_wgrad_tile(ptrdiff_t kr, const float* dg, ptrdiff_t ldg, c
     }
 }
 
-/* dw (G, n), rows ldw apart, := dg^T @ a; G % 8 == 0, n % 32 == 0, rows > 0 */
+/* dw (G, n), rows ldw apart, := dg^T @ a (``add``: +=); G % 8 == 0, n % 32 == 0,
+ * rows > 0 */
 static void fr_weight_gradient(ptrdiff_t rows, ptrdiff_t G, ptrdiff_t n, const float* dg,
                                ptrdiff_t ldg, const float* a, ptrdiff_t lda, float* dw,
-                               ptrdiff_t ldw)
+                               ptrdiff_t ldw, int add)
 {
     for (ptrdiff_t k0 = 0; k0 < rows; k0 += FR_WGRAD_ROWS) {
         ptrdiff_t kr = rows - k0 < FR_WGRAD_ROWS ? rows - k0 : FR_WGRAD_ROWS;
         for (ptrdiff_t i0 = 0; i0 < n; i0 += 32)
             for (ptrdiff_t g0 = 0; g0 < G; g0 += 8)
                 fr_wgrad_tile(kr, dg + k0 * ldg + g0, ldg, a + k0 * lda + i0, lda,
-                              dw + g0 * ldw + i0, ldw, k0 == 0);
+                              dw + g0 * ldw + i0, ldw, k0 == 0 && !add);
     }
 }
 #else
 #define FR_WGRAD_TILES 0
 static inline void fr_weight_gradient(ptrdiff_t rows, ptrdiff_t G, ptrdiff_t n, const float* dg,
                                       ptrdiff_t ldg, const float* a, ptrdiff_t lda, float* dw,
-                                      ptrdiff_t ldw)
+                                      ptrdiff_t ldw, int add)
 {
     (void)rows, (void)G, (void)n, (void)dg, (void)ldg, (void)a, (void)lda, (void)dw, (void)ldw;
+    (void)add;
 }
 #endif
 #endif

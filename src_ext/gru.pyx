@@ -12,6 +12,8 @@ from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           Pipeline, pipeline_init, projects_ahead, check_pipe_chunk,
+                          pipeline_role, step_finished, backward_gradients, runs_the_gradients,
+                          backward_pipeline,
                           zero_row, gradients_on_team, step_stride, fr_barrier,
                           fr_barrier_init, fr_barrier_wait)
 from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
@@ -186,6 +188,7 @@ cdef void gru_backward_kernel(
         floating* dh,               # INOUT (B, H) dh_n in, dh0 out
         floating* dg_x,             # OUT   (T, B, 3H) gradient of the input-side pre-activations
         floating* dg_h,             # OUT   (T, B, 3H) gradient of h @ W_hh^T + b_hh
+        Pipeline* pipe,             # the gradients behind the loop, or NULL
 ) noexcept nogil:
     cdef Py_ssize_t G = 3 * H
     cdef Py_ssize_t s, t
@@ -195,6 +198,7 @@ cdef void gru_backward_kernel(
                       NULL if dy == NULL else dy + t * dy_step, dh, dg_x + t * B * G,
                       dg_h + t * B * G, lengths, t, B, H, 0, H)
         recurrent_product(rec, B, dg_h + t * B * G, 1, dh, s)
+        step_finished(pipe, s, T)
 
 
 cdef void gru_backward_units(
@@ -336,11 +340,12 @@ def backward(const floating[:, :, ::1] x,
              int n_team=1,
              int unit_parts=0,
              bint pack_here=False,
-             bint spin_barrier=True):
+             bint spin_barrier=True,
+             Py_ssize_t grad_chunk=0):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit.
 
     ``unit_parts``, ``grad_parts``, ``wgrad_tiles_max_n``, ``n_team``,
-    ``pack_here``, ``spin_barrier``: as in ``lstm.backward``."""
+    ``pack_here``, ``spin_barrier``, ``grad_chunk``: as in ``lstm.backward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
@@ -357,6 +362,10 @@ def backward(const floating[:, :, ::1] x,
                          f"H a multiple of {FR_PANEL} and n_team >= 1")
     if pack_here:
         to_pack = &w_hh[0, 0]
+    cdef Pipeline pipe
+    cdef Pipeline* pipe_ = backward_pipeline(&pipe, grad_chunk, T, n_team, unit_parts)
+    cdef bint behind = pipe_ != NULL and pipe_.helper     # a second thread, beside the loop
+    cdef int role
     fr_barrier_init(&bar, spin_barrier)
     with nogil:
         if unit_parts > 0:
@@ -372,13 +381,27 @@ def backward(const floating[:, :, ::1] x,
                     gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], to_pack,
                                        packed_, dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
                                        &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts, &bar)
+        elif behind:
+            rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
+            with parallel(num_threads=2):
+                role = pipeline_role(pipe_)
+                if role == 0:
+                    gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
+                                        dy_step, lens, T, B, H, reverse, &dh[0, 0],
+                                        &dg_x[0, 0, 0], &dg_h[0, 0, 0], pipe_)
+                if runs_the_gradients(pipe_, role):
+                    backward_gradients(pipe_, &dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
+                                       &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0], T, B, I,
+                                       H, 3 * H, reverse, &dx[0, 0, 0], &dw_ih[0, 0],
+                                       &dw_hh[0, 0], &db_ih[0], &db_hh[0], 1, 1,
+                                       wgrad_tiles_max_n)
         else:
             rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
             gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
                                 dy_step, lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0],
-                                &dg_h[0, 0, 0])
-        gradients_on_team(&dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
-                          &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                          T * B, I, H, 3 * H, &dx[0, 0, 0], &dw_ih[0, 0],
-                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team,
-                          wgrad_tiles_max_n)
+                                &dg_h[0, 0, 0], pipe_)
+        if not behind:
+            backward_gradients(pipe_, &dg_x[0, 0, 0], &dg_h[0, 0, 0], &x[0, 0, 0],
+                               &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0], T, B, I, H, 3 * H,
+                               reverse, &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db_ih[0],
+                               &db_hh[0], grad_parts, n_team, wgrad_tiles_max_n)

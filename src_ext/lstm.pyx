@@ -32,6 +32,8 @@ from _blas cimport gemm
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           Pipeline, pipeline_init, projects_ahead, check_pipe_chunk,
+                          pipeline_role, step_finished, backward_gradients, runs_the_gradients,
+                          backward_pipeline,
                           zero_row, gradients_on_team,
                           weight_gradient, step_stride, fr_barrier, fr_barrier_init,
                           fr_barrier_wait)
@@ -261,6 +263,7 @@ cdef void lstm_backward_kernel(
         floating* dg,               # OUT   (T, B, 4H) gradient of the pre-activations
         floating* dh_total,         # OUT   projection only: (T, B, P) dh + dy_t, 0 at padding
         floating* dm,               # OUT   projection only: (B, H) scratch
+        Pipeline* pipe,             # the gradients behind the loop, or NULL
 ) noexcept nogil:
     cdef Py_ssize_t G = 4 * H
     cdef Py_ssize_t s, t, b, j
@@ -306,6 +309,7 @@ cdef void lstm_backward_kernel(
                                                        c_in[b * H + j], c_out[b * H + j],
                                                        dm[b * H + j], dc[b * H + j], j, H)
         recurrent_product(rec, B, dgt, 1, dh, s)
+        step_finished(pipe, s, T)
 
 
 cdef void lstm_backward_units(
@@ -495,7 +499,8 @@ def backward(const floating[:, :, ::1] x,
              int n_team=1,
              int unit_parts=0,
              bint pack_here=False,
-             bint spin_barrier=True):
+             bint spin_barrier=True,
+             Py_ssize_t grad_chunk=0):
     """BPTT through a training forward; dh/dc hold dh_n/dc_n on entry, dh0/dc0 on exit.
 
     With a projection: ``w_hr`` (P, H), the forward's ``m`` (T, B, H), scratch
@@ -508,7 +513,11 @@ def backward(const floating[:, :, ::1] x,
     parts on the team (``gradients_on_team``); ``wgrad_tiles_max_n``: weight
     gradients with at most that many columns (I, H) in register tiles rather
     than BLAS where the build has them (``weight_gradient``; 0: never);
-    ``pack_here``, ``spin_barrier``: as in ``forward``.
+    ``pack_here``, ``spin_barrier``: as in ``forward``. ``grad_chunk`` > 0
+    (without ``unit_parts``): instead of the GEMMs after the loop, a second
+    thread of the team computes them behind it, block by block of that many
+    steps, as the loop finishes each (``gradients_behind`` in
+    _rnn_common.pxd); ``grad_parts`` is then not used.
     """
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dc.shape[1]
     cdef Py_ssize_t P = dh.shape[1]
@@ -538,6 +547,10 @@ def backward(const floating[:, :, ::1] x,
                          f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
     if pack_here:
         to_pack = &w_hh[0, 0]
+    cdef Pipeline pipe
+    cdef Pipeline* pipe_ = backward_pipeline(&pipe, grad_chunk, T, n_team, unit_parts)
+    cdef bint behind = pipe_ != NULL and pipe_.helper     # a second thread, beside the loop
+    cdef int role
     fr_barrier_init(&bar, spin_barrier)
     with nogil:
         if unit_parts > 0:
@@ -552,16 +565,30 @@ def backward(const floating[:, :, ::1] x,
                     lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], to_pack, packed_, dy_,
                                         dy_step, lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
                                         &dg[0, 0, 0], unit_parts, &bar)
+        elif behind:
+            rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
+            with parallel(num_threads=2):
+                role = pipeline_role(pipe_)
+                if role == 0:
+                    lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_,
+                                         dy_step, lens, T, B, H, P, reverse, &dh[0, 0],
+                                         &dc[0, 0], &dg[0, 0, 0], dh_total_, dm_, pipe_)
+                if runs_the_gradients(pipe_, role):
+                    backward_gradients(pipe_, &dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                                       &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0], T, B, I,
+                                       P, 4 * H, reverse, &dx[0, 0, 0], &dw_ih[0, 0],
+                                       &dw_hh[0, 0], &db_ih[0], &db_hh[0], 1, 1,
+                                       wgrad_tiles_max_n)
         else:
             rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
             lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step,
                                  lens, T, B, H, P, reverse, &dh[0, 0], &dc[0, 0],
-                                 &dg[0, 0, 0], dh_total_, dm_)
-        gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
-                          &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                          T * B, I, P, 4 * H, &dx[0, 0, 0], &dw_ih[0, 0],
-                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team,
-                          wgrad_tiles_max_n)
+                                 &dg[0, 0, 0], dh_total_, dm_, pipe_)
+        if not behind:
+            backward_gradients(pipe_, &dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                               &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0], T, B, I, P,
+                               4 * H, reverse, &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0],
+                               &db_ih[0], &db_hh[0], grad_parts, n_team, wgrad_tiles_max_n)
         if w_hr_ != NULL:
             # dW_hr = sum over steps of dh_total_t^T m_t; padding rows are zero in both
             weight_gradient(dh_total_, P, &m[0, 0, 0], T * B, P, H, &dw_hr[0, 0],

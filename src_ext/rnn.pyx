@@ -10,7 +10,8 @@ from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team, step_stride, Pipeline, pipeline_init,
-                          projects_ahead, check_pipe_chunk)
+                          projects_ahead, check_pipe_chunk, pipeline_role, step_finished,
+                          backward_gradients, runs_the_gradients, backward_pipeline)
 
 
 cdef void rnn_forward_kernel(
@@ -73,6 +74,7 @@ cdef void rnn_backward_kernel(
         bint reverse, bint relu,
         floating* dh,               # INOUT (B, H) dh_n in, dh0 out
         floating* dg,               # OUT   (T, B, H) gradient of the pre-activations
+        Pipeline* pipe,             # the gradients behind the loop, or NULL
 ) noexcept nogil:
     cdef Py_ssize_t s, t, b, j
     cdef const floating *h_out
@@ -98,6 +100,7 @@ cdef void rnn_backward_kernel(
                     dgt[b * H + j] = dh_ * one_minus_square(h_)
                 dh[b * H + j] = 0        # h reaches the past only through W_hh
         recurrent_product(rec, B, dgt, 1, dh, s)
+        step_finished(pipe, s, T)
 
 
 def forward(const floating[:, :, ::1] x,
@@ -172,22 +175,41 @@ def backward(const floating[:, :, ::1] x,
              int n_threads=1,
              int grad_parts=1,
              Py_ssize_t wgrad_tiles_max_n=0,
-             int n_team=1):
+             int n_team=1,
+             Py_ssize_t grad_chunk=0):
     """BPTT through a training forward; dh holds dh_n on entry, dh0 on exit.
 
-    ``grad_parts``, ``wgrad_tiles_max_n``, ``n_team``: as in ``lstm.backward``."""
+    ``grad_parts``, ``wgrad_tiles_max_n``, ``n_team``, ``grad_chunk``: as in
+    ``lstm.backward``."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = dh.shape[1]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef const floating* dy_ = NULL if dy is None else &dy[0, 0, 0]
     cdef Py_ssize_t dy_step = 0 if dy is None else step_stride(dy, "dy", T, B, H)
     cdef float* packed_ = check_packed(packed, H, H)
     cdef Recurrent rec
+    cdef Pipeline pipe
+    cdef Pipeline* pipe_ = backward_pipeline(&pipe, grad_chunk, T, n_team, 0)
+    cdef bint behind = pipe_ != NULL and pipe_.helper     # a second thread, beside the loop
+    cdef int role
     with nogil:
         rec = recurrent(&w_hh[0, 0], False, H, H, packed_, n_threads)
-        rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, dy_step, lens, T, B, H, reverse, relu,
-                            &dh[0, 0], &dg[0, 0, 0])
-        gradients_on_team(&dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
-                          &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0],
-                          T * B, I, H, H, &dx[0, 0, 0], &dw_ih[0, 0],
-                          &dw_hh[0, 0], &db_ih[0], &db_hh[0], grad_parts, n_team,
-                          wgrad_tiles_max_n)
+        if behind:
+            with parallel(num_threads=2):
+                role = pipeline_role(pipe_)
+                if role == 0:
+                    rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, dy_step, lens, T, B, H,
+                                        reverse, relu, &dh[0, 0], &dg[0, 0, 0], pipe_)
+                if runs_the_gradients(pipe_, role):
+                    backward_gradients(pipe_, &dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                                       &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0], T, B, I,
+                                       H, H, reverse, &dx[0, 0, 0], &dw_ih[0, 0],
+                                       &dw_hh[0, 0], &db_ih[0], &db_hh[0], 1, 1,
+                                       wgrad_tiles_max_n)
+        else:
+            rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, dy_step, lens, T, B, H, reverse, relu,
+                                &dh[0, 0], &dg[0, 0, 0], pipe_)
+        if not behind:
+            backward_gradients(pipe_, &dg[0, 0, 0], &dg[0, 0, 0], &x[0, 0, 0],
+                               &hs[1 if reverse else 0, 0, 0], &w_ih[0, 0], T, B, I, H, H,
+                               reverse, &dx[0, 0, 0], &dw_ih[0, 0], &dw_hh[0, 0], &db_ih[0],
+                               &db_hh[0], grad_parts, n_team, wgrad_tiles_max_n)
