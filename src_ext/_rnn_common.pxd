@@ -34,6 +34,9 @@ cdef extern from "_team.h" nogil:
     const int FR_HANDOVER
     void fr_publish(long* counter, long value)
     void fr_wait_for(const long* counter, long value)
+    long fr_read(const long* counter)
+    long fr_take_next(long* counter)
+    bint fr_take(long* counter, long k)
 
 #: A weight gradient dW (G, n) = dg^T @ a sums over all T*B rows. With that
 #: many rows and G > n, OpenBLAS's Haswell/Zen kernels compute dW^T = a^T @ dg
@@ -274,6 +277,7 @@ cdef inline Py_ssize_t chunk_start(Py_ssize_t s, Py_ssize_t T, Py_ssize_t chunk,
 cdef struct Pipeline:
     long produced           # chunks projected into their slots so far
     long consumed           # chunks the time loop is done with
+    long taken              # chunks a thread has taken to project
     Py_ssize_t chunk        # steps a chunk
     Py_ssize_t n_ring       # chunk slots before a slot is reused
     bint aligned            # the buffer holds every step at its time (training)
@@ -289,6 +293,7 @@ cdef inline Pipeline* pipeline_init(Pipeline* pipe, Py_ssize_t chunk, Py_ssize_t
         return NULL
     pipe.produced = 0
     pipe.consumed = 0
+    pipe.taken = 0
     pipe.chunk = chunk
     pipe.aligned = rows >= T
     # a buffer of every step never reuses a slot
@@ -328,16 +333,24 @@ cdef inline void project_ahead(const floating* x, const floating* w_ih,
                                const float* packed_ih, const floating* bias,
                                floating* gates, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
                                Py_ssize_t G, bint reverse, Pipeline* pipe) noexcept nogil:
-    """The second thread's work: every chunk's projection, in the order the
-    loop visits them, each once the loop is done with its slot's last chunk."""
+    """The second thread's work: the chunks' projections, in the order the
+    loop visits them, each once the loop is done with its slot's last chunk.
+    It takes them one by one (``pipe.taken``); the loop takes one itself
+    when it gets there first (``step_gates``), so that a second thread that
+    lost its core to other work holds the loop up less."""
     cdef Py_ssize_t k, n, t_low
     cdef Py_ssize_t n_chunks = (T + pipe.chunk - 1) // pipe.chunk
-    for k in range(n_chunks):
+    while True:
+        k = fr_take_next(&pipe.taken)
+        if k >= n_chunks:
+            return
         if k >= pipe.n_ring:
             fr_wait_for(&pipe.consumed, k - pipe.n_ring + 1)
         t_low = chunk_start(k * pipe.chunk, T, pipe.chunk, reverse, &n)
         project_columns(x + t_low * B * I, w_ih, packed_ih, bias,
                         chunk_slot(pipe, gates, k, t_low, B, G), n * B, I, G, 0, G)
+        # in order: this thread takes chunks in order, and the loop takes
+        # one only when every chunk before it is done
         fr_publish(&pipe.produced, k + 1)
 
 
@@ -466,9 +479,11 @@ cdef inline floating* step_gates(const floating* x,       # IN  (T, B, I)
     if s % chunk == 0:
         if pipe.helper:
             fr_publish(&pipe.consumed, k)
-            fr_wait_for(&pipe.produced, k + 1)
-        else:
-            project_columns(x + t_low * B * I, w_ih, packed_ih, bias, slot, n * B, I, G, 0, G)
+            if fr_read(&pipe.produced) > k or not fr_take(&pipe.taken, k):
+                fr_wait_for(&pipe.produced, k + 1)
+                return slot + (time_at(s, T, reverse) - t_low) * B * G
+        # no second thread, or it has not taken this chunk yet: project it here
+        project_columns(x + t_low * B * I, w_ih, packed_ih, bias, slot, n * B, I, G, 0, G)
     return slot + (time_at(s, T, reverse) - t_low) * B * G
 
 

@@ -80,7 +80,10 @@ static inline void fr_barrier_wait(fr_barrier* b)
  * projections run ahead of the time loop on a second thread
  * (src_ext/_rnn_common.pxd, ``project_ahead``), which publishes the chunks
  * it has projected, and the loop the chunks it is done with. The waiting
- * spins, then yields, as the barrier's does. */
+ * spins, then yields, as the barrier's does. A third counter hands the
+ * chunks out (fr_take_next, fr_take): the loop projects a chunk itself when
+ * it gets there before the other thread has taken it, so that a thread
+ * that lost its core to another process holds it up less. */
 #ifdef FR_SPIN_BARRIER
 #define FR_HANDOVER 1
 static inline void fr_publish(long* counter, long value)
@@ -97,6 +100,24 @@ static inline void fr_wait_for(const long* counter, long value)
         else
             sched_yield();
     }
+}
+
+static inline long fr_read(const long* counter)
+{
+    return __atomic_load_n(counter, __ATOMIC_ACQUIRE);
+}
+
+/* the next of the chunks handed out one by one through ``counter`` */
+static inline long fr_take_next(long* counter)
+{
+    return __atomic_fetch_add(counter, 1, __ATOMIC_ACQ_REL);
+}
+
+/* take chunk ``k`` if it is the next one nobody has taken */
+static inline int fr_take(long* counter, long k)
+{
+    return __atomic_compare_exchange_n(counter, &k, k + 1, 0, __ATOMIC_ACQ_REL,
+                                       __ATOMIC_ACQUIRE);
 }
 #endif
 
@@ -115,5 +136,8 @@ static inline int fr_team_rank(void) { return 0; }
 #define FR_HANDOVER 0
 static inline void fr_publish(long* counter, long value) { *counter = value; }
 static inline void fr_wait_for(const long* counter, long value) { (void)counter; (void)value; }
+static inline long fr_read(const long* counter) { return *counter; }
+static inline long fr_take_next(long* counter) { return (*counter)++; }
+static inline int fr_take(long* counter, long k) { return *counter == k ? (*counter)++, 1 : 0; }
 #endif
 #endif
