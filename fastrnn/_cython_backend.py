@@ -343,7 +343,7 @@ PIPELINE_SLOTS = 4
 def pipeline_chunk(cell, training, T, B, I, GH):
     """Steps a chunk of the pipelined input projections takes in an unsplit
     forward (``_parallel``), 0 for none: from ``PIPELINE_MIN_MACS``, for at
-    least two chunks. A rule on the shape alone, like ``projection_parts``:
+    least ``PIPELINE_MIN_CHUNKS`` chunks. A rule on the shape alone, like ``projection_parts``:
     a team of one projects the same chunks itself."""
     if PIPELINE_MIN_MACS is None or T * B * I * GH < PIPELINE_MIN_MACS:
         return 0

@@ -302,13 +302,25 @@ cdef inline Pipeline* pipeline_init(Pipeline* pipe, Py_ssize_t chunk, Py_ssize_t
     return pipe
 
 
-cdef inline Py_ssize_t check_pipe_chunk(Py_ssize_t chunk, Py_ssize_t rows) except -1:
-    """``chunk``, a kernel's ``pipe_chunk``, checked against its gates
-    buffer of ``rows`` steps."""
+cdef inline Py_ssize_t check_chunk(str name, Py_ssize_t chunk, Py_ssize_t rows,
+                                   str what) except -1:
+    """``chunk``, a kernel's argument ``name``, checked against the ``rows``
+    steps of ``what``."""
     if chunk < 0 or chunk > rows:
-        raise ValueError(f"pipe_chunk must be 0 (no pipeline) or a chunk of steps that "
-                         f"fits the gates buffer's {rows}, got {chunk}")
+        raise ValueError(f"{name} must be 0 (none) or a chunk of steps that fits {what}'s "
+                         f"{rows}, got {chunk}")
     return chunk
+
+
+cdef inline Pipeline* forward_pipeline(Pipeline* pipe, Py_ssize_t pipe_chunk, Py_ssize_t rows,
+                                       Py_ssize_t T, int n_team, int unit_parts) except *:
+    """``pipe`` set up for a forward's projections ahead of its loop, chunks
+    of ``pipe_chunk`` steps in a gates buffer of ``rows`` steps
+    (``project_ahead``), or NULL for none; the arguments checked."""
+    if unit_parts > 0 and pipe_chunk != 0:
+        raise ValueError("pipe_chunk needs unit_parts 0: a unit split projects its own columns")
+    return pipeline_init(pipe, check_chunk("pipe_chunk", pipe_chunk, rows, "the gates buffer"),
+                         rows, T, n_team)
 
 
 cdef inline Pipeline* backward_pipeline(Pipeline* pipe, Py_ssize_t grad_chunk, Py_ssize_t T,
@@ -318,7 +330,8 @@ cdef inline Pipeline* backward_pipeline(Pipeline* pipe, Py_ssize_t grad_chunk, P
     arguments checked."""
     if unit_parts > 0 and grad_chunk != 0:
         raise ValueError("grad_chunk needs unit_parts 0: a unit split's team runs the loop")
-    return pipeline_init(pipe, check_pipe_chunk(grad_chunk, T), T, T, n_team)
+    return pipeline_init(pipe, check_chunk("grad_chunk", grad_chunk, T, "the sequence"), T, T,
+                         n_team)
 
 
 cdef inline floating* chunk_slot(const Pipeline* pipe, floating* gates, Py_ssize_t k,

@@ -11,7 +11,7 @@ from cython.parallel cimport parallel
 from _activations cimport sigmoid, tanh_, one_minus, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          Pipeline, pipeline_init, projects_ahead, check_pipe_chunk,
+                          Pipeline, projects_ahead, forward_pipeline,
                           pipeline_role, step_finished, backward_gradients, runs_the_gradients,
                           backward_pipeline,
                           zero_row, gradients_on_team, step_stride, fr_barrier,
@@ -269,11 +269,9 @@ def forward(const floating[:, :, ::1] x,
     if pack_here and unit_parts <= 0:
         raise ValueError("pack_here needs unit_parts > 0: only a unit split's team packs")
     cdef Pipeline pipe
-    cdef Pipeline* pipe_ = pipeline_init(&pipe, check_pipe_chunk(pipe_chunk, gates.shape[0]),
-                                         gates.shape[0], T, n_team)
+    cdef Pipeline* pipe_ = forward_pipeline(&pipe, pipe_chunk, gates.shape[0], T, n_team,
+                                            unit_parts)
     cdef Py_ssize_t chunk = gates.shape[0] if pipe_ == NULL else pipe_chunk
-    if unit_parts > 0 and pipe_ != NULL:
-        raise ValueError("pipe_chunk needs unit_parts 0: a unit split projects its own columns")
     if unit_parts > 0:
         if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
             raise ValueError(f"unit_parts needs float32 with packed panels, "

@@ -9,8 +9,8 @@ from cython.parallel cimport parallel
 from _activations cimport tanh_, one_minus_square
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
-                          zero_row, gradients_on_team, step_stride, Pipeline, pipeline_init,
-                          projects_ahead, check_pipe_chunk, pipeline_role, step_finished,
+                          zero_row, gradients_on_team, step_stride, Pipeline,
+                          projects_ahead, forward_pipeline, pipeline_role, step_finished,
                           backward_gradients, runs_the_gradients, backward_pipeline)
 
 
@@ -136,8 +136,7 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
     cdef Pipeline pipe
-    cdef Pipeline* pipe_ = pipeline_init(&pipe, check_pipe_chunk(pipe_chunk, pre.shape[0]),
-                                         pre.shape[0], T, n_team)
+    cdef Pipeline* pipe_ = forward_pipeline(&pipe, pipe_chunk, pre.shape[0], T, n_team, 0)
     cdef Py_ssize_t chunk = pre.shape[0] if pipe_ == NULL else pipe_chunk
     with nogil:
         if w_hh_t_ != NULL:
