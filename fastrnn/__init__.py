@@ -18,6 +18,7 @@ from .kernels import (
 )
 from .classifier import SequenceClassifier
 from .layers import GRU, LSTM, RNN
+from .frozen import Frozen
 
 __version__ = "0.1.0"
 
@@ -28,7 +29,7 @@ __all__ = [
     "lstm_forward", "lstm_backward",
     "gru_forward", "gru_backward",
     "RNNOutput", "LSTMOutput", "RNNGrads", "LSTMGrads", "Workspace",
-    "RNN", "LSTM", "GRU",
+    "RNN", "LSTM", "GRU", "Frozen",
     "SequenceClassifier",
     "from_torch", "to_torch", "to_onnx", "from_onnx",
 ]

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from .frozen import memo
+
 try:
     from ._ext import pool as _pool
 except ImportError:     # no Cython build (the Numba backend alone): NumPy's own memory
@@ -105,7 +107,8 @@ def chunk(T, B, GH):
     return max(1, min(T, CHUNK_ROWS // B))
 
 
-def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t, k_major):
+def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t, k_major,
+                  params=None):
     """How a backend's kernels multiply by op(W_hh) each step, prepared once.
 
     The rule both native backends follow: nothing for calls of fewer than
@@ -115,16 +118,38 @@ def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t, k
     forward's op(W_hh) = W_hh^T (``trans``) and if ``k_major``, a K-major
     copy ``w_hh_t``, which OpenBLAS's AVX2 kernels multiply faster than
     through its transpose flag (``K_MAJOR_COPY`` of each backend). op(W_hh)
-    is (K, N): (H, G*H) forward, (G*H, H) backward.
+    is (K, N): (H, G*H) forward, (G*H, H) backward. ``params``: the layer's
+    parameters, ``w_hh`` their second; frozen ones (``fastrnn.frozen``) keep
+    what is derived here for their later calls.
     """
     if T < prepare_min_t:
         return {}
     K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
     if dtype == np.float32 and B <= packed_max_b:
-        return dict(packed=pack(w_hh, trans, K, N))
+        return dict(packed=memo(params, (pack, "w_hh", trans),
+                                lambda: pack(w_hh, trans, K, N)))
     if trans and k_major:
-        return dict(w_hh_t=np.ascontiguousarray(w_hh.T))
+        return dict(w_hh_t=memo(params, "w_hh^T", lambda: np.ascontiguousarray(w_hh.T)))
     return {}
+
+
+def bias_sum(params):
+    """b_ih + b_hh, the one bias of an LSTM's or an RNN's projection (summed
+    once for frozen ``params``)."""
+    return memo(params, "b_ih + b_hh", lambda: params[2] + params[3])
+
+
+def gru_bias(params):
+    """The GRU projection's bias: b_ih, plus b_hh in the r and z gates' columns,
+    which add like the input biases; b_hn stays apart, inside r * (.)
+    (summed once for frozen ``params``)."""
+    def make():
+        b_ih, b_hh = params[2], params[3]
+        H = b_ih.shape[0] // 3
+        bias = b_ih.copy()
+        bias[:2 * H] += b_hh[:2 * H]
+        return bias
+    return memo(params, "gru bias", make)
 
 
 def state_slots(T, B, H, dtype, training, reverse, initial):

@@ -33,6 +33,7 @@ import os
 import numpy as np
 
 from . import _buffers
+from .frozen import FrozenParams, memo
 from ._parallel import (cores as _cores, gradient_parts as _gradient_parts,
                         openmp_usable as _openmp_usable, projection_parts as _projection_parts,
                         team_size as _team_size)
@@ -402,10 +403,10 @@ def prepare_forward(cell, dtype, T, B, params):
     With ``packed``, also ``packed_ih``, W_ih^T's panels for the input
     projections, where they take at most ``PROJECT_PACKED_MAX_BYTES``.
     """
-    rec = _prepared(dtype, T, B, params[1], trans=True)
+    rec = _prepared(dtype, T, B, params[1], trans=True, params=params)
     w_ih = params[0]
     if "packed" in rec and PROJECT_PACKED and 0 < w_ih.size * 4 <= PROJECT_PACKED_MAX_BYTES:
-        rec["packed_ih"] = _pack(w_ih, True, w_ih.shape[1], w_ih.shape[0])
+        rec["packed_ih"] = _panels_ih(params)
     return rec
 
 
@@ -414,9 +415,9 @@ def prepare_backward(cell, dtype, T, B, w_hh):
     return _prepared(dtype, T, B, w_hh, trans=False)
 
 
-def _prepared(dtype, T, B, w_hh, trans):
+def _prepared(dtype, T, B, w_hh, trans, params=None):
     rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T,
-                                 K_MAJOR_COPY)
+                                 K_MAJOR_COPY, params)
     if "packed" in rec:
         parallel = PARALLEL_MIN_MACS is not None and B * rec["packed"].size >= PARALLEL_MIN_MACS
         rec["n_threads"] = _cores() if parallel and _openmp_usable() else 1
@@ -434,6 +435,25 @@ def _room_to_pack(w_hh, trans, w_ih=None):
     if w_ih is not None and w_ih.shape[1]:        # no panels for no inputs
         rec["packed_ih"] = _room(w_ih.shape[1], w_ih.shape[0])
     return rec
+
+
+def _frozen_panels(params, w_ih):
+    """A unit-split forward's ``packed`` and ``packed_ih`` (if ``w_ih``) for
+    frozen ``params``: packed once, for every call, instead of by each call's
+    team (``_room_to_pack``); the same panels, so the same bits."""
+    rec = dict(packed=memo(params, (_pack, "w_hh", True),
+                           lambda: _pack(params[1], True, params[1].shape[1],
+                                         params[1].shape[0])))
+    if w_ih is not None and w_ih.shape[1]:
+        rec["packed_ih"] = _panels_ih(params)
+    return rec
+
+
+def _panels_ih(params):
+    """W_ih^T's panels for the input projections (once for frozen ``params``)."""
+    w_ih = params[0]
+    return memo(params, (_pack, "w_ih", True),
+                lambda: _pack(w_ih, True, w_ih.shape[1], w_ih.shape[0]))
 
 
 def _room(K, N):
@@ -471,7 +491,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     H = w_hh.shape[1]               # the size of h: P with a projection
     GH = w_hh.shape[0]
     dtype = x.dtype
-    if prepared is None and unit_parts and PACK_IN_TEAM:
+    if prepared is None and unit_parts and isinstance(params, FrozenParams):
+        rec = _frozen_panels(params, w_ih if PROJECT_PACKED else None)
+    elif prepared is None and unit_parts and PACK_IN_TEAM:
         rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)
     else:
         rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
@@ -504,7 +526,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
             proj = dict(w_hr=w_hr, m=_buffers.empty((T if training else 1, B, HC), dtype))
         gh = np.empty((B, GH), dtype)
         kernel = _typed(_lstm.forward, dtype)
-        kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse, gates, gh, hs, cs, y,
+        kernel(x, w_ih, w_hh, _buffers.bias_sum(params), lengths, reverse, gates, gh, hs, cs, y,
                **proj, **team, **rec)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
@@ -512,20 +534,17 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
             if w_hr is not None:
                 data.update(w_hr=w_hr, m=proj["m"])
     elif cell == "gru":
-        # b_hr and b_hz add like the input biases; b_hn sits inside r * (.)
-        bias = b_ih.copy()
-        bias[:2 * H] += b_hh[:2 * H]
         ghn = _buffers.empty((T, B, H), dtype) if training else None
         gh = np.empty((B, GH), dtype)
         kernel = _typed(_gru.forward, dtype)
-        kernel(x, w_ih, w_hh, bias, b_hh[2 * H:], lengths, reverse,
+        kernel(x, w_ih, w_hh, _buffers.gru_bias(params), b_hh[2 * H:], lengths, reverse,
                gates, gh, ghn, hs, y, **team, **rec)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
         kernel = _typed(_rnn.forward, dtype)
-        kernel(x, w_ih, w_hh, b_ih + b_hh, lengths, reverse,
+        kernel(x, w_ih, w_hh, _buffers.bias_sum(params), lengths, reverse,
                cell == "rnn_relu", gates, hs, y, **team, **rec)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:

@@ -46,6 +46,7 @@ and 11.8-12.2 s after on a loaded machine; see README).
 import numpy as np
 
 from . import _buffers
+from .frozen import memo
 from ._numba import kernels as _k
 from . import _parallel
 
@@ -78,7 +79,7 @@ def prepare_forward(cell, dtype, T, B, params):
     ``_parallel.SplitBackend`` prepares once for all the parts of a split
     batch, with ``B`` their largest, and the parts share it.
     """
-    return _prepared(dtype, T, B, params[1], trans=True)
+    return _prepared(dtype, T, B, params[1], trans=True, params=params)
 
 
 def prepare_backward(cell, dtype, T, B, w_hh):
@@ -87,9 +88,9 @@ def prepare_backward(cell, dtype, T, B, w_hh):
     return _prepared(dtype, T, B, w_hh, trans=False)
 
 
-def _prepared(dtype, T, B, w_hh, trans):
+def _prepared(dtype, T, B, w_hh, trans, params=None):
     rec = _buffers.prepared_w_hh(dtype, T, B, w_hh, trans, _pack, PACKED_MAX_B, PREPARE_MIN_T,
-                                 K_MAJOR_COPY)
+                                 K_MAJOR_COPY, params)
     return {name: _in(a) for name, a in rec.items()}
 
 
@@ -173,7 +174,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     # that faster (K_MAJOR_COPY). W_hh^T comes prepared (the kernels do not
     # read it when packed).
     trans = T < PREPARE_MIN_T or not K_MAJOR_COPY
-    w_ih_t = w_ih if trans else np.ascontiguousarray(w_ih.T)
+    w_ih_t = w_ih if trans else memo(params, "w_ih^T", lambda: np.ascontiguousarray(w_ih.T))
     w_hh_t = w_hh if trans else rec.get("w_hh_t", w_hh)
     hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
     y = _buffers.empty((T, B, H), dtype) if y is None else y
@@ -189,8 +190,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         HC = GH // 4                # the size of c
         cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
         m = _buffers.empty((T if training else 1, B, HC), dtype)
-        w_hr_t = w_hr if trans else np.ascontiguousarray(w_hr.T)
-        _k.lstm_projected_forward(*common, _in(w_hr_t), _in(b_ih + b_hh), lens, T, B, I, HC, H,
+        w_hr_t = w_hr if trans else memo(params, "w_hr^T",
+                                         lambda: np.ascontiguousarray(w_hr.T))
+        _k.lstm_projected_forward(*common, _in(w_hr_t), _in(_buffers.bias_sum(params)), lens, T, B, I, HC, H,
                                   reverse, chunk, _out(gates), _out(np.empty((B, GH), dtype)),
                                   _out(hs), _out(cs), n_slots, _out(m), training, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
@@ -198,26 +200,23 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
             data = dict(gates=gates, hs=hs, cs=cs, w_hr=w_hr, m=m)
     elif cell == "lstm":
         cs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[1])
-        _k.lstm_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse, chunk,
+        _k.lstm_forward(*common, _in(_buffers.bias_sum(params)), lens, T, B, I, H, reverse, chunk,
                         _out(gates), _out(np.empty((B, GH), dtype)), _out(hs), _out(cs),
                         n_slots, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs)
     elif cell == "gru":
-        # b_hr and b_hz add like the input biases; b_hn sits inside r * (.)
-        bias = b_ih.copy()
-        bias[:2 * H] += b_hh[:2 * H]
         ghn = _buffers.empty((T if training else 0, B, H), dtype)
         gh = np.empty((B, GH), dtype)
-        _k.gru_forward(*common, _in(bias), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
+        _k.gru_forward(*common, _in(_buffers.gru_bias(params)), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
                        chunk, _out(gates), _out(gh), _out(ghn), training, _out(hs), n_slots,
                        *y_out)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
     else:
-        _k.rnn_forward(*common, _in(b_ih + b_hh), lens, T, B, I, H, reverse,
+        _k.rnn_forward(*common, _in(_buffers.bias_sum(params)), lens, T, B, I, H, reverse,
                        cell == "rnn_relu", chunk, _out(gates), _out(hs), n_slots, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:

@@ -64,9 +64,16 @@ def _kernel_functions(cell):
     return getattr(kernels, base + "_forward"), getattr(kernels, base + "_backward"), extra
 
 
-def fastrnn_runner(case, mode, backend):
+def fastrnn_runner(case, mode, backend, frozen=True):
+    """fastrnn on ``backend``. Inference runs a frozen layer (``layer.freeze()``:
+    the weights checked and their panels packed once, as ONNX Runtime's
+    session has them), or with ``frozen=False`` the kernel function, which
+    does that on every call; training runs the kernel functions."""
     forward, backward, extra = _kernel_functions(case.cell)
     states = (None,) * case.n_states
+    if mode == "inference" and frozen:
+        ice = fastrnn_layer(case, backend).freeze()
+        return lambda: ice(case.x)
     if mode == "inference":
         return lambda: forward(case.x, *states, *case.params, backend=backend, **extra)
 
@@ -74,6 +81,21 @@ def fastrnn_runner(case, mode, backend):
         out = forward(case.x, *states, *case.params, training=True, backend=backend, **extra)
         return backward(out.workspace, case.dy)
     return train
+
+
+def fastrnn_layer(case, backend):
+    """A one-layer ``fastrnn.RNN``/``LSTM``/``GRU`` with the case's weights."""
+    from . import layers
+    T, B, I = case.x.shape
+    H = case.params[1].shape[1]
+    if case.cell.startswith("rnn_"):
+        layer = layers.RNN(I, H, nonlinearity=case.cell[4:], dtype=case.x.dtype, backend=backend)
+    else:
+        layer = {"lstm": layers.LSTM, "gru": layers.GRU}[case.cell](I, H, dtype=case.x.dtype,
+                                                                    backend=backend)
+    names = ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"]
+    layer.load_state_dict(dict(zip(names, case.params)))
+    return layer
 
 
 def torch_runner(case, mode, threads=None):

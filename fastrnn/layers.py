@@ -37,6 +37,7 @@ import numpy as np
 from . import _backends, _parallel
 from . import _validate as v
 from . import kernels
+from .frozen import Frozen
 
 __all__ = ["RNN", "LSTM", "GRU", "Context", "LayerGrads"]
 
@@ -292,6 +293,13 @@ class _RNNBase:
         for name, value in values.items():
             self._params[name][...] = value
         return missing, unexpected
+
+    def freeze(self):
+        """An inference-only snapshot of this layer, :class:`fastrnn.frozen.Frozen`:
+        read-only copies of the weights, and what the kernels derive from them
+        (packed panels, bias sums) derived once instead of on every call. Its
+        calls give the bits this layer's ``forward`` gives now."""
+        return Frozen(self)
 
     def to_torch(self):
         """A ``torch.nn.RNN``/``LSTM``/``GRU`` with the same options and weights."""

@@ -12,7 +12,7 @@ SHAPE = (3, 7, 5, 6)      # B, T, I, H
 def test_onnxruntime_peer_matches_fastrnn(cell):
     pytest.importorskip("onnxruntime")
     case = _peers.make_case(cell, SHAPE, np.float32)
-    expected = _peers.fastrnn_runner(case, "inference", "reference")().y
+    expected = _peers.fastrnn_runner(case, "inference", "reference")()[0]
     (y,) = _peers.onnxruntime_runner(case, "inference", threads=1)()
     np.testing.assert_allclose(y[:, 0], expected, rtol=0, atol=2e-6)
 
@@ -22,7 +22,7 @@ def test_onnx_reference_runs_the_peer_model(cell):
     """onnx's own reference evaluator agrees, so the model itself is right."""
     reference_evaluator = pytest.importorskip("onnx.reference")
     case = _peers.make_case(cell, SHAPE, np.float64)
-    expected = _peers.fastrnn_runner(case, "inference", "reference")().y
+    expected = _peers.fastrnn_runner(case, "inference", "reference")()[0]
     (y,) = reference_evaluator.ReferenceEvaluator(_peers.onnx_model(case)).run(None, {"X": case.x})
     np.testing.assert_allclose(y[:, 0], expected, rtol=1e-12, atol=1e-12)
 
@@ -35,7 +35,21 @@ def test_torch_peer_matches_fastrnn(cell, mode):
     expected = _peers.fastrnn_runner(case, mode, "reference")()
     got = _peers.torch_runner(case, mode, threads=1)()
     if mode == "inference":
-        np.testing.assert_allclose(got[0].numpy(), expected.y, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(got[0].numpy(), expected[0], rtol=1e-12, atol=1e-12)
     else:
         assert isinstance(got, torch.Tensor)
         np.testing.assert_allclose(got.numpy(), expected.dx, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("cell", _peers.CELLS + ("rnn_relu",))
+def test_fastrnn_runner_frozen_or_per_call(backend, cell):
+    """The bench's inference runs a frozen layer; the kernel function per call
+    gives the same bits (its output and final states)."""
+    for dtype in (np.float32, np.float64):
+        case = _peers.make_case(cell, SHAPE, dtype)
+        y, h = _peers.fastrnn_runner(case, "inference", backend)()
+        out = _peers.fastrnn_runner(case, "inference", backend, frozen=False)()
+        np.testing.assert_array_equal(y, out.y)
+        for got, want in zip(h if cell == "lstm" else (h,), out[1:]):
+            assert got.dtype == dtype
+            np.testing.assert_array_equal(got[0], want)
