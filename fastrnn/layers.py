@@ -450,7 +450,8 @@ class _RNNBase:
                     self.hidden_size, self.proj_size or None, lengths, d == 1, training,
                     self.backend)
             # the directions are independent: side by side on the cores
-            results = _parallel.run_independent(direction, D, self._macs(k, T, B))
+            results = [direction(0)] if D == 1 else \
+                _parallel.run_independent(direction, D, self._macs(k, T, B))
             for d, (_, state_n, ws) in enumerate(results):
                 for f, s_n in zip(finals, state_n):
                     f[k * D + d] = s_n
