@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import fastrnn
-from fastrnn import _cython_backend, _numba_backend, frozen
+from fastrnn import frozen
 from conftest import RTOL, assert_close, make_layer
 
 CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
@@ -124,6 +124,9 @@ def counting(monkeypatch, module, name):
 def test_frozen_packs_once(two_threads, monkeypatch, cell, shape):
     """The layer packs its panels on every call; the frozen layer at its first
     call only, and its unit split's team packs nothing."""
+    if "cython" not in fastrnn.available_backends():
+        pytest.skip("the Cython backend is not available")
+    from fastrnn import _cython_backend
     B, T, I, H = shape
     layer = make_layer(cell, I, H, backend="cython", rng=0)
     x = np.random.default_rng(1).standard_normal((T, B, I)).astype(np.float32)
@@ -145,6 +148,7 @@ def test_frozen_packs_once(two_threads, monkeypatch, cell, shape):
 def test_frozen_numba_derives_once(two_threads, monkeypatch):
     if "numba" not in fastrnn.available_backends():
         pytest.skip("the Numba backend is not available")
+    from fastrnn import _numba_backend
     layer = fastrnn.GRU(24, 64, backend="numba", rng=0)
     x = np.random.default_rng(1).standard_normal((30, 2, 24)).astype(np.float32)
     packs = counting(monkeypatch, _numba_backend, "_pack")
