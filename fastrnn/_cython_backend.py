@@ -485,7 +485,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     ``pipe_chunk``: as ``pipeline_chunk()`` returns, the input projections in
     chunks of that many steps ahead of the time loop, on a second thread
     (instead of ``proj_parts``)."""
-    w_ih, w_hh, b_ih, b_hh = params[:4]
+    w_ih, w_hh, _, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
     H = w_hh.shape[1]               # the size of h: P with a projection

@@ -162,7 +162,7 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     result, shared by the parts of a split batch (None: prepare here); ``y``:
     (T, B, H) to write the output into, rows of a larger batch's output for a
     part of a split batch (None: a new array)."""
-    w_ih, w_hh, b_ih, b_hh = params[:4]
+    w_ih, w_hh, _, b_hh = params[:4]
     w_hr = params[4] if len(params) > 4 else None
     T, B, I = x.shape
     H = w_hh.shape[1]               # the size of h: P with a projection
@@ -192,9 +192,10 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
         m = _buffers.empty((T if training else 1, B, HC), dtype)
         w_hr_t = w_hr if trans else memo(params, "w_hr^T",
                                          lambda: np.ascontiguousarray(w_hr.T))
-        _k.lstm_projected_forward(*common, _in(w_hr_t), _in(_buffers.bias_sum(params)), lens, T, B, I, HC, H,
-                                  reverse, chunk, _out(gates), _out(np.empty((B, GH), dtype)),
-                                  _out(hs), _out(cs), n_slots, _out(m), training, *y_out)
+        _k.lstm_projected_forward(*common, _in(w_hr_t), _in(_buffers.bias_sum(params)), lens,
+                                  T, B, I, HC, H, reverse, chunk, _out(gates),
+                                  _out(np.empty((B, GH), dtype)), _out(hs), _out(cs), n_slots,
+                                  _out(m), training, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
         if training:
             data = dict(gates=gates, hs=hs, cs=cs, w_hr=w_hr, m=m)
@@ -209,9 +210,9 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     elif cell == "gru":
         ghn = _buffers.empty((T if training else 0, B, H), dtype)
         gh = np.empty((B, GH), dtype)
-        _k.gru_forward(*common, _in(_buffers.gru_bias(params)), _in(b_hh[2 * H:]), lens, T, B, I, H, reverse,
-                       chunk, _out(gates), _out(gh), _out(ghn), training, _out(hs), n_slots,
-                       *y_out)
+        _k.gru_forward(*common, _in(_buffers.gru_bias(params)), _in(b_hh[2 * H:]), lens,
+                       T, B, I, H, reverse, chunk, _out(gates), _out(gh), _out(ghn), training,
+                       _out(hs), n_slots, *y_out)
         state_n = (_buffers.final_state(hs, T, reverse),)
         if training:
             data = dict(gates=gates, ghn=ghn, hs=hs)
