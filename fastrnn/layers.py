@@ -435,6 +435,13 @@ class _RNNBase:
         x, states, lengths, unbatched = self._check_input(x, hx, lengths)
         T, B, _ = x.shape
         L, D = self.num_layers, self.num_directions
+        if L * D == 1 and not training:
+            # one layer, one direction (a latency-bound call's usual case):
+            # its final states are the layer's
+            y, state_n, _ = self._run_direction(0, x, states, lengths, False)
+            h_n = state_n if unbatched else tuple(s[None] for s in state_n)
+            return (self._to_user_layout(y, unbatched, self.batch_first),
+                    h_n[0] if len(h_n) == 1 else h_n)
         finals = [np.empty((L * D, B, n), self.dtype) for n in self._state_sizes]
         workspaces, masks = [], []
         p = self.dropout if training else 0.0
@@ -442,13 +449,7 @@ class _RNNBase:
         layer_in = x
         for k in range(L):
             def direction(d, k=k, layer_in=layer_in):
-                idx = k * D + d
-                state0 = tuple(np.zeros((B, n), self.dtype) if s is None else v.contiguous(s[idx])
-                               for s, n in zip(states, self._state_sizes))
-                return kernels._run(
-                    self.mode, layer_in, state0, self._kernel_params(idx), self.bias,
-                    self.hidden_size, self.proj_size or None, lengths, d == 1, training,
-                    self.backend)
+                return self._run_direction(k * D + d, layer_in, states, lengths, training)
             # the directions are independent: side by side on the cores
             results = [direction(0)] if D == 1 else \
                 _parallel.run_independent(direction, D, self._macs(k, T, B))
@@ -474,6 +475,16 @@ class _RNNBase:
         return y, h_n, ctx
 
     __call__ = forward
+
+    def _run_direction(self, idx, layer_in, states, lengths, training):
+        """``kernels._run`` for layer and direction ``idx`` (k * D + d) over
+        ``layer_in``, from ``states`` (``_check_input``'s; None: zeros)."""
+        B = layer_in.shape[1]
+        state0 = tuple(np.zeros((B, n), self.dtype) if s is None else v.contiguous(s[idx])
+                       for s, n in zip(states, self._state_sizes))
+        return kernels._run(self.mode, layer_in, state0, self._kernel_params(idx), self.bias,
+                            self.hidden_size, self.proj_size or None, lengths,
+                            idx % self.num_directions == 1, training, self.backend)
 
     def _macs(self, k, T, B):
         """Multiply-adds of one direction of layer ``k`` over T steps of B rows."""

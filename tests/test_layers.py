@@ -610,3 +610,25 @@ def test_options_after_construction():
         gru.backend = "fortran"
     y, _ = gru(np.zeros((2, 5, 3), np.float32))
     assert y.shape == (2, 5, 4)
+
+
+@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("unbatched", [False, True])
+def test_one_layer_inference_returns_its_own_states(cell, unbatched):
+    """A one-layer, one-direction inference returns its final states without
+    the stacked layers' bookkeeping: still new arrays of the documented shape,
+    shared with nothing that a later call reads or writes."""
+    layer = make_layer(cell, 5, 7, rng=0)
+    x = np.random.default_rng(0).standard_normal((6, 5) if unbatched else (6, 3, 5))
+    x = x.astype(np.float32)
+    y1, h1 = layer(x)
+    first = [s.copy() for s in states_of(h1, cell)]
+    for s in states_of(h1, cell):
+        assert s.shape == ((1, 7) if unbatched else (1, 3, 7)) and s.flags.writeable
+        assert not np.shares_memory(s, y1)
+        s[...] = 99.0                   # the caller's to change
+    y2, h2 = layer(x)
+    np.testing.assert_array_equal(y2, y1)
+    for s, want in zip(states_of(h2, cell), first):
+        np.testing.assert_array_equal(s, want)
+    assert y2.shape == ((6, 7) if unbatched else (6, 3, 7))
