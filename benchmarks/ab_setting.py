@@ -16,6 +16,10 @@ settings like these::
     python benchmarks/ab_setting.py --backend numba --shapes medium,large \\
         "_numba_backend.K_MAJOR_COPY=True" "_numba_backend.K_MAJOR_COPY=False"
 
+Inference runs a frozen layer, as the bench does; ``--per-call`` runs the
+kernel functions instead, for settings of what a frozen layer derives once
+(the panels' packing and alignment).
+
 Modules are named relative to ``fastrnn`` (``_buffers``, ``_cython_backend``,
 ``_numba_backend``, ``_parallel``, ...); several assignments in one setting
 are separated by ``;``.
@@ -55,6 +59,11 @@ def main():
                    help="grid names or B,T,I,H (as fastrnn bench)")
     p.add_argument("--modes", default="inference,training")
     p.add_argument("--backend", default="cython")
+    p.add_argument("--per-call", action="store_true",
+                   help="inference through the kernel functions, which derive their operands "
+                        "from the weights on every call, instead of a frozen layer, which "
+                        "derives them at its first call under whichever setting runs then "
+                        "(for settings of that derivation: packing, alignment)")
     args = p.parse_args()
     if len(args.settings) < 2:
         raise SystemExit("give two settings or more to compare")
@@ -75,7 +84,8 @@ def main():
             for shape in bench._parse_shapes(args.shapes):
                 for mode in args.modes.split(","):
                     case = _peers.make_case(cell, shape, dtype=np.float32)
-                    run = _peers.fastrnn_runner(case, mode, args.backend)
+                    run = _peers.fastrnn_runner(case, mode, args.backend,
+                                                frozen=not args.per_call)
 
                     def with_setting(setting):
                         def call():

@@ -463,8 +463,9 @@ def _room(K, N):
     since removed, 15 rounds, inference / training; W_ih's panels in such a
     room too): LSTM latency 1.10x / 1.06x, small 1.04x / 1.05x,
     (1, 100, 512, 512) 1.16x / 1.10x; GRU latency 1.00x / 0.97x, small 1.03x /
-    1.00x, (1, 100, 512, 512) 1.09x / 1.12x."""
-    return _buffers.empty((_packing.packed_size(K, N),), np.float32)
+    1.00x, (1, 100, 512, 512) 1.09x / 1.12x. Aligned to a cache line
+    (``_buffers.panels``)."""
+    return _buffers.panels(_packing.packed_size(K, N))
 
 
 def _pack(w_hh, trans, K, N):

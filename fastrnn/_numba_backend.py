@@ -95,8 +95,8 @@ def _prepared(dtype, T, B, w_hh, trans, params=None):
 
 
 def _pack(w_hh, trans, K, N):
-    # from the memory cache, like the Cython backend's panels (its ``_room``)
-    packed = _buffers.empty((_k.packed_size(K, N),), np.float32)
+    # from the memory cache and aligned, like the Cython backend's panels (its ``_room``)
+    packed = _buffers.panels(_k.packed_size(K, N))
     _k.pack(_in(w_hh), trans, K, N, packed)
     return packed
 

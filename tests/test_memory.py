@@ -210,3 +210,33 @@ def test_a_dropped_context_frees_its_workspaces(backend, cell, no_cycle_collecto
     # 1.5-3.3 kB for the native backends, 11-14 kB for the reference's tape
     assert released < 0.05 * held, (held, released)
 
+
+
+@pytest.mark.parametrize("count", [1, 15, 16, 1000, 4096, 40_000, 300_000])
+def test_panels_start_on_a_cache_line(count):
+    """Packed panels start on a 64-byte line, small (NumPy's 16-byte aligned
+    memory) or large (the cache's), and hold exactly ``count`` floats."""
+    from fastrnn import _buffers
+    keep = [np.empty(k, np.float32) for k in (1, 3, 5, 7)]     # vary NumPy's offsets
+    for _ in range(4):
+        a = _buffers.panels(count)
+        assert a.shape == (count,) and a.dtype == np.float32 and a.flags.c_contiguous
+        assert a.ctypes.data % _buffers.PANEL_ALIGN == 0
+        keep.append(a)
+        keep.append(np.empty(3, np.float32))
+
+
+def test_backends_pack_onto_cache_lines(backend):
+    """Both native backends' panels (W_hh^T forward and W_hh backward, W_ih^T),
+    and so a frozen layer's, which keep them for every later call."""
+    if backend == "reference":
+        pytest.skip("the reference packs nothing")
+    layer = fastrnn.RNN(24, 64, backend=backend, rng=0)
+    ice = layer.freeze()
+    x = np.random.default_rng(0).standard_normal((40, 1, 24)).astype(np.float32)
+    ice(x)
+    derived = ice._layer._params_cache[0].prepared
+    panels = [a for key, a in derived.items() if isinstance(key, tuple)]
+    assert panels
+    for a in panels:
+        assert a.ctypes.data % 64 == 0
