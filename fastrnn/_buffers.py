@@ -147,13 +147,19 @@ def prepared_w_hh(dtype, T, B, w_hh, trans, pack, packed_max_b, prepare_min_t, k
     """
     if T < prepare_min_t:
         return {}
-    K, N = (w_hh.shape[1], w_hh.shape[0]) if trans else w_hh.shape
     if dtype == np.float32 and B <= packed_max_b:
-        return dict(packed=memo(params, (pack, "w_hh", trans),
-                                lambda: pack(w_hh, trans, K, N)))
+        return dict(packed=packed_panels(w_hh, "w_hh", trans, pack, params))
     if trans and k_major:
         return dict(w_hh_t=memo(params, "w_hh^T", lambda: np.ascontiguousarray(w_hh.T)))
     return {}
+
+
+def packed_panels(w, name, trans, pack, params=None):
+    """op(w)'s panels from a backend's ``pack(w, trans, K, N)``; ``w`` is
+    ``params``' entry ``name`` ("w_hh", "w_ih"), and frozen ``params`` keep
+    the panels for their later calls."""
+    K, N = (w.shape[1], w.shape[0]) if trans else w.shape
+    return memo(params, (pack, name, trans), lambda: pack(w, trans, K, N))
 
 
 def bias_sum(params):

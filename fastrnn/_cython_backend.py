@@ -33,7 +33,7 @@ import os
 import numpy as np
 
 from . import _buffers
-from .frozen import FrozenParams, memo
+from .frozen import FrozenParams
 from ._parallel import (cores as _cores, gradient_parts as _gradient_parts,
                         openmp_usable as _openmp_usable, projection_parts as _projection_parts,
                         team_size as _team_size)
@@ -441,9 +441,7 @@ def _frozen_panels(params, w_ih):
     """A unit-split forward's ``packed`` and ``packed_ih`` (if ``w_ih``) for
     frozen ``params``: packed once, for every call, instead of by each call's
     team (``_room_to_pack``); the same panels, so the same bits."""
-    rec = dict(packed=memo(params, (_pack, "w_hh", True),
-                           lambda: _pack(params[1], True, params[1].shape[1],
-                                         params[1].shape[0])))
+    rec = dict(packed=_buffers.packed_panels(params[1], "w_hh", True, _pack, params))
     if w_ih is not None and w_ih.shape[1]:
         rec["packed_ih"] = _panels_ih(params)
     return rec
@@ -451,9 +449,7 @@ def _frozen_panels(params, w_ih):
 
 def _panels_ih(params):
     """W_ih^T's panels for the input projections (once for frozen ``params``)."""
-    w_ih = params[0]
-    return memo(params, (_pack, "w_ih", True),
-                lambda: _pack(w_ih, True, w_ih.shape[1], w_ih.shape[0]))
+    return _buffers.packed_panels(params[0], "w_ih", True, _pack, params)
 
 
 def _room(K, N):
