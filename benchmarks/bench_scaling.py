@@ -50,7 +50,7 @@ def measure(cell, shape, mode, rounds):
         "half": lambda: _call(plain, cell, x_half, states_half, params, mode),
         "split": lambda: _call(split, cell, x, states, params, mode),
     }
-    with _parallel._one_blas_thread:
+    with _parallel.blas_hold():
         times = bench.interleaved_times(list(runs.values()), rounds)
     return {name: float(np.median(t)) for name, t in zip(runs, times)}
 

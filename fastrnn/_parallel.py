@@ -8,7 +8,7 @@ its own core with single-threaded BLAS, and synchronise once per call instead
 of once per step.
 
 Every call of a native backend, split or not, runs with BLAS held at one
-thread (``_one_blas_thread``). Two reasons, both measured:
+thread (``blas_hold``). Two reasons, both measured:
 - OpenBLAS's float32 GEMM rounds differently on 1 and 2 threads at many
   shapes, so BLAS threads would make the bits depend on the thread count;
 - OpenBLAS's idle workers spin for a while after each threaded call, on the
@@ -180,45 +180,22 @@ def limit_threads(n):
 # -- BLAS at one thread inside fastrnn's calls -------------------------------
 
 class _OneBlasThread:
-    """Holds every loaded BLAS at one thread while any native call runs.
+    """Holds every BLAS of ``handles`` (``[(get, set), ...]``, Python
+    callables) at one thread while any native call runs: the hold of BLAS
+    libraries whose thread counts only threadpoolctl's controllers set
+    (``blas_hold``).
 
     Reference-counted, so that concurrent calls from several user threads
     restore the user's setting only when the last one leaves. Through
     threadpoolctl's controllers, entering and leaving cost about 13 us a
-    call; OpenBLAS's own get/set functions, looked up once and called
-    directly, about 3 us (measured with 2 OpenBLAS libraries loaded, NumPy's
-    and SciPy's), which matters for a streaming step of ~60 us.
+    call.
     """
 
-    def __init__(self):
+    def __init__(self, handles):
         self._lock = threading.Lock()
         self._active = 0
         self._saved = None
-        self._handles = None
-
-    def _blas(self):
-        """``[(get, set), ...]``: the thread-count functions of each loaded BLAS."""
-        if self._handles is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-                controllers = [c for c in ThreadpoolController().lib_controllers
-                               if c.user_api == "blas"]
-            except Exception:       # no threadpoolctl: BLAS keeps its threads
-                controllers = []
-            self._handles = [self._functions(c) for c in controllers]
-        return self._handles
-
-    @classmethod
-    def _functions(cls, controller):
-        get = setter = None
-        symbol = getattr(controller, "_get_symbol", None)
-        if getattr(controller, "internal_api", None) == "openblas" and symbol is not None \
-                and getattr(controller, "threading_layer", None) != "openmp":
-            get = symbol("openblas_get_num_threads")
-            setter = symbol("openblas_set_num_threads")
-        if get is None or setter is None:
-            return controller.get_num_threads, lambda n: cls._set(controller, n)
-        return get, setter
+        self._handles = handles
 
     @staticmethod
     def _set(controller, n):
@@ -228,7 +205,7 @@ class _OneBlasThread:
         count change it again and silently ignores every other thread, so a
         split call made from a second thread would keep BLAS's threads, and
         OpenBLAS's sgemm rounds differently on 1 and 2 threads at some shapes.
-        (The direct OpenBLAS functions of ``_functions`` have no such rule.)
+        (The direct OpenBLAS functions of ``_blas_functions`` have no such rule.)
         """
         real = getattr(controller, "_real_set_num_threads", None)
         (real or controller.set_num_threads)(n)
@@ -236,9 +213,8 @@ class _OneBlasThread:
     def __enter__(self):
         with self._lock:
             if self._active == 0:
-                blas = self._blas()
-                self._saved = [get() for get, _ in blas]
-                for (_, setter), n in zip(blas, self._saved):
+                self._saved = [get() for get, _ in self._handles]
+                for (_, setter), n in zip(self._handles, self._saved):
                     if n != 1:
                         setter(1)
             self._active += 1
@@ -247,7 +223,7 @@ class _OneBlasThread:
         with self._lock:
             self._active -= 1
             if self._active == 0:
-                for (_, setter), n in zip(self._blas(), self._saved):
+                for (_, setter), n in zip(self._handles, self._saved):
                     if n != 1:
                         setter(n)
         return False
@@ -260,7 +236,57 @@ class _OneBlasThread:
         self._saved = None
 
 
-_one_blas_thread = _OneBlasThread()
+def _blas_functions(controller):
+    """``(get, set, direct)``: a BLAS's thread-count functions; ``direct``:
+    OpenBLAS's own ``openblas_get/set_num_threads`` (ctypes functions),
+    else threadpoolctl's controller methods."""
+    symbol = getattr(controller, "_get_symbol", None)
+    if getattr(controller, "internal_api", None) == "openblas" and symbol is not None \
+            and getattr(controller, "threading_layer", None) != "openmp":
+        get = symbol("openblas_get_num_threads")
+        setter = symbol("openblas_set_num_threads")
+        if get is not None and setter is not None:
+            return get, setter, True
+    return (controller.get_num_threads, lambda n: _OneBlasThread._set(controller, n), False)
+
+
+def _make_blas_hold():
+    """The hold of every BLAS loaded now. Where all are OpenBLAS builds whose
+    own thread-count functions it can call, ``blas_threads.Hold`` calls them
+    from C: entering and leaving cost 0.18 us against 2.2 through ctypes
+    (``timeit``, best of 7, with NumPy's and SciPy's OpenBLAS loaded), 14%
+    of a frozen layer's one-step call before (15.7 us); else
+    ``_OneBlasThread``."""
+    try:
+        from threadpoolctl import ThreadpoolController
+        controllers = [c for c in ThreadpoolController().lib_controllers
+                       if c.user_api == "blas"]
+    except Exception:       # no threadpoolctl: BLAS keeps its threads
+        controllers = []
+    functions = [_blas_functions(c) for c in controllers]
+    if all(direct for _, _, direct in functions):
+        try:
+            import ctypes
+            from ._ext.blas_threads import Hold
+        except ImportError:     # no Cython build: the Numba backend alone
+            pass
+        else:
+            address = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+            return Hold([(address(g), address(s)) for g, s, _ in functions])
+    return _OneBlasThread([(g, s) for g, s, _ in functions])
+
+
+_hold = None
+
+
+def blas_hold():
+    """The context manager that holds every loaded BLAS at one thread while
+    any native call is inside it; made at the first call, when the BLAS
+    libraries the kernels use (SciPy's, NumPy's) are loaded."""
+    global _hold
+    if _hold is None:
+        _hold = _make_blas_hold()
+    return _hold
 
 
 def run_parts(fn, n):
@@ -315,7 +341,8 @@ def _after_fork_in_child():
     global _pool, _pool_lock, _openmp_ok
     _pool = None                # its threads stayed in the parent
     _pool_lock = threading.Lock()
-    _one_blas_thread.reset()
+    if _hold is not None:
+        _hold.reset()
     if _openmp_started:
         _openmp_ok = False
 
@@ -351,11 +378,11 @@ class SplitBackend:
         return getattr(self.module, name)
 
     def forward(self, cell, x, state0, params, lengths, reverse, training):
-        with _one_blas_thread:
+        with blas_hold():
             return self._forward(cell, x, state0, params, lengths, reverse, training)
 
     def backward(self, cell, data, dy, dstate_n):
-        with _one_blas_thread:
+        with blas_hold():
             return self._backward(cell, data, dy, dstate_n)
 
     def _shared(self, prepare, ranges, cell, dtype, T, w):

@@ -79,6 +79,70 @@ def test_blas_threads_are_restored(split_small):
     assert after == before
 
 
+def blas_counts(threadpoolctl):
+    return [i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+
+
+def test_blas_hold_counts_its_holders():
+    """Every BLAS at one thread from the first holder in to the last one out,
+    then the counts it found."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    hold = _parallel.blas_hold()
+    with threadpoolctl.threadpool_limits(2, user_api="blas"):
+        before = blas_counts(threadpoolctl)
+        assert before and set(before) == {2}
+        with hold:
+            assert set(blas_counts(threadpoolctl)) == {1}
+            with hold:                  # a second call, from another thread
+                assert set(blas_counts(threadpoolctl)) == {1}
+            assert set(blas_counts(threadpoolctl)) == {1}
+        assert blas_counts(threadpoolctl) == before
+
+
+def test_blas_hold_calls_openblas_from_c_where_it_can():
+    """With the Cython build and every BLAS an OpenBLAS whose own thread-count
+    functions it finds, the hold calls them from C (``blas_threads.Hold``)."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    if "cython" not in fastrnn.available_backends():
+        pytest.skip("the Cython extension is not built")
+    infos = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not infos or any(i["internal_api"] != "openblas" or i.get("threading_layer") == "openmp"
+                        for i in infos):
+        pytest.skip("a BLAS other than a pthreads OpenBLAS is loaded")
+    from fastrnn._ext.blas_threads import Hold
+    assert isinstance(_parallel.blas_hold(), Hold)
+
+
+def test_blas_hold_refuses_functions_it_cannot_call():
+    if "cython" not in fastrnn.available_backends():
+        pytest.skip("the Cython extension is not built")
+    from fastrnn._ext.blas_threads import Hold
+    with pytest.raises(ValueError, match="must have addresses"):
+        Hold([(0, 1)])
+    with pytest.raises(ValueError, match="at most 8 BLAS libraries"):
+        Hold([(1, 1)] * 9)
+
+
+def test_python_blas_hold_counts_its_holders():
+    """The hold for BLAS libraries only threadpoolctl can set, with fake ones."""
+    counts = [3, 1]
+    handles = [(lambda i=i: counts[i], lambda n, i=i: counts.__setitem__(i, n))
+               for i in range(2)]
+    hold = _parallel._OneBlasThread(handles)
+    with hold:
+        assert counts == [1, 1]
+        with hold:
+            assert counts == [1, 1]
+        assert counts == [1, 1]
+    assert counts == [3, 1]
+    hold.__enter__()
+    hold.reset()                    # in a forked child: the holders were the parent's
+    counts[:] = [4, 4]
+    with hold:
+        assert counts == [1, 1]
+    assert counts == [4, 4]
+
+
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
 def test_set_num_threads_rejects_non_positive_integers(bad):
     with pytest.raises(ValueError, match="n must be a positive integer number of threads"):
