@@ -16,9 +16,12 @@ settings like these::
     python benchmarks/ab_setting.py --backend numba --shapes medium,large \\
         "_numba_backend.K_MAJOR_COPY=True" "_numba_backend.K_MAJOR_COPY=False"
 
-Inference runs a frozen layer, as the bench does; ``--per-call`` runs the
-kernel functions instead, for settings of what a frozen layer derives once
-(the panels' packing and alignment).
+Inference runs a frozen layer, as the bench does, one for each setting: a
+frozen layer makes a shape's decisions and derives its operands at its first
+call and keeps them. ``--per-call`` runs the kernel functions instead, which
+decide and derive on every call, for settings of the derivation itself (the
+panels' packing and alignment), whose effect also depends on where each
+call's fresh panels land.
 
 Modules are named relative to ``fastrnn`` (``_buffers``, ``_cython_backend``,
 ``_numba_backend``, ``_parallel``, ...); several assignments in one setting
@@ -60,10 +63,10 @@ def main():
     p.add_argument("--modes", default="inference,training")
     p.add_argument("--backend", default="cython")
     p.add_argument("--per-call", action="store_true",
-                   help="inference through the kernel functions, which derive their operands "
-                        "from the weights on every call, instead of a frozen layer, which "
-                        "derives them at its first call under whichever setting runs then "
-                        "(for settings of that derivation: packing, alignment)")
+                   help="inference through the kernel functions, which decide and derive "
+                        "their operands from the weights on every call, instead of a frozen "
+                        "layer for each setting, which does that at its first call (for "
+                        "settings of the derivation itself: packing, alignment)")
     args = p.parse_args()
     if len(args.settings) < 2:
         raise SystemExit("give two settings or more to compare")
@@ -84,10 +87,13 @@ def main():
             for shape in bench._parse_shapes(args.shapes):
                 for mode in args.modes.split(","):
                     case = _peers.make_case(cell, shape, dtype=np.float32)
-                    run = _peers.fastrnn_runner(case, mode, args.backend,
-                                                frozen=not args.per_call)
 
                     def with_setting(setting):
+                        # a frozen layer of its own: it decides at its first
+                        # call, under this setting, and keeps the decisions
+                        run = _peers.fastrnn_runner(case, mode, args.backend,
+                                                    frozen=not args.per_call)
+
                         def call():
                             for module, attr, value in setting:
                                 setattr(module, attr, value)

@@ -482,74 +482,102 @@ def forward(cell, x, state0, params, lengths, reverse, training, prepared=None, 
     ``pipe_chunk``: as ``pipeline_chunk()`` returns, the input projections in
     chunks of that many steps ahead of the time loop, on a second thread
     (instead of ``proj_parts``)."""
-    w_ih, w_hh, _, b_hh = params[:4]
-    w_hr = params[4] if len(params) > 4 else None
     T, B, _ = x.shape
-    H = w_hh.shape[1]               # the size of h: P with a projection
-    GH = w_hh.shape[0]
-    dtype = x.dtype
-    if prepared is None and unit_parts and isinstance(params, FrozenParams):
-        rec = _frozen_panels(params, w_ih if PROJECT_PACKED else None)
-    elif prepared is None and unit_parts and PACK_IN_TEAM:
-        rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)
-    else:
-        rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
-    hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-    y = _buffers.empty((T, B, H), dtype) if y is None else y
-    keep_gates = training and cell in ("lstm", "gru")
-    if keep_gates:
-        steps = T
-    elif pipe_chunk:
-        steps = min(T, PIPELINE_SLOTS * pipe_chunk)
-    else:
-        steps = _buffers.chunk(T, B, GH)
-    gates = _buffers.empty((steps, B, GH), dtype)
-    # the hidden units split across a team of fastrnn's threads (``unit_parts``),
-    # the input projections ahead of the time loop on a second one
-    # (``pipe_chunk``) or in parts on such a team (``proj_parts``)
-    if unit_parts:
-        team = dict(unit_parts=unit_parts, n_team=_team_size(unit_parts),
-                    spin_barrier=SPIN_BARRIER)
-    elif pipe_chunk:
-        team = dict(pipe_chunk=pipe_chunk, n_team=_team_size(2))
-    else:
-        team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
-    data = None
-    if cell == "lstm":
-        HC = GH // 4                # the size of c
-        cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
-        proj = {}
-        if w_hr is not None:
-            proj = dict(w_hr=w_hr, m=_buffers.empty((T if training else 1, B, HC), dtype))
-        gh = np.empty((B, GH), dtype)
-        kernel = _typed(_lstm.forward, dtype)
-        kernel(x, w_ih, w_hh, _buffers.bias_sum(params), lengths, reverse, gates, gh, hs, cs, y,
-               **proj, **team, **rec)
-        state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
-        if training:
-            data = dict(gates=gates, hs=hs, cs=cs)
+    call = ForwardCall(cell, x.dtype, T, B, params, reverse, training, prepared, unit_parts,
+                       proj_parts, pipe_chunk)
+    return call(x, state0, lengths, y)
+
+
+class ForwardCall:
+    """A forward call of one shape with everything but its input decided:
+    the kernel, its team, and its operands derived from ``params`` (W_hh^T's
+    and W_ih^T's panels, the biases). ``forward`` makes one for each call; a
+    frozen layer keeps one for each shape it is called with
+    (``_parallel.SplitBackend.forward``), as its derived operands are kept
+    anyway (``fastrnn.frozen``). Calling it allocates the call's outputs and
+    scratch and runs the kernel: ``(x, state0, lengths, y=None)`` ->
+    ``(y, state_n, data)`` as ``forward``. ``T`` and ``B`` must be x's."""
+
+    def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
+                 unit_parts=0, proj_parts=1, pipe_chunk=0):
+        w_ih, w_hh, _, b_hh = params[:4]
+        self.w_hr = params[4] if len(params) > 4 else None
+        self.cell, self.dtype, self.T, self.B = cell, dtype, T, B
+        self.reverse, self.training, self.unit_parts = reverse, training, unit_parts
+        self.H = H = w_hh.shape[1]          # the size of h: P with a projection
+        self.GH = GH = w_hh.shape[0]
+        if prepared is None and unit_parts and isinstance(params, FrozenParams):
+            rec = _frozen_panels(params, w_ih if PROJECT_PACKED else None)
+        elif prepared is None and unit_parts and PACK_IN_TEAM:
+            rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)
+        else:
+            rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
+        if training and cell in ("lstm", "gru"):
+            self.steps = T                  # the gates of every step are kept
+        elif pipe_chunk:
+            self.steps = min(T, PIPELINE_SLOTS * pipe_chunk)
+        else:
+            self.steps = _buffers.chunk(T, B, GH)
+        # the hidden units split across a team of fastrnn's threads (``unit_parts``),
+        # the input projections ahead of the time loop on a second one
+        # (``pipe_chunk``) or in parts on such a team (``proj_parts``)
+        if unit_parts:
+            team = dict(unit_parts=unit_parts, n_team=_team_size(unit_parts),
+                        spin_barrier=SPIN_BARRIER)
+        elif pipe_chunk:
+            team = dict(pipe_chunk=pipe_chunk, n_team=_team_size(2))
+        else:
+            team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
+        self.options = dict(team, **rec)
+        self.w_ih, self.w_hh = w_ih, w_hh
+        if cell == "lstm":
+            self.kernel = _typed(_lstm.forward, dtype)
+            self.operands = (w_ih, w_hh, _buffers.bias_sum(params))
+        elif cell == "gru":
+            self.kernel = _typed(_gru.forward, dtype)
+            self.operands = (w_ih, w_hh, _buffers.gru_bias(params), b_hh[2 * H:])
+        else:
+            self.kernel = _typed(_rnn.forward, dtype)
+            self.operands = (w_ih, w_hh, _buffers.bias_sum(params))
+
+    def __call__(self, x, state0, lengths, y=None):
+        cell, dtype, T, B, H, GH = self.cell, self.dtype, self.T, self.B, self.H, self.GH
+        reverse, training = self.reverse, self.training
+        hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
+        y = _buffers.empty((T, B, H), dtype) if y is None else y
+        gates = _buffers.empty((self.steps, B, GH), dtype)
+        data = None
+        if cell == "lstm":
+            HC = GH // 4                # the size of c
+            cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
+            w_hr = self.w_hr
+            proj = {}
             if w_hr is not None:
-                data.update(w_hr=w_hr, m=proj["m"])
-    elif cell == "gru":
-        ghn = _buffers.empty((T, B, H), dtype) if training else None
-        gh = np.empty((B, GH), dtype)
-        kernel = _typed(_gru.forward, dtype)
-        kernel(x, w_ih, w_hh, _buffers.gru_bias(params), b_hh[2 * H:], lengths, reverse,
-               gates, gh, ghn, hs, y, **team, **rec)
-        state_n = (_buffers.final_state(hs, T, reverse),)
+                proj = dict(w_hr=w_hr, m=_buffers.empty((T if training else 1, B, HC), dtype))
+            self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
+                        hs, cs, y, **proj, **self.options)
+            state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
+            if training:
+                data = dict(gates=gates, hs=hs, cs=cs)
+                if w_hr is not None:
+                    data.update(w_hr=w_hr, m=proj["m"])
+        elif cell == "gru":
+            ghn = _buffers.empty((T, B, H), dtype) if training else None
+            self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
+                        ghn, hs, y, **self.options)
+            state_n = (_buffers.final_state(hs, T, reverse),)
+            if training:
+                data = dict(gates=gates, ghn=ghn, hs=hs)
+        else:
+            self.kernel(x, *self.operands, lengths, reverse, cell == "rnn_relu", gates, hs, y,
+                        **self.options)
+            state_n = (_buffers.final_state(hs, T, reverse),)
+            if training:
+                data = dict(hs=hs)
         if training:
-            data = dict(gates=gates, ghn=ghn, hs=hs)
-    else:
-        kernel = _typed(_rnn.forward, dtype)
-        kernel(x, w_ih, w_hh, _buffers.bias_sum(params), lengths, reverse,
-               cell == "rnn_relu", gates, hs, y, **team, **rec)
-        state_n = (_buffers.final_state(hs, T, reverse),)
-        if training:
-            data = dict(hs=hs)
-    if training:
-        data.update(x=x, w_ih=w_ih, w_hh=w_hh, lengths=lengths, reverse=reverse,
-                    unit_parts=unit_parts)
-    return y, state_n, data
+            data.update(x=x, w_ih=self.w_ih, w_hh=self.w_hh, lengths=lengths, reverse=reverse,
+                        unit_parts=self.unit_parts)
+        return y, state_n, data
 
 
 def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1, grad_chunk=0):

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from . import _buffers
+from .frozen import FrozenParams
 
 #: batches of at least this many rows are split in two. Measured with
 #: ``python -m fastrnn bench``: see benchmarks/RESULTS.md.
@@ -353,6 +354,16 @@ if hasattr(os, "register_at_fork"):
 
 # -- the backend interface, split -------------------------------------------
 
+def _ranges(cell, T, B, I, params):
+    """``parts`` for a call of ``cell`` with ``params`` over (T, B, I) input."""
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    return parts(B, T, I, params[1].shape[0] // G, G)
+
+
+#: the shapes a frozen layer's direction keeps its decisions for (``SplitBackend._planned``)
+MAX_PLANS = 64
+
+
 def _rows(a, b0, b1, axis):
     """A contiguous copy of rows [b0, b1) of ``a`` along ``axis`` (None stays None)."""
     if a is None:
@@ -378,6 +389,11 @@ class SplitBackend:
         return getattr(self.module, name)
 
     def forward(self, cell, x, state0, params, lengths, reverse, training):
+        if not training and isinstance(params, FrozenParams):
+            # a frozen layer's inference: this shape's decisions, made once
+            run = self._planned(cell, x, params, reverse)
+            with blas_hold():
+                return run(x, state0, lengths)
         with blas_hold():
             return self._forward(cell, x, state0, params, lengths, reverse, training)
 
@@ -395,30 +411,40 @@ class SplitBackend:
         largest = max(b1 - b0 for b0, b1 in ranges)
         return {"prepared": fn(cell, dtype, T, largest, w)}
 
-    def _forward(self, cell, x, state0, params, lengths, reverse, training):
-        T, B, I = x.shape
+    def _whole(self, cell, dtype, T, B, I, params, training):
+        """The wrapped forward's keyword arguments for a call whose batch is
+        not split, or None: split it (``parts``)."""
         units = getattr(self.module, "unit_parts", None)
-        n_units = units(cell, x.dtype, T, B, params, training) if units else 0
+        n_units = units(cell, dtype, T, B, params, training) if units else 0
         if n_units:
             # the backend splits the hidden units across the threads instead
-            return self.module.forward(cell, x, state0, params, lengths, reverse, training,
-                                       unit_parts=n_units)
-        G = {"lstm": 4, "gru": 3}.get(cell, 1)
-        ranges = parts(B, T, I, params[1].shape[0] // G, G)
-        if len(ranges) == 1:
-            # one core will run the time loop: the backend may project the
-            # inputs ahead of it on another thread, or share the projections
-            # among the threads
-            extra = {}
-            ahead = getattr(self.module, "pipeline_chunk", None)
-            if ahead is not None:
-                extra["pipe_chunk"] = ahead(cell, training, T, B, I, params[0].shape[0])
-            fn = getattr(self.module, "projection_parts", None)
-            if fn is not None and not extra.get("pipe_chunk"):
-                extra["proj_parts"] = fn(cell, training, T, B, I, params[0].shape[0])
-            return self.module.forward(cell, x, state0, params, lengths, reverse, training,
-                                       **extra)
+            return dict(unit_parts=n_units)
+        if len(_ranges(cell, T, B, I, params)) > 1:
+            return None
+        # one core will run the time loop: the backend may project the
+        # inputs ahead of it on another thread, or share the projections
+        # among the threads
+        options = {}
+        ahead = getattr(self.module, "pipeline_chunk", None)
+        if ahead is not None:
+            options["pipe_chunk"] = ahead(cell, training, T, B, I, params[0].shape[0])
+        fn = getattr(self.module, "projection_parts", None)
+        if fn is not None and not options.get("pipe_chunk"):
+            options["proj_parts"] = fn(cell, training, T, B, I, params[0].shape[0])
+        return options
 
+    def _forward(self, cell, x, state0, params, lengths, reverse, training):
+        T, B, I = x.shape
+        options = self._whole(cell, x.dtype, T, B, I, params, training)
+        if options is not None:
+            return self.module.forward(cell, x, state0, params, lengths, reverse, training,
+                                       **options)
+        return self._split(cell, x, state0, params, lengths, reverse, training)
+
+    def _split(self, cell, x, state0, params, lengths, reverse, training):
+        """The forward of a batch split into ``parts``, each on its own thread."""
+        T, B, I = x.shape
+        ranges = _ranges(cell, T, B, I, params)
         shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params)
         # each part writes its rows of y in place: no concatenation afterwards
         y = _buffers.empty((T, B, params[1].shape[1]), x.dtype)
@@ -436,6 +462,35 @@ class SplitBackend:
         if training:
             data = {"split": ranges, "parts": [r[2] for r in results]}
         return y, state_n, data
+
+    def _planned(self, cell, x, params, reverse):
+        """``run(x, state0, lengths)``: an inference call of x's shape on
+        frozen ``params``, with the decisions ``_forward`` would make, made
+        at the first such call and kept with ``params`` (as the operands
+        derived from them are): which split, which options, and, where the
+        backend has ``ForwardCall``, its kernel and operands. The threads a
+        call may use are part of the key; the module settings are read once."""
+        T, B, I = x.shape
+        key = (cell, T, B, reverse, call_threads(), _openmp_ok)
+        plans = params.plans
+        run = plans.get(key)
+        if run is not None:
+            return run
+        options = self._whole(cell, x.dtype, T, B, I, params, False)
+        make = getattr(self.module, "ForwardCall", None)
+        if options is None:
+            def run(x, state0, lengths):
+                return self._split(cell, x, state0, params, lengths, reverse, False)
+        elif make is not None:
+            run = make(cell, x.dtype, T, B, params, reverse, False, **options)
+        else:
+            def run(x, state0, lengths):
+                return self.module.forward(cell, x, state0, params, lengths, reverse, False,
+                                           **options)
+        if len(plans) >= MAX_PLANS:     # a stream of ever new shapes: keep the newest
+            plans.clear()
+        plans[key] = run
+        return run
 
     def _backward(self, cell, data, dy, dstate_n):
         if "split" not in data:

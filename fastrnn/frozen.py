@@ -9,7 +9,12 @@ derives all that once, at its first call of each kind, as ONNX Runtime does
 when its session is built. Its calls then give the bits the layer gave.
 
 The backends find the derived arrays through :func:`memo`: a frozen layer
-hands its kernels :class:`FrozenParams` instead of a plain tuple.
+hands its kernels :class:`FrozenParams` instead of a plain tuple. A frozen
+layer also keeps each inference call's decisions, by shape and threads
+(``_parallel.SplitBackend._planned``): how the call splits its work, its
+kernel and operands. They are made under the module settings
+(``_cython_backend.PIPELINE_MIN_MACS`` ...) of the first call of that
+shape; to try other settings, freeze the layer again.
 """
 import copy
 
@@ -18,11 +23,14 @@ import numpy as np
 
 class FrozenParams(tuple):
     """One layer and direction's ``params`` (as ``kernels._run`` takes them),
-    read-only, and ``prepared``: what the backends derived from them, by key."""
+    read-only; ``prepared``: what the backends derived from them, by key;
+    ``plans``: the decisions of an inference call, by shape and threads
+    (``_parallel.SplitBackend._planned``)."""
 
     def __new__(cls, arrays):
         self = super().__new__(cls, arrays)
         self.prepared = {}
+        self.plans = {}
         return self
 
 

@@ -5,8 +5,8 @@ at fork; a child that waited for them hung (``_parallel``'s fork handler).
 Each case runs in a fresh interpreter with a timeout, so a hang fails the
 test instead of the suite: the parent runs calls that use an OpenMP team
 (unit split, gradient parts) and the split batch's pool, in both native
-backends, forks, and the child runs the same calls. Every result must come
-back, bit for bit the parent's.
+backends and frozen layers, forks, and the child runs the same calls. Every
+result must come back, bit for bit the parent's.
 """
 import os
 import subprocess
@@ -53,9 +53,21 @@ SCRIPT = textwrap.dedent('''
 
     BACKENDS = [b for b in ("cython", "numba") if b in fastrnn.available_backends()]
 
+    def frozen(cell, p, backend):
+        cls = {"lstm": fastrnn.LSTM, "gru": fastrnn.GRU, "rnn": fastrnn.RNN}[cell]
+        layer = cls(p[0].shape[1], p[1].shape[1], backend=backend)
+        layer.load_state_dict(dict(zip(
+            ["weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"], p)))
+        return layer.freeze()
+
+    # frozen layers keep each shape's decisions, teams included, from the
+    # parent's calls: the child must make its own
+    FROZEN = {(k, b): frozen(c[0], c[2], b) for k, c in enumerate(CASES) for b in BACKENDS}
+
     def run_all():
         out = []
-        for (cell, x, p, dy), backend in [(c, b) for c in CASES for b in BACKENDS]:
+        for k, backend in [(k, b) for k in range(len(CASES)) for b in BACKENDS]:
+            cell, x, p, dy = CASES[k]
             fwd = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward,
                    "rnn": fastrnn.rnn_forward}[cell]
             bwd = {"lstm": fastrnn.lstm_backward, "gru": fastrnn.gru_backward,
@@ -64,7 +76,7 @@ SCRIPT = textwrap.dedent('''
             y = fwd(x, *states, *p, backend=backend)
             o = fwd(x, *states, *p, backend=backend, training=True)
             g = bwd(o.workspace, dy)
-            out.append([y.y, o.y, *g[:5]])
+            out.append([y.y, o.y, *g[:5], FROZEN[k, backend](x)[0]])
         return out
 
     def child(q):

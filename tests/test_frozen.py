@@ -238,3 +238,56 @@ def test_frozen_from_two_threads(backend):
         t.join()
     for got, want in zip(results, expected):
         assert_same_bits(got, want)
+
+
+NATIVE = [b for b in fastrnn.available_backends() if b != "reference"]
+
+
+@pytest.mark.parametrize("backend", NATIVE)
+@pytest.mark.parametrize("cell,shape", [
+    ("lstm", (1, 40, 16, 128)),     # a unit split on two threads (x86-64-v4)
+    ("rnn_tanh", (1, 100, 128, 128)),   # the projections ahead of the loop
+    ("gru", (16, 12, 20, 32)),      # a split batch
+    ("rnn_tanh", (2, 1, 8, 16)),    # one step
+], ids=lambda v: "x".join(map(str, v)) if isinstance(v, tuple) else v)
+def test_frozen_decides_once_per_shape_and_threads(monkeypatch, backend, cell, shape):
+    """A frozen layer makes an inference call's decisions (split, team,
+    kernel and operands) at its first call of each shape and thread count,
+    and keeps them; each thread count's calls give the layer's bits."""
+    from fastrnn import _parallel
+    decided = counting(monkeypatch, _parallel.SplitBackend, "_whole")
+    B, T, I, H = shape
+    layer = make_layer(cell, I, H, backend=backend, rng=0)
+    ice = layer.freeze()
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    x2 = rng.standard_normal((T + 1, B, I)).astype(np.float32)
+    saved = fastrnn.get_num_threads()
+    try:
+        made = []
+        for threads in (2, 1, 2, 1):
+            fastrnn.set_num_threads(threads)
+            expected = layer(x)
+            n = len(decided)
+            for _ in range(2):
+                assert_same_bits(ice(x), expected)
+            made.append(len(decided) - n)
+        assert made == [1, 1, 0, 0]
+        n = len(decided)
+        assert_same_bits(ice(x2), layer(x2))        # another shape: its own decisions
+        assert len(decided) == n + 2                # the layer's call and the frozen one's
+    finally:
+        fastrnn.set_num_threads(saved)
+
+
+def test_frozen_keeps_decisions_for_a_bounded_number_of_shapes(monkeypatch):
+    """A stream of ever new shapes does not grow a frozen layer's plans without bound."""
+    from fastrnn import _parallel
+    monkeypatch.setattr(_parallel, "MAX_PLANS", 4)
+    layer = fastrnn.GRU(3, 8, backend=NATIVE[0] if NATIVE else pytest.skip("no native backend"))
+    ice = layer.freeze()
+    x = np.ones((12, 2, 3), np.float32)
+    for T in range(1, 11):
+        assert_same_bits(ice(x[:T]), layer(x[:T]))
+    params = ice._layer._params_cache[0]
+    assert 1 <= len(params.plans) <= 4
