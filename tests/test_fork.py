@@ -9,6 +9,7 @@ backends and frozen layers, forks, and the child runs the same calls. Every
 result must come back, bit for bit the parent's.
 """
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -110,10 +111,15 @@ def test_a_forked_child_runs_what_its_parent_ran(tmp_path):
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         filter(None, [root, os.environ.get("PYTHONPATH")])))
+    # a session of its own, so that a hung child, which the script's death
+    # would leave spinning on a core for the rest of the run, dies with it
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
-        done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
-                              timeout=180, env=env)
+        stdout, stderr = proc.communicate(timeout=180)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         pytest.fail("the forked child did not finish in 180 s (hung)")
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.startswith("ok"), done.stdout
+    assert proc.returncode == 0, stderr[-3000:]
+    assert stdout.startswith("ok"), stdout
