@@ -366,6 +366,8 @@ def backward(const floating[:, :, ::1] x,
     cdef int role
     fr_barrier_init(&bar, spin_barrier)
     with nogil:
+        # the loop's op(W_hh) = W_hh (unused by a unit split, which reads its panels)
+        rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
         if unit_parts > 0:
             if floating is float:
                 # a team of one starts no OpenMP region (_parallel.team_size)
@@ -380,7 +382,6 @@ def backward(const floating[:, :, ::1] x,
                                        packed_, dy_, dy_step, lens, T, B, H, reverse, &dh[0, 0],
                                        &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts, &bar)
         elif behind:
-            rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
             with parallel(num_threads=2):
                 role = pipeline_role(pipe_)
                 if role == 0:
@@ -394,7 +395,6 @@ def backward(const floating[:, :, ::1] x,
                                        &dw_hh[0, 0], &db_ih[0], &db_hh[0], 1, 1,
                                        wgrad_tiles_max_n)
         else:
-            rec = recurrent(&w_hh[0, 0], False, 3 * H, H, packed_, n_threads)
             gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,
                                 dy_step, lens, T, B, H, reverse, &dh[0, 0], &dg_x[0, 0, 0],
                                 &dg_h[0, 0, 0], pipe_)

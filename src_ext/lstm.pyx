@@ -551,6 +551,8 @@ def backward(const floating[:, :, ::1] x,
     cdef int role
     fr_barrier_init(&bar, spin_barrier)
     with nogil:
+        # the loop's op(W_hh) = W_hh (unused by a unit split, which reads its panels)
+        rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
         if unit_parts > 0:
             if floating is float:
                 # a team of one starts no OpenMP region (_parallel.team_size)
@@ -564,7 +566,6 @@ def backward(const floating[:, :, ::1] x,
                                         dy_step, lens, T, B, H, reverse, &dh[0, 0], &dc[0, 0],
                                         &dg[0, 0, 0], unit_parts, &bar)
         elif behind:
-            rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
             with parallel(num_threads=2):
                 role = pipeline_role(pipe_)
                 if role == 0:
@@ -578,7 +579,6 @@ def backward(const floating[:, :, ::1] x,
                                        &dw_hh[0, 0], &db_ih[0], &db_hh[0], 1, 1,
                                        wgrad_tiles_max_n)
         else:
-            rec = recurrent(&w_hh[0, 0], False, 4 * H, P, packed_, n_threads)
             lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_, dy_step,
                                  lens, T, B, H, P, reverse, &dh[0, 0], &dc[0, 0],
                                  &dg[0, 0, 0], dh_total_, dm_, pipe_)
