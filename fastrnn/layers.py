@@ -505,8 +505,11 @@ class _RNNBase:
 
         ``x`` is ``(B, input_size)`` or ``(input_size,)``; returns
         ``(y, h)`` (LSTM: ``(y, (h, c))``) with ``y`` ``(B, Hout)`` (or ``(Hout,)``)
-        and ``h`` shaped like ``hx``. Feeding ``h`` back gives exactly the
-        results of running the whole sequence at once. Unidirectional only.
+        and ``h`` shaped like ``hx``. Feeding ``h`` back gives the results of
+        running the whole sequence at once: bit for bit on the reference
+        backend; to a few ulp on the native ones, which project all the steps
+        of a sequence with one product, summing in another order than a
+        single step's. Unidirectional only.
         """
         if self.bidirectional:
             raise ValueError("step() needs a unidirectional layer: the reverse direction of "
