@@ -231,8 +231,13 @@ class _OneBlasThread:
 
     def reset(self):
         """In a forked child: the calls that held BLAS at one thread, and the
-        lock one of them may have held, were the parent's threads'."""
+        lock one of them may have held, were the parent's threads', which
+        will never leave; the counts they found are restored."""
         self._lock = threading.Lock()
+        if self._active > 0:
+            for (_, setter), n in zip(self._handles, self._saved):
+                if n != 1:
+                    setter(n)
         self._active = 0
         self._saved = None
 

@@ -65,7 +65,13 @@ cdef class Hold:
         return False
 
     def reset(self):
-        """In a forked child: the holders were the parent's threads."""
+        """In a forked child: the holders were the parent's threads, which
+        will never leave; the counts they found are restored."""
+        cdef int i
+        if self.active > 0:
+            for i in range(self.n):
+                if self.saved[i] != 1:
+                    self.sets[i](self.saved[i])
         self.active = 0
 
     @property

@@ -136,11 +136,54 @@ def test_python_blas_hold_counts_its_holders():
         assert counts == [1, 1]
     assert counts == [3, 1]
     hold.__enter__()
+    assert counts == [1, 1]
     hold.reset()                    # in a forked child: the holders were the parent's
+    assert counts == [3, 1]         # ... and never leave: the counts come back
     counts[:] = [4, 4]
     with hold:
         assert counts == [1, 1]
     assert counts == [4, 4]
+
+
+def test_a_child_forked_inside_a_call_gets_its_blas_threads_back(tmp_path):
+    """A process forked while another thread is inside a native call: the
+    child's BLAS counts, held at one by that call, are the parent's own."""
+    pytest.importorskip("threadpoolctl")
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    if not hasattr(os, "fork"):
+        pytest.skip("no fork on this platform")
+    script = tmp_path / "fork_in_hold.py"
+    script.write_text(textwrap.dedent('''
+        import os
+        import threadpoolctl
+        import fastrnn
+        from fastrnn import _parallel
+
+        def counts():
+            return [i["num_threads"] for i in threadpoolctl.threadpool_info()
+                    if i["user_api"] == "blas"]
+
+        fastrnn.LSTM(3, 4)(__import__("numpy").zeros((2, 1, 3), "float32"))
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            before = counts()
+            with _parallel.blas_hold():         # a call in progress
+                pid = os.fork()
+                if pid == 0:
+                    os._exit(0 if counts() == before else 1)
+                _, status = os.waitpid(pid, 0)
+            assert counts() == before
+        print("ok" if os.waitstatus_to_exitcode(status) == 0 else "child kept one thread")
+    '''))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ok", done.stdout
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
