@@ -496,7 +496,10 @@ class ForwardCall:
     (``_parallel.SplitBackend.forward``), as its derived operands are kept
     anyway (``fastrnn.frozen``). Calling it allocates the call's outputs and
     scratch and runs the kernel: ``(x, state0, lengths, y=None)`` ->
-    ``(y, state_n, data)`` as ``forward``. ``T`` and ``B`` must be x's."""
+    ``(y, state_n, data)`` as ``forward``. ``T`` and ``B`` must be x's.
+    Only a frozen layer's may be called more than once, and from several
+    threads at once: its operands are read-only, where a plain call's
+    panels, or the room its team packs them in, are that call's own."""
 
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
                  unit_parts=0, proj_parts=1, pipe_chunk=0):
