@@ -501,6 +501,9 @@ class ForwardCall:
     threads at once: its operands are read-only, where a plain call's
     panels, or the room its team packs them in, are that call's own."""
 
+    __slots__ = ("w_hr", "cell", "dtype", "T", "B", "reverse", "training", "unit_parts", "H",
+                 "GH", "steps", "options", "w_ih", "w_hh", "kernel", "operands")
+
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
                  unit_parts=0, proj_parts=1, pipe_chunk=0):
         w_ih, w_hh, _, b_hh = params[:4]

@@ -152,13 +152,14 @@ def test_frozen_numba_derives_once(two_threads, monkeypatch):
     layer = fastrnn.GRU(24, 64, backend="numba", rng=0)
     x = np.random.default_rng(1).standard_normal((30, 2, 24)).astype(np.float32)
     packs = counting(monkeypatch, _numba_backend, "_pack")
+    prepares = counting(monkeypatch, _numba_backend, "prepare_forward")
     ice = layer.freeze()
     ice(x)
-    assert len(packs) == 1
-    ice(x)
-    assert len(packs) == 1
+    assert len(packs) == 1 and len(prepares) == 1
+    ice(x)                  # the kept ForwardCall: nothing prepared again
+    assert len(packs) == 1 and len(prepares) == 1
     layer(x)
-    assert len(packs) == 2
+    assert len(packs) == 2 and len(prepares) == 2
 
 
 def test_memo_keeps_only_for_frozen_params():
