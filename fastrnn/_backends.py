@@ -14,7 +14,10 @@ which runs large batches in parts on several cores. Their ``forward`` also
 takes ``y=``, the (T, B, H) array to write the output into (a part writes
 its rows of the whole batch's output), and their ``backward`` accepts a
 ``dy`` whose steps are further apart than B*H (a part's rows of the whole
-batch's dy, read in place; each step's rows contiguous).
+batch's dy, read in place; each step's rows contiguous). They also have
+``ForwardCall(cell, dtype, T, B, params, reverse, training, **options)``,
+``forward`` with its decisions and operands made once, which a frozen layer
+keeps for each shape (``_cython_backend.ForwardCall``).
 
 ``cell`` is one of ``"rnn_tanh"``, ``"rnn_relu"``, ``"lstm"``, ``"gru"``; ``params`` is
 ``(weight_ih, weight_hh, bias_ih, bias_hh)`` in PyTorch's layout.

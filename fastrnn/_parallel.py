@@ -472,8 +472,8 @@ class SplitBackend:
         """``run(x, state0, lengths)``: an inference call of x's shape on
         frozen ``params``, with the decisions ``_forward`` would make, made
         at the first such call and kept with ``params`` (as the operands
-        derived from them are): which split, which options, and, where the
-        backend has ``ForwardCall``, its kernel and operands. The threads a
+        derived from them are): which split, which options, and the
+        backend's ``ForwardCall`` with its kernel and operands. The threads a
         call may use are part of the key; the module settings are read once."""
         T, B, I = x.shape
         key = (cell, T, B, reverse, call_threads(), _openmp_ok)
@@ -482,16 +482,11 @@ class SplitBackend:
         if run is not None:
             return run
         options = self._whole(cell, x.dtype, T, B, I, params, False)
-        make = getattr(self.module, "ForwardCall", None)
         if options is None:
             def run(x, state0, lengths):
                 return self._split(cell, x, state0, params, lengths, reverse, False)
-        elif make is not None:
-            run = make(cell, x.dtype, T, B, params, reverse, False, **options)
         else:
-            def run(x, state0, lengths):
-                return self.module.forward(cell, x, state0, params, lengths, reverse, False,
-                                           **options)
+            run = self.module.ForwardCall(cell, x.dtype, T, B, params, reverse, False, **options)
         if len(plans) >= MAX_PLANS:     # a stream of ever new shapes: keep the newest
             plans.clear()
         plans[key] = run
