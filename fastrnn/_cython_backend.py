@@ -198,17 +198,30 @@ PACK_IN_TEAM = True
 #: (4, 50, 512, 512) 1.04x / 1.02x.
 PROJECT_PACKED = True
 
-#: Other calls that pack W_hh take the panels for W_ih^T of up to this many
-#: bytes (``prepare_forward``: packed once, shared by a split batch's parts).
-#: Against OpenBLAS (15 and 11 rounds, as above): W_ih^T of 16-256 KiB,
-#: inference 1.01-1.07x, RNN long 1.28-1.29x, B = 1, T = 1000, H = 64 LSTM and
-#: GRU 1.14x, training 0.96-1.06x (median 1.01); 1 MiB and more lost, 0.94-1.00x
-#: (LSTM, GRU, RNN at small, medium and large), though alone on a core the
-#: panels beat OpenBLAS there too: inside the kernel both run below their
-#: rate alone, the panels' lead shrinks to about 5%, and packing W_ih^T takes
-#: most of it (perf call graphs of LSTM medium inference, benchmarks/RESULTS.md,
-#: "The peers' GEMMs are faster than OpenBLAS").
+#: Other calls that pack W_hh take the panels for W_ih^T too
+#: (``prepare_forward``: packed once, shared by a split batch's parts) where
+#: W_ih^T takes up to this many bytes. On the Intel Xeon against OpenBLAS
+#: (15 and 11 rounds, as above): W_ih^T of 16-256 KiB, inference
+#: 1.01-1.07x, RNN long 1.28-1.29x, B = 1, T = 1000, H = 64 LSTM and GRU
+#: 1.14x, training 0.96-1.06x (median 1.01); 1 MiB and more lost there,
+#: 0.94-1.00x (LSTM, GRU, RNN at small, medium and large): inside the
+#: kernel both ran below their rate alone and packing W_ih^T took most of
+#: the panels' lead.
 PROJECT_PACKED_MAX_BYTES = 256 << 10
+
+#: Larger W_ih^T too, for an inference call of at least this many rows (T
+#: times its part's B), over which one packing is spread. On the AMD EPYC
+#: (Zen 4), panels for every size against the byte limit alone
+#: (``benchmarks/ab_setting.py``, 2 threads, 15-21 rounds, each run beside a
+#: run of the same setting to show its noise, here up to 3%): through frozen
+#: layers, whose panels are packed once, GRU medium (800 rows a part)
+#: 1.03-1.05x, large (3,200) 1.04x; LSTM medium 1.02-1.05x, large 1.04x; RNN
+#: large 1.03-1.04x, RNN small (200 rows) 1.07x; through the kernel
+#: functions, which pack on every call, large 1.01-1.04x, medium
+#: 0.955-1.03x, RNN small 0.91-0.97x. Training forwards, which pack on
+#: every call too: 0.99-1.00x for the LSTM and GRU at small, medium and large.
+#: A rule on the shape alone, so a frozen layer's calls keep the layer's bits.
+PROJECT_PACKED_MIN_ROWS = 512
 
 
 #: A unit-split call's team meets at the spinning barrier of src_ext/_team.h
@@ -391,7 +404,7 @@ def gradient_chunk(cell, T, B, I, GH, H):
     return steps if T >= GRADIENTS_BEHIND_MIN_BLOCKS * steps else 0
 
 
-def prepare_forward(cell, dtype, T, B, params):
+def prepare_forward(cell, dtype, T, B, params, training=False):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
     Keyword arguments for the kernel: ``packed`` panels (float32 batches up to
@@ -401,11 +414,15 @@ def prepare_forward(cell, dtype, T, B, params):
     once for all the parts of a split batch, with ``B`` their largest, and the
     parts share it: one copy of W_hh in the caches instead of one per core.
     With ``packed``, also ``packed_ih``, W_ih^T's panels for the input
-    projections, where they take at most ``PROJECT_PACKED_MAX_BYTES``.
+    projections, where they take at most ``PROJECT_PACKED_MAX_BYTES``, or for
+    inference (not ``training``) over at least ``PROJECT_PACKED_MIN_ROWS``
+    rows.
     """
     rec = _prepared(dtype, T, B, params[1], trans=True, params=params)
     w_ih = params[0]
-    if "packed" in rec and PROJECT_PACKED and 0 < w_ih.size * 4 <= PROJECT_PACKED_MAX_BYTES:
+    if "packed" in rec and PROJECT_PACKED and w_ih.size and (
+            w_ih.size * 4 <= PROJECT_PACKED_MAX_BYTES
+            or not training and T * B >= PROJECT_PACKED_MIN_ROWS):
         rec["packed_ih"] = _panels_ih(params)
     return rec
 
@@ -517,7 +534,8 @@ class ForwardCall:
         elif prepared is None and unit_parts and PACK_IN_TEAM:
             rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)
         else:
-            rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
+            rec = (prepare_forward(cell, dtype, T, B, params, training) if prepared is None
+                   else prepared)
         if training and cell in ("lstm", "gru"):
             self.steps = T                  # the gates of every step are kept
         elif pipe_chunk:

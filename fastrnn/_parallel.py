@@ -406,15 +406,16 @@ class SplitBackend:
         with blas_hold():
             return self._backward(cell, data, dy, dstate_n)
 
-    def _shared(self, prepare, ranges, cell, dtype, T, w):
+    def _shared(self, prepare, ranges, cell, dtype, T, w, **options):
         """``{"prepared": ...}``: the wrapped backend's ``prepare`` (its
-        ``prepare_forward`` or ``prepare_backward``), run once for all the
-        parts with the largest part's size; {} if the backend has none."""
+        ``prepare_forward`` or ``prepare_backward``, with ``options``), run
+        once for all the parts with the largest part's size; {} if the
+        backend has none."""
         fn = getattr(self.module, prepare, None)
         if fn is None:
             return {}
         largest = max(b1 - b0 for b0, b1 in ranges)
-        return {"prepared": fn(cell, dtype, T, largest, w)}
+        return {"prepared": fn(cell, dtype, T, largest, w, **options)}
 
     def _whole(self, cell, dtype, T, B, I, params, training):
         """The wrapped forward's keyword arguments for a call whose batch is
@@ -450,7 +451,8 @@ class SplitBackend:
         """The forward of a batch split into ``parts``, each on its own thread."""
         T, B, I = x.shape
         ranges = _ranges(cell, T, B, I, params)
-        shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params)
+        shared = self._shared("prepare_forward", ranges, cell, x.dtype, T, params,
+                              training=training)
         # each part writes its rows of y in place: no concatenation afterwards
         y = _buffers.empty((T, B, params[1].shape[1]), x.dtype)
 

@@ -73,6 +73,32 @@ def test_frozen_gives_the_layers_bits(two_threads, backend, cell, dtype, shape):
     assert_close(got[0], expected[0], RTOL[np.dtype(dtype)], "y")
 
 
+@pytest.mark.parametrize("shape", [(16, 12, 20, 32), (2, 30, 64, 64)],
+                         ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("cell", CELLS)
+def test_frozen_projects_as_the_layer_past_the_panels_byte_limit(two_threads, monkeypatch,
+                                                                 cell, shape):
+    """Past ``PROJECT_PACKED_MAX_BYTES`` an inference call of enough rows still
+    takes W_ih^T's panels, by a rule on the shape: the frozen layer, whose
+    panels are packed once, and the layer, which packs them on every call,
+    both take them, and give the same bits."""
+    cb = pytest.importorskip("fastrnn._cython_backend")
+    B, T, I, H = shape
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 16)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", 1)
+    packs = []
+    pack = cb._pack
+    monkeypatch.setattr(cb, "_pack", lambda w, *a: (packs.append(w.shape), pack(w, *a))[1])
+    rng = np.random.default_rng(sum(shape))
+    layer = make_layer(cell, I, H, dtype=np.float32, backend="cython", rng=0)
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    want = layer(x)
+    assert layer.weight_ih_l0.shape in packs      # the layer's call packed W_ih^T
+    ice = layer.freeze()
+    for _ in range(2):
+        assert_same_bits(ice(x), want)
+
+
 @pytest.mark.parametrize("options", [
     dict(num_layers=2, bidirectional=True),
     dict(batch_first=True),

@@ -3,10 +3,11 @@ in src_ext/_rnn_common.pxd, ``PROJECT_PACKED`` in the Cython backend), the
 bias added as each value is stored, against the BLAS projection they replace:
 both right against the reference, outputs and every gradient; the panels
 packed once and shared by a split batch's parts; a split batch's rows the
-bits of the whole batch's; the size rule.
+bits of the whole batch's; the size rule, which inference relaxes for calls of
+many rows.
 
-Most other tests' shapes are small enough for the panels; here the BLAS
-projection (``PROJECT_PACKED_MAX_BYTES`` = 0) is checked too.
+Most other calls that pack W_hh take the panels; here the BLAS projection
+(``PROJECT_PACKED`` off) is checked too.
 """
 import numpy as np
 import pytest
@@ -46,7 +47,8 @@ def run(cell, x, states, params, lengths, threads, training, backend="cython"):
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
 @pytest.mark.parametrize("cell", sorted(FORWARD))
 def test_both_projections_match_the_reference(monkeypatch, cell, T, B, I, H, panels, training):
-    monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 1 << 40 if panels else 0)
+    monkeypatch.setattr(cb, "PROJECT_PACKED", panels)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 1 << 40)
     x64, s64, p64 = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
     lengths = make_lengths("mixed", T, B)
     f32 = [a.astype(np.float32) for a in (x64, *s64, *p64)]
@@ -54,7 +56,7 @@ def test_both_projections_match_the_reference(monkeypatch, cell, T, B, I, H, pan
     prepared = []
     prepare = cb.prepare_forward
     monkeypatch.setattr(cb, "prepare_forward",
-                        lambda *a: (prepared.append(prepare(*a)), prepared[-1])[1])
+                        lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
     got = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, 2, training)
     assert len(prepared) == 1 and ("packed_ih" in prepared[0]) == panels
     want = run(cell, x64, s64, p64, lengths, 2, training, backend="reference")
@@ -79,17 +81,52 @@ def test_a_split_batch_shares_the_panels_and_gets_the_whole_batchs_bits(monkeypa
     assert_results_equal(split[0], one[0])
 
 
-def test_the_panels_only_up_to_their_size_limit(monkeypatch):
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_the_size_rule(monkeypatch, training):
+    """W_ih^T's panels where they take at most PROJECT_PACKED_MAX_BYTES; past
+    that, for inference over at least PROJECT_PACKED_MIN_ROWS rows (T * B)."""
     T, B, I, H = 6, 3, 64, 32                               # W_ih^T: 4 * 32 * 64 * 4 bytes
     params = make_params("lstm", I, H, np.float32)
+
+    def panels():
+        return "packed_ih" in cb.prepare_forward("lstm", F32, T, B, params, training)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", T * B + 1)
     monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 4 * H * I * 4)
-    assert "packed_ih" in cb.prepare_forward("lstm", F32, T, B, params)
+    assert panels()
     monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 4 * H * I * 4 - 1)
-    assert "packed_ih" not in cb.prepare_forward("lstm", F32, T, B, params)
-    # nothing to pack: no inputs, float64, or W_hh not packed (a short call)
+    assert not panels()
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", T * B)
+    assert panels() == (not training)
+    # nothing to pack: no inputs, float64, W_hh not packed (a short call), or switched off
     monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 1 << 40)
     no_inputs = make_params("lstm", 0, H, np.float32)
-    assert "packed_ih" not in cb.prepare_forward("lstm", F32, T, B, no_inputs)
+    assert "packed_ih" not in cb.prepare_forward("lstm", F32, T, B, no_inputs, training)
     f64 = make_params("lstm", I, H, np.float64)
-    assert "packed_ih" not in cb.prepare_forward("lstm", np.dtype(np.float64), T, B, f64)
-    assert cb.prepare_forward("lstm", F32, cb.PREPARE_MIN_T - 1, B, params) == {}
+    assert "packed_ih" not in cb.prepare_forward("lstm", np.dtype(np.float64), T, B, f64,
+                                                 training)
+    assert cb.prepare_forward("lstm", F32, cb.PREPARE_MIN_T - 1, B, params, training) == {}
+    monkeypatch.setattr(cb, "PROJECT_PACKED", False)
+    assert not panels()
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["whole", "split batch"])
+@pytest.mark.parametrize("cell", sorted(FORWARD))
+def test_a_call_past_the_size_limit_projects_by_its_mode(monkeypatch, cell, split):
+    """Past the byte limit, with rows enough, an inference call, split or
+    whole, packs W_ih^T and a training call does not: what each call's
+    forward was prepared with (a split batch's with its largest part's B)."""
+    T, B, I, H = (6, 9, 64, 96) if split else (6, 3, 40, 16)
+    G = {"lstm": 4, "gru": 3}.get(cell, 1)
+    assert len(_parallel.parts(B, T, I, H, G)) == (2 if split else 1)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 16)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", T * (B + 1) // 2 if split else T * B)
+    x, states = make_x(T, B, I, np.float32), make_states(cell, B, H, np.float32)
+    params = make_params(cell, I, H, np.float32)
+    for training in (False, True):
+        prepared = []
+        prepare = cb.prepare_forward
+        monkeypatch.setattr(cb, "prepare_forward",
+                            lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
+        run(cell, x, states, params, None, 2, training)
+        monkeypatch.setattr(cb, "prepare_forward", prepare)
+        assert len(prepared) == 1 and ("packed_ih" in prepared[0]) == (not training)
