@@ -1,7 +1,8 @@
 """A/B: settings of fastrnn's Python modules, alternating in one process.
 
 Each setting is a list of ``module.ATTRIBUTE=value`` assignments (value a
-Python literal) applied before every timed call, so the settings take turns
+Python literal) applied before every timed call, every other attribute that
+some setting names back at its default, so the settings take turns
 call by call in ``bench.interleaved_times``' balanced orders; float32, 2
 threads, as the bench. Prints medians and, for each setting after the first,
 the median of the per-round ratios of the first setting's time to it (above
@@ -95,6 +96,11 @@ def main():
                                                     frozen=not args.per_call)
 
                         def call():
+                            # every attribute some setting names, at its default
+                            # unless this setting names it too: a setting that
+                            # leaves one out must not inherit the last turn's value
+                            for (module, attr), value in saved.items():
+                                setattr(module, attr, value)
                             for module, attr, value in setting:
                                 setattr(module, attr, value)
                             return run()
