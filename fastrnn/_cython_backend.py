@@ -223,6 +223,19 @@ PROJECT_PACKED_MAX_BYTES = 256 << 10
 #: A rule on the shape alone, so a frozen layer's calls keep the layer's bits.
 PROJECT_PACKED_MIN_ROWS = 512
 
+#: And for a call that projects its inputs ahead of its loop in chunks
+#: (``pipeline_chunk``) with I at least this many times H, training too.
+#: Through OpenBLAS every chunk's GEMM packs all of W_ih^T again (16 rows of
+#: work for megabytes of packing); where the projections outweigh the loop
+#: that is no longer hidden behind it. Against no such rule (the kernel
+#: functions, which pack the panels on every call; ``benchmarks/
+#: ab_setting.py``, 9 rounds, inference / training): RNN (1, 200, 1024, 256)
+#: 3.02x / 1.77x, (4, 100, 1024, 256) 2.68x / 1.75x, (1, 100, 2048, 512)
+#: 2.95x / 1.57x; GRU (4, 100, 1024, 256) 3.29x / 1.80x; RNN at I = H,
+#: (1, 100, 512, 512) and (1, 300, 512, 512), 0.96-1.00x for panels there, so
+#: the bound. None: never.
+PIPELINED_PACKED_MIN_I_OVER_H = 2
+
 
 #: A unit-split call's team meets at the spinning barrier of src_ext/_team.h
 #: every step instead of OpenMP's (``spin_barrier`` of the kernels); it spins
@@ -404,7 +417,7 @@ def gradient_chunk(cell, T, B, I, GH, H):
     return steps if T >= GRADIENTS_BEHIND_MIN_BLOCKS * steps else 0
 
 
-def prepare_forward(cell, dtype, T, B, params, training=False):
+def prepare_forward(cell, dtype, T, B, params, training=False, pipelined=False):
     """How the forward kernels multiply by W_hh^T each step, prepared once.
 
     Keyword arguments for the kernel: ``packed`` panels (float32 batches up to
@@ -414,15 +427,19 @@ def prepare_forward(cell, dtype, T, B, params, training=False):
     once for all the parts of a split batch, with ``B`` their largest, and the
     parts share it: one copy of W_hh in the caches instead of one per core.
     With ``packed``, also ``packed_ih``, W_ih^T's panels for the input
-    projections, where they take at most ``PROJECT_PACKED_MAX_BYTES``, or for
+    projections, where they take at most ``PROJECT_PACKED_MAX_BYTES``, for
     inference (not ``training``) over at least ``PROJECT_PACKED_MIN_ROWS``
-    rows.
+    rows, or for a call whose projections are ``pipelined`` ahead of its loop
+    in chunks and whose I is at least ``PIPELINED_PACKED_MIN_I_OVER_H`` times H.
     """
     rec = _prepared(dtype, T, B, params[1], trans=True, params=params)
     w_ih = params[0]
+    I, H = w_ih.shape[1], params[1].shape[1]
     if "packed" in rec and PROJECT_PACKED and w_ih.size and (
             w_ih.size * 4 <= PROJECT_PACKED_MAX_BYTES
-            or not training and T * B >= PROJECT_PACKED_MIN_ROWS):
+            or not training and T * B >= PROJECT_PACKED_MIN_ROWS
+            or pipelined and PIPELINED_PACKED_MIN_I_OVER_H is not None
+            and I >= PIPELINED_PACKED_MIN_I_OVER_H * H):
         rec["packed_ih"] = _panels_ih(params)
     return rec
 
@@ -534,8 +551,8 @@ class ForwardCall:
         elif prepared is None and unit_parts and PACK_IN_TEAM:
             rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)
         else:
-            rec = (prepare_forward(cell, dtype, T, B, params, training) if prepared is None
-                   else prepared)
+            rec = (prepare_forward(cell, dtype, T, B, params, training, bool(pipe_chunk))
+                   if prepared is None else prepared)
         if training and cell in ("lstm", "gru"):
             self.steps = T                  # the gates of every step are kept
         elif pipe_chunk:

@@ -70,9 +70,10 @@ PREPARE_MIN_T = 4
 K_MAJOR_COPY = not _k.AVX512
 
 
-def prepare_forward(cell, dtype, T, B, params, training=False):
+def prepare_forward(cell, dtype, T, B, params, training=False, pipelined=False):
     """How the forward kernels multiply by W_hh^T each step, prepared once
-    (for inference and ``training`` alike).
+    (for inference and ``training`` alike; the Numba kernels do not
+    pipeline, so ``pipelined`` changes nothing).
 
     Keyword arguments for ``forward``'s kernels: ``packed`` panels of W_hh^T
     (float32 batches up to ``PACKED_MAX_B`` rows), a K-major copy ``w_hh_t``

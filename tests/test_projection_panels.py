@@ -109,6 +109,52 @@ def test_the_size_rule(monkeypatch, training):
     assert not panels()
 
 
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_a_pipelined_call_with_wide_inputs_takes_the_panels(monkeypatch, training):
+    """Past the byte limit and short of the rows, a call whose projections
+    are pipelined takes the panels where I >= PIPELINED_PACKED_MIN_I_OVER_H * H
+    (OpenBLAS would pack W_ih^T again for every chunk)."""
+    T, B, H = 6, 3, 16
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 16)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", T * B + 1)
+    monkeypatch.setattr(cb, "PIPELINED_PACKED_MIN_I_OVER_H", 2)
+
+    def panels(I, pipelined):
+        params = make_params("lstm", I, H, np.float32)
+        return "packed_ih" in cb.prepare_forward("lstm", F32, T, B, params, training,
+                                                 pipelined)
+    assert panels(2 * H, True) and panels(3 * H + 1, True)
+    assert not panels(2 * H - 1, True) and not panels(2 * H, False)
+    monkeypatch.setattr(cb, "PIPELINED_PACKED_MIN_I_OVER_H", None)
+    assert not panels(4 * H, True)
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+@pytest.mark.parametrize("cell", sorted(FORWARD))
+def test_a_pipelined_call_projects_through_the_panels_right(monkeypatch, cell, training):
+    """The same through a whole call whose projections are pipelined (two
+    threads, chunks of 2 steps): the panels it was prepared with, and the
+    reference's results."""
+    T, B, I, H = 9, 1, 40, 16
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 16)
+    monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", 1 << 62)
+    monkeypatch.setattr(cb, "PIPELINE_MIN_MACS", 0)
+    monkeypatch.setattr(cb, "PIPELINE_CHUNK_ROWS", 2)
+    monkeypatch.setattr(cb, "PIPELINE_MIN_CHUNKS", 2)
+    x64, s64, p64 = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    f32 = [a.astype(np.float32) for a in (x64, *s64, *p64)]
+    n = len(s64)
+    prepared = []
+    prepare = cb.prepare_forward
+    monkeypatch.setattr(cb, "prepare_forward",
+                        lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
+    got = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], None, 2, training)
+    assert len(prepared) == 1 and "packed_ih" in prepared[0]
+    want = run(cell, x64, s64, p64, None, 2, training, backend="reference")
+    for g, w in zip(got, want):
+        assert_results_equal(g, w, exact=False, rtol=RTOL[F32])
+
+
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split batch"])
 @pytest.mark.parametrize("cell", sorted(FORWARD))
 def test_a_call_past_the_size_limit_projects_by_its_mode(monkeypatch, cell, split):
