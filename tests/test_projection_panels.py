@@ -42,6 +42,29 @@ def run(cell, x, states, params, lengths, threads, training, backend="cython"):
         _parallel.set_num_threads(before)
 
 
+def record_prepared(monkeypatch):
+    """The list ``prepare_forward``'s results go into, call by call."""
+    prepared = []
+    prepare = cb.prepare_forward
+    monkeypatch.setattr(cb, "prepare_forward",
+                        lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
+    return prepared
+
+
+def run_against_reference(monkeypatch, cell, T, B, I, H, lengths, training):
+    """A float32 call on two threads, checked against the float64
+    reference's results; returns what its forward was prepared with."""
+    x64, s64, p64 = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    f32 = [a.astype(np.float32) for a in (x64, *s64, *p64)]
+    n = len(s64)
+    prepared = record_prepared(monkeypatch)
+    got = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, 2, training)
+    want = run(cell, x64, s64, p64, lengths, 2, training, backend="reference")
+    for g, w in zip(got, want):
+        assert_results_equal(g, w, exact=False, rtol=RTOL[F32])
+    return prepared
+
+
 @pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("panels", [True, False], ids=["panels", "blas"])
 @pytest.mark.parametrize("T,B,I,H", SHAPES)
@@ -49,19 +72,9 @@ def run(cell, x, states, params, lengths, threads, training, backend="cython"):
 def test_both_projections_match_the_reference(monkeypatch, cell, T, B, I, H, panels, training):
     monkeypatch.setattr(cb, "PROJECT_PACKED", panels)
     monkeypatch.setattr(cb, "PROJECT_PACKED_MAX_BYTES", 1 << 40)
-    x64, s64, p64 = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
-    lengths = make_lengths("mixed", T, B)
-    f32 = [a.astype(np.float32) for a in (x64, *s64, *p64)]
-    n = len(s64)
-    prepared = []
-    prepare = cb.prepare_forward
-    monkeypatch.setattr(cb, "prepare_forward",
-                        lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
-    got = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, 2, training)
+    prepared = run_against_reference(monkeypatch, cell, T, B, I, H,
+                                     make_lengths("mixed", T, B), training)
     assert len(prepared) == 1 and ("packed_ih" in prepared[0]) == panels
-    want = run(cell, x64, s64, p64, lengths, 2, training, backend="reference")
-    for g, w in zip(got, want):
-        assert_results_equal(g, w, exact=False, rtol=RTOL[F32])
 
 
 @pytest.mark.parametrize("cell", sorted(FORWARD))
@@ -141,18 +154,8 @@ def test_a_pipelined_call_projects_through_the_panels_right(monkeypatch, cell, t
     monkeypatch.setattr(cb, "PIPELINE_MIN_MACS", 0)
     monkeypatch.setattr(cb, "PIPELINE_CHUNK_ROWS", 2)
     monkeypatch.setattr(cb, "PIPELINE_MIN_CHUNKS", 2)
-    x64, s64, p64 = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
-    f32 = [a.astype(np.float32) for a in (x64, *s64, *p64)]
-    n = len(s64)
-    prepared = []
-    prepare = cb.prepare_forward
-    monkeypatch.setattr(cb, "prepare_forward",
-                        lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
-    got = run(cell, f32[0], f32[1:1 + n], f32[1 + n:], None, 2, training)
+    prepared = run_against_reference(monkeypatch, cell, T, B, I, H, None, training)
     assert len(prepared) == 1 and "packed_ih" in prepared[0]
-    want = run(cell, x64, s64, p64, None, 2, training, backend="reference")
-    for g, w in zip(got, want):
-        assert_results_equal(g, w, exact=False, rtol=RTOL[F32])
 
 
 @pytest.mark.parametrize("split", [False, True], ids=["whole", "split batch"])
@@ -168,11 +171,8 @@ def test_a_call_past_the_size_limit_projects_by_its_mode(monkeypatch, cell, spli
     monkeypatch.setattr(cb, "PROJECT_PACKED_MIN_ROWS", T * (B + 1) // 2 if split else T * B)
     x, states = make_x(T, B, I, np.float32), make_states(cell, B, H, np.float32)
     params = make_params(cell, I, H, np.float32)
+    prepared = record_prepared(monkeypatch)
     for training in (False, True):
-        prepared = []
-        prepare = cb.prepare_forward
-        monkeypatch.setattr(cb, "prepare_forward",
-                            lambda *a, **k: (prepared.append(prepare(*a, **k)), prepared[-1])[1])
+        prepared.clear()
         run(cell, x, states, params, None, 2, training)
-        monkeypatch.setattr(cb, "prepare_forward", prepare)
         assert len(prepared) == 1 and ("packed_ih" in prepared[0]) == (not training)
