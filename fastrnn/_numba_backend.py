@@ -70,10 +70,9 @@ PREPARE_MIN_T = 4
 K_MAJOR_COPY = not _k.AVX512
 
 
-def prepare_forward(cell, dtype, T, B, params, training=False, pipelined=False):
+def prepare_forward(cell, dtype, T, B, params, training=False):
     """How the forward kernels multiply by W_hh^T each step, prepared once
-    (for inference and ``training`` alike; the Numba kernels do not
-    pipeline, so ``pipelined`` changes nothing).
+    (for inference and ``training`` alike).
 
     Keyword arguments for ``forward``'s kernels: ``packed`` panels of W_hh^T
     (float32 batches up to ``PACKED_MAX_B`` rows), a K-major copy ``w_hh_t``
@@ -191,8 +190,7 @@ class ForwardCall:
         self.I = w_ih.shape[1]
         self.H = H = w_hh.shape[1]      # the size of h: P with a projection
         self.GH = GH = w_hh.shape[0]
-        rec = (prepare_forward(cell, dtype, T, B, params, training) if prepared is None
-                   else prepared)
+        rec = prepare_forward(cell, dtype, T, B, params) if prepared is None else prepared
         # a short call (streaming) reads PyTorch's layout through BLAS's transpose
         # flag; a longer one copies the weights K-major once where BLAS multiplies
         # that faster (K_MAJOR_COPY). W_hh^T comes prepared (the kernels do not
