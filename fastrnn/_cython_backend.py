@@ -221,7 +221,11 @@ PROJECT_PACKED_MAX_BYTES = 256 << 10
 #: 0.955-1.03x, RNN small 0.91-0.97x. Training forwards, which pack on
 #: every call too: 0.99-1.00x for the LSTM and GRU at small, medium and large.
 #: A rule on the shape alone, so a frozen layer's calls keep the layer's bits.
-PROJECT_PACKED_MIN_ROWS = 512
+#: The x86-64-v4 build's only: with the x86-64-v3 build's panels (8 floats
+#: wide, against OpenBLAS's AVX-512 kernels on the same machine) the frozen
+#: grid's GRU, LSTM and RNN medium and large lost, 0.96-0.98x (RNN medium
+#: 1.03x; 9 rounds). None: never.
+PROJECT_PACKED_MIN_ROWS = 512 if ISA == "x86-64-v4" else None
 
 #: And for a call that projects its inputs ahead of its loop in chunks
 #: (``pipeline_chunk``) with I at least this many times H, training too.
@@ -233,7 +237,9 @@ PROJECT_PACKED_MIN_ROWS = 512
 #: 3.02x / 1.77x, (4, 100, 1024, 256) 2.68x / 1.75x, (1, 100, 2048, 512)
 #: 2.95x / 1.57x; GRU (4, 100, 1024, 256) 3.29x / 1.80x; RNN at I = H,
 #: (1, 100, 512, 512) and (1, 300, 512, 512), 0.96-1.00x for panels there, so
-#: the bound. None: never.
+#: the bound. With the x86-64-v3 build (frozen inference / training, 9
+#: rounds): RNN, LSTM and GRU at (4, 100, 1024, 256) and (1, 200, 1024, 256)
+#: 3.2-3.4x / 1.6-1.8x. None: never.
 PIPELINED_PACKED_MIN_I_OVER_H = 2
 
 
@@ -437,7 +443,8 @@ def prepare_forward(cell, dtype, T, B, params, training=False, pipelined=False):
     I, H = w_ih.shape[1], params[1].shape[1]
     if "packed" in rec and PROJECT_PACKED and w_ih.size and (
             w_ih.size * 4 <= PROJECT_PACKED_MAX_BYTES
-            or not training and T * B >= PROJECT_PACKED_MIN_ROWS
+            or not training and PROJECT_PACKED_MIN_ROWS is not None
+            and T * B >= PROJECT_PACKED_MIN_ROWS
             or pipelined and PIPELINED_PACKED_MIN_I_OVER_H is not None
             and I >= PIPELINED_PACKED_MIN_I_OVER_H * H):
         rec["packed_ih"] = _panels_ih(params)
