@@ -371,14 +371,32 @@ PIPELINE_CHUNK_ROWS = 16
 PIPELINE_MIN_CHUNKS = 4
 #: chunk slots the inference's ring holds: how far the projections may run ahead
 PIPELINE_SLOTS = 4
+#: the largest batch whose loop still hides the chunks of wide inputs (I at
+#: least 2H) projected beside it; larger ones project in parts before the
+#: loop (``projection_parts``). A 16-row chunk of such a projection streams
+#: all of W_ih^T for 16 rows of work, which at B = 1-2 takes no longer than
+#: the loop's steps (each reads W_hh^T from L2), at B >= 4 it does. Without
+#: the pipeline from B = 4 against with it (``benchmarks/ab_setting.py``,
+#: frozen inference / training, 9 rounds): RNN (4, 100, 1024, 256) 1.11x /
+#: 0.99x, (6, 100, 1024, 256) 1.29x / 1.04x, (4, 100, 512, 128) 1.12x /
+#: 1.02x, (5, 60, 768, 128) 1.17x / 1.05x, (4, 300, 256, 64) 1.02x / 1.00x;
+#: GRU 1.05-1.29x / 1.02-1.12x and the LSTM 1.00-1.22x / 1.00-1.09x at the
+#: same shapes (the x86-64-v3 build: 1.07-1.27x / 0.98-1.12x); from B = 3
+#: 0.90-1.13x; at B = 1-2 the pipeline wins, 1.15-1.28x (RNN and GRU at
+#: I = 1024, H = 256). None: no bound.
+PIPELINE_WIDE_MAX_B = 3
 
 
 def pipeline_chunk(cell, training, T, B, I, GH):
     """Steps a chunk of the pipelined input projections takes in an unsplit
     forward (``_parallel``), 0 for none: from ``PIPELINE_MIN_MACS``, for at
-    least ``PIPELINE_MIN_CHUNKS`` chunks. A rule on the shape alone, like ``projection_parts``:
+    least ``PIPELINE_MIN_CHUNKS`` chunks, and for wide inputs only up to
+    ``PIPELINE_WIDE_MAX_B`` rows. A rule on the shape alone, like ``projection_parts``:
     a team of one projects the same chunks itself."""
     if PIPELINE_MIN_MACS is None or T * B * I * GH < PIPELINE_MIN_MACS:
+        return 0
+    H = GH // {"lstm": 4, "gru": 3}.get(cell, 1)
+    if PIPELINE_WIDE_MAX_B is not None and B > PIPELINE_WIDE_MAX_B and I >= 2 * H:
         return 0
     steps = -(-PIPELINE_CHUNK_ROWS // B)
     return steps if T >= PIPELINE_MIN_CHUNKS * steps else 0

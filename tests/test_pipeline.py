@@ -38,6 +38,7 @@ def pipeline_everywhere(request, monkeypatch):
     monkeypatch.setattr(module, "PIPELINE_CHUNK_ROWS", rows)
     monkeypatch.setattr(module, "PIPELINE_SLOTS", slots)
     monkeypatch.setattr(module, "PIPELINE_MIN_CHUNKS", 2)
+    monkeypatch.setattr(module, "PIPELINE_WIDE_MAX_B", None)
     calls = record_keyword(monkeypatch, module, "forward", "pipe_chunk", 0)
     threads = _parallel.get_num_threads()
     yield calls
@@ -118,6 +119,22 @@ def test_pipeline_rule():
     assert rule("lstm", True, 200, 5, 128, 512) == 4
     assert rule("lstm", False, 63, 1, 1024, 4096) == 0           # under four chunks
     assert rule("gru", False, 100, 1, 8, 96) == 0                # 77K multiply-adds
+
+
+@pytest.mark.parametrize("training", [False, True], ids=["inference", "training"])
+def test_wide_inputs_pipeline_only_small_batches(monkeypatch, training):
+    """With I at least 2H, a batch of more than PIPELINE_WIDE_MAX_B rows
+    projects in parts before its loop instead: H from G*H per cell."""
+    module = _backends.get("cython").module
+    rule = module.pipeline_chunk
+    monkeypatch.setattr(module, "PIPELINE_WIDE_MAX_B", 3)
+    assert rule("rnn_tanh", training, 100, 3, 1024, 256) == 6
+    assert rule("rnn_tanh", training, 100, 4, 1024, 256) == 0
+    assert rule("rnn_tanh", training, 100, 4, 511, 256) == 4     # I under 2H
+    assert rule("gru", training, 100, 5, 512, 3 * 256) == 0      # I = 2H
+    assert rule("lstm", training, 100, 5, 511, 4 * 256) == 4
+    monkeypatch.setattr(module, "PIPELINE_WIDE_MAX_B", None)
+    assert rule("rnn_tanh", training, 100, 4, 1024, 256) == 4
 
 
 def test_split_batches_and_unit_splits_do_not_pipeline(monkeypatch):
