@@ -381,7 +381,8 @@ PIPELINE_SLOTS = 4
 #: 0.99x, (6, 100, 1024, 256) 1.29x / 1.04x, (4, 100, 512, 128) 1.12x /
 #: 1.02x, (5, 60, 768, 128) 1.17x / 1.05x, (4, 300, 256, 64) 1.02x / 1.00x;
 #: GRU 1.05-1.29x / 1.02-1.12x and the LSTM 1.00-1.22x / 1.00-1.09x at the
-#: same shapes (the x86-64-v3 build: 1.07-1.27x / 0.98-1.12x); from B = 3
+#: same shapes (the x86-64-v3 build: 1.07-1.27x / 0.98-1.12x; the kernel
+#: functions, inference: 1.16-1.35x for the RNN and GRU); from B = 3
 #: 0.90-1.13x; at B = 1-2 the pipeline wins, 1.15-1.28x (RNN and GRU at
 #: I = 1024, H = 256). None: no bound.
 PIPELINE_WIDE_MAX_B = 3
