@@ -16,33 +16,24 @@
  *   /tmp/unit_split B K N T      # e.g. 16 512 2048 400: an LSTM small step
  */
 #define _GNU_SOURCE
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
 #include "_packed_gemm.h"
-#include "harness.h"
+#include "two_threads.h"
 
 
 static int B, K, N, T, mode;
 static float *A, *C, *P;
-static atomic_int arrived, gen;
 
-static void barrier(void) {
-    int g = atomic_load_explicit(&gen, memory_order_acquire);
-    if (atomic_fetch_add(&arrived, 1) == 1) { atomic_store(&arrived, 0); atomic_fetch_add_explicit(&gen, 1, memory_order_release); }
-    else while (atomic_load_explicit(&gen, memory_order_acquire) == g) __builtin_ia32_pause();
-}
 static void* worker(void* arg) {
     int id = (int)(long)arg;
-    cpu_set_t s; CPU_ZERO(&s); CPU_SET(id, &s); pthread_setaffinity_np(pthread_self(), sizeof s, &s);
+    fr_pin(id);
     ptrdiff_t np = fr_n_panels(N);
     for (int t = 0; t < T; t++) {
         if (mode == 0) {          /* unit split */
             fr_gemm_packed(B, N, K, A, K, P, 0.0f, C, N, np * id / 2, np * (id + 1) / 2, t & 1);
-            barrier();
+            fr_barrier2();
         } else if (mode == 1) {   /* batch split */
             int b0 = B * id / 2, b1 = B * (id + 1) / 2;
             fr_gemm_packed(b1 - b0, N, K, A + b0 * K, K, P, 0.0f, C + b0 * N, N, 0, np, t & 1);
@@ -53,10 +44,8 @@ static void* worker(void* arg) {
     return NULL;
 }
 static double go(int m) {
-    mode = m; pthread_t th[2]; double t0 = now();
-    for (long i = 0; i < 2; i++) pthread_create(&th[i], NULL, worker, (void*)i);
-    for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
-    return (now() - t0) / T * 1e6;
+    mode = m;
+    return fr_run_two(worker, T);
 }
 int main(int argc, char** argv) {
     if (argc < 5) {

@@ -21,38 +21,18 @@
  *   /tmp/unit_step H G T           # e.g. 128 4 2000
  */
 #define _GNU_SOURCE
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <math.h>
 #include "_packed_gemm.h"
-#include "harness.h"
+#include "two_threads.h"
 
 static int H, G, T, mode;
 static float *h_slots, *gh, *P;
-static atomic_int arrived, round_;
-
-static void barrier(void)
-{
-    int r = atomic_load_explicit(&round_, memory_order_relaxed);
-    if (atomic_fetch_add(&arrived, 1) == 1) {
-        atomic_store_explicit(&arrived, 0, memory_order_relaxed);
-        atomic_store_explicit(&round_, r + 1, memory_order_release);
-    } else {
-        while (atomic_load_explicit(&round_, memory_order_acquire) == r)
-            __builtin_ia32_pause();
-    }
-}
-
 static void* worker(void* arg)
 {
     int id = (int)(long)arg;
-    cpu_set_t s;
-    CPU_ZERO(&s);
-    CPU_SET(id, &s);
-    pthread_setaffinity_np(pthread_self(), sizeof s, &s);
+    fr_pin(id);
     if (mode == 2 && id == 1)
         return NULL;
     int N = G * H, u0 = H / 2 * id, u1 = u0 + H / 2;
@@ -71,7 +51,7 @@ static void* worker(void* arg)
         for (int j = u0; j < u1; j++)
             h_out[j] = 0.01f * gh[j] + 1e-3f * gh[(G - 1) * H + j];
         if (mode == 0)
-            barrier();
+            fr_barrier2();
     }
     return NULL;
 }
@@ -79,13 +59,7 @@ static void* worker(void* arg)
 static double run(int m)
 {
     mode = m;
-    pthread_t th[2];
-    double t0 = now();
-    for (long i = 0; i < 2; i++)
-        pthread_create(&th[i], NULL, worker, (void*)i);
-    for (int i = 0; i < 2; i++)
-        pthread_join(th[i], NULL);
-    return (now() - t0) / T * 1e6;
+    return fr_run_two(worker, T);
 }
 
 int main(int argc, char** argv)
