@@ -192,9 +192,13 @@ def state_slots(T, B, H, dtype, training, reverse, initial):
     return slots
 
 
-def final_state(slots, T, reverse):
-    """Copy of the state the last step left (slot 0 going in reverse)."""
-    return slots[(0 if reverse else T) % slots.shape[0]].copy()
+def final_state(slots, T, reverse, training):
+    """The state the last step left (slot 0 going in reverse): a copy when
+    ``training``, whose workspace keeps ``slots`` for the backward (a caller
+    changing h_n in place must not change what it reads); the slot itself
+    in inference, where nothing else holds ``slots``."""
+    state = slots[(0 if reverse else T) % slots.shape[0]]
+    return state.copy() if training else state
 
 
 def backward_outputs(cell, x, w_ih, w_hh, dstate_n):

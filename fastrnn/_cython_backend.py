@@ -623,7 +623,8 @@ class ForwardCall:
                 proj = dict(w_hr=w_hr, m=_buffers.empty((T if training else 1, B, HC), dtype))
             self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
                         hs, cs, y, **proj, **self.options)
-            state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
+            state_n = (_buffers.final_state(hs, T, reverse, training),
+                       _buffers.final_state(cs, T, reverse, training))
             if training:
                 data = dict(gates=gates, hs=hs, cs=cs)
                 if w_hr is not None:
@@ -632,13 +633,13 @@ class ForwardCall:
             ghn = _buffers.empty((T, B, H), dtype) if training else None
             self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
                         ghn, hs, y, **self.options)
-            state_n = (_buffers.final_state(hs, T, reverse),)
+            state_n = (_buffers.final_state(hs, T, reverse, training),)
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
         else:
             self.kernel(x, *self.operands, lengths, reverse, cell == "rnn_relu", gates, hs, y,
                         **self.options)
-            state_n = (_buffers.final_state(hs, T, reverse),)
+            state_n = (_buffers.final_state(hs, T, reverse, training),)
             if training:
                 data = dict(hs=hs)
         if training:

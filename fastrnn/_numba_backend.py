@@ -237,7 +237,8 @@ class ForwardCall:
             else:
                 _k.lstm_forward(*head, T, B, I, H, reverse, chunk, _out(gates), gh, _out(hs),
                                 _out(cs), n_slots, *y_out)
-            state_n = (_buffers.final_state(hs, T, reverse), _buffers.final_state(cs, T, reverse))
+            state_n = (_buffers.final_state(hs, T, reverse, training),
+                       _buffers.final_state(cs, T, reverse, training))
             if training:
                 data = dict(gates=gates, hs=hs, cs=cs)
                 if self.w_hr is not None:
@@ -247,13 +248,13 @@ class ForwardCall:
             _k.gru_forward(*head, T, B, I, H, reverse, chunk, _out(gates),
                            _out(np.empty((B, GH), dtype)), _out(ghn), training, _out(hs),
                            n_slots, *y_out)
-            state_n = (_buffers.final_state(hs, T, reverse),)
+            state_n = (_buffers.final_state(hs, T, reverse, training),)
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
         else:
             _k.rnn_forward(*head, T, B, I, H, reverse, cell == "rnn_relu", chunk, _out(gates),
                            _out(hs), n_slots, *y_out)
-            state_n = (_buffers.final_state(hs, T, reverse),)
+            state_n = (_buffers.final_state(hs, T, reverse, training),)
             if training:
                 data = dict(hs=hs)
         if training:

@@ -70,7 +70,9 @@ def call_threads():
     """Threads the fastrnn call running on this thread may use: all of
     ``get_num_threads()``, or its share while other independent calls run
     beside it (``run_independent``)."""
-    return getattr(_local, "threads", None) or get_num_threads()
+    # the thread's own dict: getattr with a default raises and catches
+    # AttributeError on every thread that has no share set (0.3 us a call)
+    return _local.__dict__.get("threads") or get_num_threads()
 
 
 #: multiply-adds per step of each call (B * G*H * (I + H)) times its steps from
@@ -100,9 +102,9 @@ def run_independent(fn, n, macs):
     side by side always do, and meet once. Every call's arithmetic depends on
     the shapes only, never on its threads, so the bits are the same either way.
     """
-    total = call_threads()
-    if n < 2 or total < n or macs < INDEPENDENT_MIN_MACS:
+    if not side_by_side(n, macs):
         return [fn(k) for k in range(n)]
+    total = call_threads()
 
     def with_share(k):
         saved = getattr(_local, "threads", None)
@@ -112,6 +114,12 @@ def run_independent(fn, n, macs):
         finally:
             _local.threads = saved
     return run_parts(with_share, n)
+
+
+def side_by_side(n, macs):
+    """Does ``run_independent`` run ``n`` calls of ``macs`` multiply-adds
+    each side by side, on their own threads?"""
+    return n >= 2 and call_threads() >= n and macs >= INDEPENDENT_MIN_MACS
 
 
 def set_num_threads(n):
@@ -337,6 +345,13 @@ def team_size(n_parts):
     return size
 
 
+def plan_context():
+    """What a call's decisions depend on besides its shapes and settings:
+    the threads it may use, and whether it may start OpenMP teams. A plan
+    kept for later calls (``SplitBackend._planned``) is kept under it."""
+    return call_threads(), _openmp_ok
+
+
 def openmp_usable():
     """May this process start OpenMP teams? Not in a child forked after its
     parent started one."""
@@ -396,7 +411,7 @@ class SplitBackend:
     def forward(self, cell, x, state0, params, lengths, reverse, training):
         if not training and isinstance(params, FrozenParams):
             # a frozen layer's inference: this shape's decisions, made once
-            run = self._planned(cell, x, params, reverse)
+            run = self._planned(cell, x.dtype, *x.shape, params, reverse)
             with blas_hold():
                 return run(x, state0, lengths)
         with blas_hold():
@@ -470,25 +485,24 @@ class SplitBackend:
             data = {"split": ranges, "parts": [r[2] for r in results]}
         return y, state_n, data
 
-    def _planned(self, cell, x, params, reverse):
-        """``run(x, state0, lengths)``: an inference call of x's shape on
-        frozen ``params``, with the decisions ``_forward`` would make, made
+    def _planned(self, cell, dtype, T, B, I, params, reverse):
+        """``run(x, state0, lengths)``: an inference call of a (T, B, I)
+        ``dtype`` x on frozen ``params``, with the decisions ``_forward`` would make, made
         at the first such call and kept with ``params`` (as the operands
         derived from them are): which split, which options, and the
         backend's ``ForwardCall`` with its kernel and operands. The threads a
         call may use are part of the key; the module settings are read once."""
-        T, B, I = x.shape
-        key = (cell, T, B, reverse, call_threads(), _openmp_ok)
+        key = (cell, T, B, reverse, plan_context())
         plans = params.plans
         run = plans.get(key)
         if run is not None:
             return run
-        options = self._whole(cell, x.dtype, T, B, I, params, False)
+        options = self._whole(cell, dtype, T, B, I, params, False)
         if options is None:
             def run(x, state0, lengths):
                 return self._split(cell, x, state0, params, lengths, reverse, False)
         else:
-            run = self.module.ForwardCall(cell, x.dtype, T, B, params, reverse, False, **options)
+            run = self.module.ForwardCall(cell, dtype, T, B, params, reverse, False, **options)
         if len(plans) >= MAX_PLANS:     # a stream of ever new shapes: keep the newest
             plans.clear()
         plans[key] = run

@@ -20,6 +20,8 @@ import copy
 
 import numpy as np
 
+_inference_plan = None      # the module, imported by the first Frozen (see there)
+
 
 class FrozenParams(tuple):
     """One layer and direction's ``params`` (as ``kernels._run`` takes them),
@@ -84,6 +86,9 @@ class Frozen:
         for idx in range(len(inner._names)):
             inner._params_cache[idx] = FrozenParams(inner._kernel_params(idx))
         self._layer = inner
+        object.__setattr__(self, "_plans", {})
+        global _inference_plan
+        from . import _inference_plan  # noqa: F811 (it imports _parallel, which imports this module)
 
     def forward(self, x, hx=None, lengths=None):
         """Inference over a batch of sequences: the layer's ``forward`` with
@@ -94,13 +99,20 @@ class Frozen:
         y : ``(T, B, D*Hout)`` (``(B, T, ...)`` with ``batch_first``)
         h_n, or (h_n, c_n) for the LSTM : ``(num_layers*num_directions, B, Hout)``
         """
+        if lengths is None and type(x) is np.ndarray:
+            # this shape's call, decided once (``fastrnn._inference_plan``)
+            plan = _inference_plan.lookup(self._plans, self._layer, x.shape)
+            if plan is not None:
+                result = plan(x, hx)
+                if result is not None:
+                    return result
         return self._layer.forward(x, hx, lengths)
 
     __call__ = forward
 
     def step(self, x, hx=None):
         """One time step with carried state, as the layer's ``step``."""
-        return self._layer.step(x, hx)
+        return self._layer._step(x, hx, self.forward)
 
     def named_parameters(self):
         """``(name, array)`` pairs in PyTorch's order: the read-only copies."""
