@@ -8,9 +8,21 @@ of the first build's time to it (above 1: faster than the first).
 
     python benchmarks/ab_isa.py [rounds [cells [shapes [modes [builds]]]]]
 
-``builds``: comma-separated FASTRNN_ISA names, default every runnable one.
+``shapes`` as the bench takes them (names, or B,T,I,H four numbers at a time).
+
+``builds``: comma-separated FASTRNN_ISA names, default every runnable one. A
+name followed by ``@DIR`` takes that build's kernel modules from DIR, another
+checkout's ``fastrnn/_ext`` built in place: a kernel change against the
+kernels before it, with the Python of this checkout, e.g.
+``x86-64-v4@/tmp/old/fastrnn/_ext,x86-64-v4``.
+
+Each build runs its own fastrnn layer: a frozen layer keeps the kernel its
+first call of a shape found (``SplitBackend._planned``).
 """
+import glob
 import importlib
+import importlib.util
+import os
 import sys
 
 import numpy as np
@@ -19,12 +31,31 @@ from fastrnn import _cython_backend, _parallel, _peers, bench
 
 rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 7
 cells = sys.argv[2].split(",") if len(sys.argv) > 2 else ["lstm", "gru", "rnn_tanh"]
-shapes = sys.argv[3].split(",") if len(sys.argv) > 3 else list(_peers.SHAPES)
+shapes = bench._parse_shapes(sys.argv[3]) if len(sys.argv) > 3 else list(_peers.SHAPES)
 modes = sys.argv[4].split(",") if len(sys.argv) > 4 else ["inference", "training"]
 runnable = dict(_cython_backend.runnable_builds())
 builds = sys.argv[5].split(",") if len(sys.argv) > 5 else list(runnable)[::-1]
-modules = {isa: tuple(importlib.import_module(f"fastrnn._ext.{n}{runnable[isa]}")
-                      for n in ("lstm", "gru", "rnn")) for isa in builds}
+
+
+def kernel_module(name, build):
+    """The kernel module ``name`` ("lstm", ...) of ``build`` ("ISA" or "ISA@DIR")."""
+    isa, _, directory = build.partition("@")
+    stem = f"{name}{runnable[isa]}"
+    if not directory:
+        return importlib.import_module(f"fastrnn._ext.{stem}")
+    paths = glob.glob(os.path.join(directory, f"{stem}.cpython-*.so"))
+    if not paths:
+        raise SystemExit(f"no {stem} extension in {directory}")
+    # a package of its own, so that it does not replace this checkout's module;
+    # the extension's init function is found by the last part of the name
+    spec = importlib.util.spec_from_file_location(f"fastrnn_ab_{abs(hash(build))}.{stem}",
+                                                  paths[0])
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+modules = {b: tuple(kernel_module(n, b) for n in ("lstm", "gru", "rnn")) for b in builds}
 loaded = (_cython_backend._lstm, _cython_backend._gru, _cython_backend._rnn)
 
 _parallel.set_num_threads(2)
@@ -38,12 +69,13 @@ for cell in cells:
     for shape in shapes:
         for mode in modes:
             case = _peers.make_case(cell, shape, dtype=np.float32)
-            run = _peers.fastrnn_runner(case, mode, "cython")
 
-            def with_build(isa):
+            def with_build(build):
+                run = _peers.fastrnn_runner(case, mode, "cython")
+
                 def call():
                     _cython_backend._lstm, _cython_backend._gru, _cython_backend._rnn = \
-                        modules[isa]
+                        modules[build]
                     return run()
                 return call
             times = [np.array(t) for t in
