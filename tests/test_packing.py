@@ -20,7 +20,7 @@ from conftest import (RTOL, STATE_NAMES, assert_results_equal, cast, expected_pa
 # B covers every block of rows the builds use (8, 4 and 1 rows, and their
 # mixes), K every remainder of their unrolled loops over k
 SHAPES = [(1, 1, 1), (1, 7, 5), (3, 5, 17), (4, 16, 16), (5, 33, 13), (8, 19, 16),
-          (9, 64, 100), (12, 9, 33), (15, 130, 47), (17, 40, 129)]
+          (9, 64, 100), (12, 9, 33), (15, 130, 47), (17, 40, 129), (32, 21, 9), (33, 8, 40)]
 
 
 @pytest.fixture(params=[suffix for _, suffix in runnable_builds()],
@@ -138,11 +138,13 @@ def test_pack_lays_out_panels(K, N, trans):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("trans", [False, True], ids=["W", "W.T"])
-@pytest.mark.parametrize("B", [2, 5, 8, 9])
+@pytest.mark.parametrize("B", [2, 5, 8, 9, 32, 33])
 def test_blas_product_overwrites_with_beta_zero(B, trans, dtype):
     """beta = 0 overwrites ``out``, NaN and all: the kernels hand BLAS scratch
-    from np.empty. Up to 8 rows go row by row through GEMV (``_blas.gemm``),
-    more through GEMM; both must ignore what ``out`` held."""
+    from np.empty. Up to 32 float32 rows times W^T go through
+    src_ext/_small_gemm.h, other products of up to 8 rows row by row through
+    GEMV (``_blas.gemm``), the rest through GEMM; all must ignore what ``out``
+    held."""
     K, N = 37, 70
     rng = np.random.default_rng(B)
     h = rng.standard_normal((B, K)).astype(dtype)
@@ -153,3 +155,23 @@ def test_blas_product_overwrites_with_beta_zero(B, trans, dtype):
     expected = h.astype(np.float64) @ op_w.astype(np.float64)
     tol = 4 * np.finfo(dtype).eps * np.sqrt(K) * (np.abs(h) @ np.abs(op_w))
     assert np.all(np.abs(out - expected) <= tol)
+
+
+@pytest.mark.parametrize("K", [1, 5, 8, 9, 16, 31, 130])
+@pytest.mark.parametrize("N", [1, 3, 4, 9, 17])
+def test_few_rows_by_w_transposed_give_each_row_its_own_bits(build, K, N):
+    """Up to 32 float32 rows times W^T without panels stream W once for all
+    the rows (src_ext/_small_gemm.h): each row's sums depend on K only, so a
+    row gets the same bits alone and in any group of rows."""
+    rng = np.random.default_rng(K * 31 + N)
+    h = rng.standard_normal((32, K)).astype(np.float32)
+    w = rng.standard_normal((N, K)).astype(np.float32)
+    whole = np.empty((32, N), np.float32)
+    build.product(h, w, True, np.float32(0), whole)
+    for rows in [(0, 1), (1, 3), (3, 7), (2, 8), (7, 8), (5, 22), (31, 32)]:
+        part = np.empty((rows[1] - rows[0], N), np.float32)
+        build.product(np.ascontiguousarray(h[rows[0]:rows[1]]), w, True, np.float32(0), part)
+        np.testing.assert_array_equal(part, whole[rows[0]:rows[1]])
+    added = np.ones((32, N), np.float32)      # beta 1 adds each row's sums to what C holds
+    build.product(h, w, True, np.float32(1), added)
+    np.testing.assert_array_equal(added, np.float32(1) + whole)
