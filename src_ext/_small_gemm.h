@@ -26,17 +26,18 @@ typedef float fr_nt_v8 __attribute__((vector_size(32), aligned(4)));
 
 /* the 8 lanes' sum, ((l0 + l4) + (l2 + l6)) + ((l1 + l5) + (l3 + l7)): halves
  * added in registers (GCC spilled the lanes to the stack one by one) */
-static inline float fr_nt_sum8(fr_nt_v8 v)
+static inline float fr_nt_sum8(const fr_nt_v8* v)
 {
 #if defined(__AVX__)
     __m256 x;
-    memcpy(&x, &v, sizeof x);
+    memcpy(&x, v, sizeof x);
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
     return _mm_cvtss_f32(s);
 #else
-    return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
+    const float* l = (const float*)v;
+    return ((l[0] + l[4]) + (l[2] + l[6])) + ((l[1] + l[5]) + (l[3] + l[7]));
 #endif
 }
 
@@ -44,13 +45,11 @@ static inline float fr_nt_sum8(fr_nt_v8 v)
  * that its terms take the same lanes and FMAs in every block (a scalar loop
  * over them was vectorised in some blocks and not others, rounding the
  * products apart from their sums there) */
-static inline fr_nt_v8 fr_nt_tail(const float* x, ptrdiff_t n)
+static inline void fr_nt_tail(const float* x, ptrdiff_t n, fr_nt_v8* v)
 {
     float lanes[8] = {0};
     memcpy(lanes, x, n * sizeof(float));
-    fr_nt_v8 v;
-    memcpy(&v, lanes, sizeof v);
-    return v;
+    memcpy(v, lanes, sizeof *v);
 }
 
 /* ROWS rows of A against NB rows of W (w, ldw), into C's NB columns at c:
@@ -75,15 +74,16 @@ static inline fr_nt_v8 fr_nt_tail(const float* x, ptrdiff_t n)
         }                                                                              \
         if (k < K) {                                                                   \
             fr_nt_v8 wv[NB];                                                           \
-            for (int q = 0; q < NB; q++) wv[q] = fr_nt_tail(w + q * ldw + k, K - k);   \
+            for (int q = 0; q < NB; q++) fr_nt_tail(w + q * ldw + k, K - k, &wv[q]);   \
             for (int r = 0; r < ROWS; r++) {                                           \
-                fr_nt_v8 av = fr_nt_tail(a + r * lda + k, K - k);                      \
+                fr_nt_v8 av;                                                           \
+                fr_nt_tail(a + r * lda + k, K - k, &av);                               \
                 for (int q = 0; q < NB; q++) s[r][q] += av * wv[q];                    \
             }                                                                          \
         }                                                                              \
         for (int r = 0; r < ROWS; r++)                                                 \
             for (int q = 0; q < NB; q++) {                                             \
-                float t = fr_nt_sum8(s[r][q]);                                         \
+                float t = fr_nt_sum8(&s[r][q]);                                        \
                 float* out = c + r * ldc + q;                                          \
                 *out = beta == 0.0f ? t : *out + t;                                    \
             }                                                                          \
