@@ -172,6 +172,28 @@ UNIT_SPLIT_MIN_BYTES = ({1: 192 << 10, 7: 1 << 20, 24: 3 << 20}
 UNIT_SPLIT_SHORT_T = 40
 UNIT_SPLIT_SHORT_MIN_BYTES = {24: 3 << 19} if ISA == "x86-64-v4" else None
 
+#: Inference calls too short to pack W_hh (fewer than ``PREPARE_MIN_T``
+#: steps) of at most ``UNIT_SPLIT_NT_MAX_ROWS`` rows in all (T * B) split
+#: their units too, from this W_hh^T size (bytes) up, in every build: each
+#: core multiplies by its rows of W_hh itself. Every product of such a call,
+#: split or not, its projections included, goes through src_ext/_small_gemm.h,
+#: whose sums do not depend on the split: the bits are those of the unsplit
+#: call (a call of more rows would project through BLAS's GEMM, whose sums
+#: for a gate's columns alone may differ from its sums for all). Against one core,
+#: or the batch split from 8 rows (``benchmarks/ab_setting.py ...
+#: "_cython_backend.UNIT_SPLIT_NT_MIN_BYTES=None"
+#: "_cython_backend.UNIT_SPLIT_NT_MIN_BYTES=0"``, frozen, 11 rounds, (B, T,
+#: H) with I = H: speed-up): LSTM (1, 1, 128) 1.16x, (2, 1, 128) 1.24x,
+#: (1, 1, 256) 1.44x, (4, 1, 256) 1.39x, (8, 1, 256) 1.11x, (16, 1, 256)
+#: 1.01x, (32, 1, 256) 1.30x, (16, 1, 512) 1.74x, (4, 2, 256) 1.64x,
+#: (8, 3, 128) 2.39x; GRU 1.09-2.81x at the same shapes; below 192 KiB
+#: mixed: H = 64 0.87-0.98x, LSTM H = 80-112 0.89-1.15x, GRU H = 80-112
+#: 0.79-1.25x. The x86-64-v3 build (9 rounds): LSTM 1.14-2.24x, GRU
+#: 1.11-2.89x at (1, 1, 128), (4, 1, 256), (16, 1, 512), (8, 3, 128),
+#: (32, 1, 256). None: never.
+UNIT_SPLIT_NT_MIN_BYTES = 192 << 10
+UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
+
 
 #: A unit-split call packs W_hh on its team, each thread the panels its parts
 #: read, rather than all of them on the calling thread before the team starts
@@ -269,14 +291,23 @@ def unit_parts(cell, dtype, T, B, params, training):
     smallest batch bound not under B (or ``UNIT_SPLIT_SHORT_MIN_BYTES``'s,
     if lower, for at most ``UNIT_SPLIT_SHORT_T`` steps). Training takes the
     same rule: its backward then splits the units the same way
-    (``backward``). The rule looks at the shapes only, not at the threads: a
-    call gets the same bits with a team of one (one fastrnn thread, or a
-    forked child that may start no team: ``_parallel.team_size``), which
-    runs on the calling thread.
+    (``backward``). An inference call too short to pack W_hh splits them
+    without panels, from ``UNIT_SPLIT_NT_MIN_BYTES`` and up to
+    ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B). The rule looks at the shapes only, not at
+    the threads: a call gets the same bits with a team of one (one fastrnn
+    thread, or a forked child that may start no team:
+    ``_parallel.team_size``), which runs on the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
-    if UNIT_SPLIT_MIN_BYTES is None or T < PREPARE_MIN_T \
-            or cell not in ("lstm", "gru") or len(params) > 4:
+    if T < PREPARE_MIN_T:
+        if training or UNIT_SPLIT_NT_MIN_BYTES is None or T * B > UNIT_SPLIT_NT_MAX_ROWS \
+                or cell not in ("lstm", "gru") or len(params) > 4:
+            return 0
+        GH, H = params[1].shape
+        if dtype != np.float32 or H % _packing.PANEL:
+            return 0
+        return 2 if GH * H * 4 >= UNIT_SPLIT_NT_MIN_BYTES else 0
+    if UNIT_SPLIT_MIN_BYTES is None or cell not in ("lstm", "gru") or len(params) > 4:
         return 0
     GH, H = params[1].shape
     if dtype != np.float32 or H % _packing.PANEL or B > PACKED_MAX_B:
@@ -572,7 +603,9 @@ class ForwardCall:
         self.reverse, self.training, self.unit_parts = reverse, training, unit_parts
         self.H = H = w_hh.shape[1]          # the size of h: P with a projection
         self.GH = GH = w_hh.shape[0]
-        if prepared is None and unit_parts and isinstance(params, FrozenParams):
+        if unit_parts and T < PREPARE_MIN_T:
+            rec = {}                        # the parts multiply by W_hh itself
+        elif prepared is None and unit_parts and isinstance(params, FrozenParams):
             rec = _frozen_panels(params, w_ih if PROJECT_PACKED else None)
         elif prepared is None and unit_parts and PACK_IN_TEAM:
             rec = _room_to_pack(w_hh, True, w_ih if PROJECT_PACKED else None)

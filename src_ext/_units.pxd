@@ -2,11 +2,15 @@
 """The hidden units split across a thread team, for float32 inference with
 packed panels (``lstm_forward_units``, ``gru_forward_units``): what every
 cell's step does for its part of the units before its own fused pass, and
-the team (src_ext/_team.h).
+the team (src_ext/_team.h). A call too short to pack W_hh (inference of
+fewer than 4 steps) splits its units without panels: each part multiplies
+by its rows of W_hh itself (src_ext/_small_gemm.h), whose sums do not depend
+on the split.
 
 A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 [k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
 """
+from _blas cimport fr_gemm_nt
 from _recurrent cimport fr_gemm_packed, fr_pack_panel_range, FR_PANEL
 from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
                           fr_team_rank)
@@ -46,7 +50,8 @@ cdef inline void pack_own_parts(const float* w,     # IN  W_hh (G*H, H) or W_ih 
 
 cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
                               const float* w_ih,     # IN  (G*H, I)
-                              const float* packed,   # IN  W_hh^T's panels (H, G*H)
+                              const float* w_hh,     # IN  (G*H, H), read without panels
+                              const float* packed,   # IN  W_hh^T's panels (H, G*H), or NULL
                               const float* bias,     # IN  (G*H,) the projection's
                               const float* packed_ih,  # IN  W_ih^T's panels (I, G*H), or NULL
                               const float* h_in,     # IN  (B, H) the state entering the step
@@ -69,8 +74,12 @@ cdef inline float* part_gates(const float* x,        # IN  (T, B, I)
     # (see fr_gemm_packed)
     for q in range(n_gates):
         k = n_gates - 1 - q if s & 1 else q
-        fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (k * H + u0) // FR_PANEL,
-                       (k * H + u1) // FR_PANEL, s & 1)
+        if packed != NULL:
+            fr_gemm_packed(B, G, H, h_in, H, packed, 0, gh, G, (k * H + u0) // FR_PANEL,
+                           (k * H + u1) // FR_PANEL, s & 1)
+        else:
+            fr_gemm_nt(B, u1 - u0, H, h_in, H, w_hh + (k * H + u0) * H, H, 0,
+                       gh + k * H + u0, G)
     return gates + (time_at(s, T, reverse) - t_low) * B * G
 
 

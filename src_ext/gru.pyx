@@ -94,7 +94,8 @@ cdef void gru_forward_kernel(
 
 
 cdef inline void gru_units_step(
-        const float* x, const float* w_ih, const float* packed, const float* bias,
+        const float* x, const float* w_ih, const float* w_hh, const float* packed,
+        const float* bias,
         const float* packed_ih,
         const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T,
         Py_ssize_t B, Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk,
@@ -106,32 +107,33 @@ cdef inline void gru_units_step(
     cdef float* h_in = hs + slot_in(t, reverse) % n_slots * B * H
     cdef float* h_out = hs + slot_out(t, reverse) % n_slots * B * H
     cdef float* yt = y + t * y_step
-    cdef float* g = part_gates(x, w_ih, packed, bias, packed_ih, h_in, s, T, B, I, H, 3,
+    cdef float* g = part_gates(x, w_ih, w_hh, packed, bias, packed_ih, h_in, s, T, B, I, H, 3,
                                reverse, chunk, gates, gh, u0, u1)
     fused_rows(g, gh, b_hn, h_in, h_out, yt, NULL if ghn == NULL else ghn + t * B * H,
                lengths, t, B, H, u0, u1)
 
 
 cdef void gru_forward_units(
-        const float* x, const float* w_ih, const float* w_hh, float* packed, const float* bias,
-        float* packed_ih, const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
+        const float* x, const float* w_ih, const float* w_hh, float* packed, bint pack_here,
+        const float* bias, float* packed_ih, const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
         float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
         int n_parts, fr_barrier* bar) noexcept nogil:
     """The forward with the hidden units split into ``n_parts`` parts across
-    the calling OpenMP team, as ``lstm_forward_units`` (``w_hh``, ``packed_ih``
-    too); ``ghn`` (T, B, H) in training, else NULL."""
+    the calling OpenMP team, as ``lstm_forward_units`` (``pack_here``,
+    ``packed`` NULL, ``packed_ih`` too); ``ghn`` (T, B, H) in training, else
+    NULL."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t s
-    if w_hh != NULL:
+    if pack_here:
         pack_own_parts(w_hh, True, H, H, 3, packed, n_parts)
         if packed_ih != NULL:
             pack_own_parts(w_ih, True, I, H, 3, packed_ih, n_parts)
     for s in range(T):
         part = rank
         while part < n_parts:
-            gru_units_step(x, w_ih, packed, bias, packed_ih, b_hn, lengths, s, T, B, I, H,
-                           reverse, chunk, gates, gh, ghn, hs, n_slots, y, y_step,
+            gru_units_step(x, w_ih, w_hh, packed, bias, packed_ih, b_hn, lengths, s, T, B, I,
+                           H, reverse, chunk, gates, gh, ghn, hs, n_slots, y, y_step,
                            part_start(H, part, n_parts),
                            part_start(H, part + 1, n_parts))
             part += size
@@ -259,7 +261,6 @@ def forward(const floating[:, :, ::1] x,
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef floating* ghn_ = NULL if ghn is None else &ghn[0, 0, 0]
     cdef float* packed_ = check_packed(packed, H, 3 * H)
-    cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
     cdef float* packed_ih_ = check_packed(packed_ih, I, 3 * H, "packed_ih",
                                           floating is double)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
@@ -273,25 +274,26 @@ def forward(const floating[:, :, ::1] x,
                                             unit_parts)
     cdef Py_ssize_t chunk = gates.shape[0] if pipe_ == NULL else pipe_chunk
     if unit_parts > 0:
-        if floating is not float or packed_ == NULL or H % FR_PANEL != 0 or n_team < 1:
-            raise ValueError(f"unit_parts needs float32 with packed panels, "
+        # without panels (a call too short to pack them) the parts multiply by
+        # their rows of W_hh itself
+        if floating is not float or (pack_here and packed_ == NULL) or H % FR_PANEL != 0 \
+                or n_team < 1:
+            raise ValueError(f"unit_parts needs float32, room for the panels with pack_here, "
                              f"H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
-            if pack_here:
-                to_pack = &w_hh[0, 0]
             fr_barrier_init(&bar, spin_barrier)
             with nogil:
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
-                        gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
-                                          packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
-                                          gates.shape[0], &gates[0, 0, 0], &gh[0, 0], ghn_,
-                                          &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
-                                          unit_parts, &bar)
+                        gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], packed_,
+                                          pack_here, &bias[0], packed_ih_, &b_hn[0], lens, T,
+                                          B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
+                                          &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0],
+                                          &y[0, 0, 0], y_step, unit_parts, &bar)
                 else:
-                    gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
-                                      packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
+                    gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], packed_, pack_here,
+                                      &bias[0], packed_ih_, &b_hn[0], lens, T, B, I, H, reverse,
                                       gates.shape[0], &gates[0, 0, 0], &gh[0, 0], ghn_,
                                       &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, unit_parts,
                                       &bar)

@@ -196,7 +196,8 @@ cdef void lstm_forward_kernel(
 
 
 cdef inline void lstm_units_step(
-        const float* x, const float* w_ih, const float* packed, const float* bias,
+        const float* x, const float* w_ih, const float* w_hh, const float* packed,
+        const float* bias,
         const float* packed_ih,
         const Py_ssize_t* lengths, Py_ssize_t s, Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
@@ -210,14 +211,14 @@ cdef inline void lstm_units_step(
     cdef float* h_out = hs + slot_out(t, reverse) % n_slots * B * H
     cdef float* c_out = cs + slot_out(t, reverse) % n_slots * B * H
     cdef float* yt = y + t * y_step
-    cdef float* g = part_gates(x, w_ih, packed, bias, packed_ih, h_in, s, T, B, I, H, 4,
+    cdef float* g = part_gates(x, w_ih, w_hh, packed, bias, packed_ih, h_in, s, T, B, I, H, 4,
                                reverse, chunk, gates, gh, u0, u1)
     fused_rows(g, gh, h_in, c_in, h_out, c_out, yt, lengths, t, B, H, u0, u1)
 
 
 cdef void lstm_forward_units(
-        const float* x, const float* w_ih, const float* w_hh, float* packed, const float* bias,
-        float* packed_ih, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
+        const float* x, const float* w_ih, const float* w_hh, float* packed, bint pack_here,
+        const float* bias, float* packed_ih, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I,
         Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates, float* gh,
         float* hs, float* cs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
         int n_parts, fr_barrier* bar) noexcept nogil:
@@ -228,21 +229,23 @@ cdef void lstm_forward_units(
     parts' columns of W_hh^T, for all the rows. Every part is computed the
     same way whichever thread runs it: the bits do not depend on the team's
     size. ``hs``, ``cs``: ``n_slots`` slots, 2 (inference) or T+1 (training,
-    with ``gates`` (T, B, 4H): the chunk is the whole sequence). ``w_hh``
-    not NULL: first pack this thread's panels of W_hh^T into ``packed``, and
-    of W_ih^T into ``packed_ih`` if that is not NULL (``pack_own_parts``).
+    with ``gates`` (T, B, 4H): the chunk is the whole sequence). ``pack_here``:
+    first pack this thread's panels of ``w_hh``^T into ``packed``, and of
+    W_ih^T into ``packed_ih`` if that is not NULL (``pack_own_parts``).
+    ``packed`` NULL: the parts multiply by their rows of ``w_hh`` itself
+    (``part_gates``; a call too short to pack it).
     A team of one runs on the calling thread, inside no parallel region."""
     cdef int rank = fr_team_rank(), size = fr_team_size(), part
     cdef Py_ssize_t s
-    if w_hh != NULL:
+    if pack_here:
         pack_own_parts(w_hh, True, H, H, 4, packed, n_parts)
         if packed_ih != NULL:
             pack_own_parts(w_ih, True, I, H, 4, packed_ih, n_parts)
     for s in range(T):
         part = rank
         while part < n_parts:
-            lstm_units_step(x, w_ih, packed, bias, packed_ih, lengths, s, T, B, I, H, reverse,
-                            chunk, gates, gh, hs, cs, n_slots, y, y_step,
+            lstm_units_step(x, w_ih, w_hh, packed, bias, packed_ih, lengths, s, T, B, I, H,
+                            reverse, chunk, gates, gh, hs, cs, n_slots, y, y_step,
                             part_start(H, part, n_parts), part_start(H, part + 1, n_parts))
             part += size
         fr_barrier_wait(bar)
@@ -375,10 +378,11 @@ def forward(const floating[:, :, ::1] x,
     selects the packed recurrent product: W_hh^T (P, 4H) as packed by
     ``packing.pack(w_hh, True, packed)``.
 
-    ``unit_parts`` > 0 (float32 with ``packed``, no projection, H a
-    multiple of the panel width): split the hidden units into that many parts
-    run by a team of ``n_team`` threads, a barrier per step
-    (``lstm_forward_units``), instead of one thread for the whole batch.
+    ``unit_parts`` > 0 (float32, no projection, H a multiple of the panel
+    width): split the hidden units into that many parts run by a team of
+    ``n_team`` threads, a barrier per step (``lstm_forward_units``), instead
+    of one thread for the whole batch; without ``packed`` (inference too
+    short to pack W_hh) each part multiplies by its rows of ``w_hh`` itself.
     Otherwise ``proj_parts``: the input projections in that many column parts
     on the team (``project_on_team``). ``pack_here`` (with ``unit_parts``):
     ``packed`` is only room for the panels, and each thread of the team packs
@@ -402,7 +406,6 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hr_ = NULL
     cdef floating* m_ = NULL
     cdef float* packed_ = check_packed(packed, P, 4 * H)
-    cdef const floating* to_pack = NULL         # pack_here: W_hh, which the team packs
     cdef float* packed_ih_ = check_packed(packed_ih, I, 4 * H, "packed_ih",
                                           floating is double)
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
@@ -426,29 +429,29 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t chunk = gates.shape[0] if pipe_ == NULL else pipe_chunk
     cdef bint keep_m = m is not None and m.shape[0] > 1
     if unit_parts > 0:
-        if floating is not float or packed_ == NULL or w_hr is not None \
+        # without panels (a call too short to pack them) the parts multiply by
+        # their rows of W_hh itself
+        if floating is not float or (pack_here and packed_ == NULL) or w_hr is not None \
                 or H % FR_PANEL != 0 or n_team < 1:
-            raise ValueError(f"unit_parts needs float32 with packed panels, no "
-                             f"projection, H a multiple of {FR_PANEL} and n_team >= 1")
+            raise ValueError(f"unit_parts needs float32, room for the panels with pack_here, "
+                             f"no projection, H a multiple of {FR_PANEL} and n_team >= 1")
         if floating is float:
-            if pack_here:
-                to_pack = &w_hh[0, 0]
             fr_barrier_init(&bar, spin_barrier)
             with nogil:
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
-                        lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
-                                           packed_ih_, lens, T, B, I, H, reverse,
-                                           gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
+                        lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], packed_,
+                                           pack_here, &bias[0], packed_ih_, lens, T, B, I, H,
+                                           reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
                                            &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0],
                                            &y[0, 0, 0], y_step, unit_parts, &bar)
                 else:
-                    lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], to_pack, packed_, &bias[0],
-                                       packed_ih_, lens, T, B, I, H, reverse, gates.shape[0],
-                                       &gates[0, 0, 0], &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0],
-                                       hs.shape[0], &y[0, 0, 0], y_step, unit_parts,
-                                       &bar)
+                    lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], packed_,
+                                       pack_here, &bias[0], packed_ih_, lens, T, B, I, H,
+                                       reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
+                                       &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
+                                       y_step, unit_parts, &bar)
         return
     with nogil:
         if w_hh_t_ != NULL:

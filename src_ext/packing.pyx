@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """The packed-panel recurrent product of _packed_gemm.h, for sizing and testing."""
 from cython cimport floating
+from _blas cimport NT_MAX_ROWS as _NT_MAX_ROWS
 from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, pack as pack_
 
 cdef extern from "_packed_gemm.h" nogil:
@@ -8,6 +9,9 @@ cdef extern from "_packed_gemm.h" nogil:
     int FR_PANEL
 
 PANEL = FR_PANEL
+#: float32 products by W^T of at most this many rows stream W once for all of
+#: them (src_ext/_small_gemm.h through _blas.gemm); their bits depend on K only
+NT_MAX_ROWS = _NT_MAX_ROWS
 
 
 def packed_size(Py_ssize_t K, Py_ssize_t N):

@@ -163,12 +163,15 @@ def raw_lstm_forward_args(T, B, I, H):
 
 
 def test_kernel_rejects_unit_parts_it_cannot_run():
-    """The raw kernel's ``unit_parts`` needs float32, packed panels and whole
-    panels; anything else is a clear error, not a crash."""
-    args = raw_lstm_forward_args(T=4, B=2, I=3, H=16)
+    """The raw kernel's ``unit_parts`` needs float32, room for the panels
+    its team would pack, and whole panels; anything else is a clear error,
+    not a crash. (Without panels and without ``pack_here`` the parts
+    multiply by W_hh itself.)"""
     kernel = cb._typed(cb._lstm.forward, F32)
-    with pytest.raises(ValueError, match="unit_parts needs float32 with packed"):
-        kernel(*args, unit_parts=2)                       # no packed panels
+    with pytest.raises(ValueError, match="unit_parts needs float32, room for the panels"):
+        kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=16), unit_parts=2, pack_here=True)
+    with pytest.raises(ValueError, match="H a multiple of 16"):
+        kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=24), unit_parts=2)
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -318,3 +321,92 @@ def test_float64_kernel_refuses_w_ih_panels(cell):
     with pytest.raises(ValueError, match="packed_ih holds float32 panels, but this call "
                                          "is float64"):
         kernel(*args, packed_ih=room_ih)
+
+
+@pytest.fixture
+def short_split_everywhere(monkeypatch):
+    """Split the units of every short LSTM and GRU inference call the rule allows at all."""
+    monkeypatch.setattr(cb, "UNIT_SPLIT_NT_MIN_BYTES", 0)
+    calls = record_keyword(monkeypatch, cb, "forward", "unit_parts", 0)
+    threads = _parallel.get_num_threads()
+    yield calls
+    _parallel.set_num_threads(threads)
+
+
+def test_short_inference_splits_units_without_panels():
+    """Fewer than ``PREPARE_MIN_T`` steps: inference of an LSTM or GRU with
+    W_hh^T of ``UNIT_SPLIT_NT_MIN_BYTES`` or more and at most
+    ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B) splits its units, in every build;
+    training, float64, projections, H off the panel width and more rows do
+    not."""
+    T = cb.PREPARE_MIN_T - 1
+    big = tuple(make_params("lstm", 128, 128, np.float32))        # W_hh^T 256 KiB
+    assert cb.UNIT_SPLIT_NT_MIN_BYTES == 192 << 10
+    rows = cb.UNIT_SPLIT_NT_MAX_ROWS
+    assert rows == 32
+    for B in (1, 4, rows // T):
+        assert cb.unit_parts("lstm", F32, T, B, big, training=False) == 2
+    assert cb.unit_parts("lstm", F32, 1, rows + 1, big, training=False) == 0
+    assert cb.unit_parts("lstm", F32, T, rows // T + 1, big, training=False) == 0
+    assert cb.unit_parts("lstm", F32, T, 4, big, training=True) == 0
+    assert cb.unit_parts("lstm", np.dtype(np.float64), T, 4, big, training=False) == 0
+    assert cb.unit_parts("gru", F32, 1, 1, tuple(make_params("gru", 128, 128, np.float32)),
+                         training=False) == 2                   # 192 KiB
+    assert cb.unit_parts("gru", F32, 1, 1, tuple(make_params("gru", 112, 112, np.float32)),
+                         training=False) == 0                   # 147 KiB
+    assert cb.unit_parts("rnn_tanh", F32, 1, 1,
+                         tuple(make_params("rnn_tanh", 512, 512, np.float32)),
+                         training=False) == 0
+    assert cb.unit_parts("lstm", F32, 1, 1, tuple(make_params("lstm", 8, 232, np.float32)),
+                         training=False) == 0                   # 232 % 16 != 0
+    projected = big + (np.zeros((16, 128), np.float32),)
+    assert cb.unit_parts("lstm", F32, 1, 1, projected, training=False) == 0
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths_kind", [None, "mixed"])
+@pytest.mark.parametrize("T,B,I,H", [(1, 1, 9, 32), (2, 5, 7, 48), (3, 9, 5, 64), (1, 32, 12, 16),
+                                     (3, 10, 33, 16), (2, 16, 40, 32)])
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_short_unit_split_gives_the_bits_of_the_unsplit_call(short_split_everywhere, monkeypatch,
+                                                             cell, T, B, I, H, lengths_kind,
+                                                             reverse):
+    """A short inference call's units split without panels: the bits of one
+    thread's team and of the call not split at all (one core, or the batch
+    split from 8 rows), and right against the reference."""
+    x, states, params = make_x(T, B, I), make_states(cell, B, H), make_params(cell, I, H)
+    lengths = make_lengths(lengths_kind, T, B)
+    n = len(states)
+    f32 = [a.astype(np.float32) for a in (x, *states, *params)]
+    args = (cell, f32[0], f32[1:1 + n], f32[1 + n:], lengths, reverse)
+    two = run(*args, threads=2)
+    assert short_split_everywhere == [2], "the call did not split its units"
+    one = run(*args, threads=1)
+    monkeypatch.setattr(cb, "UNIT_SPLIT_NT_MIN_BYTES", None)
+    unsplit = run(*args, threads=2)
+    assert short_split_everywhere[-1] == 0
+    expected = run(cell, x, states, params, lengths, reverse, 2, backend="reference")
+    for got, same, whole, want in zip(two, one, unsplit, expected):
+        assert_results_equal(got, same)                      # bit for bit
+        assert_results_equal(got, whole)
+        assert_results_equal(got, want, exact=False, rtol=RTOL[F32])
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_frozen_short_calls_split_as_the_layer(cell):
+    """A frozen layer's one step at B = 4, H = 256 splits its units as the
+    layer's does, without packing anything, and gives the layer's bits."""
+    from conftest import make_layer
+    layer = make_layer(cell, 256, 256, rng=0, backend="cython")
+    ice = layer.freeze()
+    x = np.random.default_rng(0).standard_normal((1, 4, 256)).astype(np.float32)
+    for _ in range(2):
+        got, want = ice(x), layer(x)
+        for a, b in zip([got[0]] + list(np.atleast_1d(got[1]) if cell == "gru" else got[1]),
+                        [want[0]] + list(np.atleast_1d(want[1]) if cell == "gru" else want[1])):
+            np.testing.assert_array_equal(a, b)
+    (plan,) = ice._plans.values()
+    call = plan.runs[0]
+    assert call.unit_parts == 2 and "packed" not in call.options
+    prepared = ice._layer._params_cache[0].prepared
+    assert not [key for key in prepared if isinstance(key, tuple)]   # no panels, the bias only
