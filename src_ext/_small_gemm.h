@@ -21,6 +21,20 @@
 #endif
 
 
+/* a block: ROWS rows of A (a, lda) against NB rows of W (w, ldw), into C's
+ * NB columns at c (ldc) */
+#define FR_NT_SIGNATURE(ROWS, NB)                                                      \
+    static inline void fr_nt_block_##ROWS##x##NB(ptrdiff_t K, const float* a,           \
+                                                 ptrdiff_t lda, const float* w,         \
+                                                 ptrdiff_t ldw, float beta, float* c,   \
+                                                 ptrdiff_t ldc)
+
+/* C's element := its sum t, or t added to it (beta 1) */
+static inline void fr_nt_store(float* out, float t, float beta)
+{
+    *out = beta == 0.0f ? t : *out + t;
+}
+
 #if defined(__GNUC__)
 typedef float fr_nt_v8 __attribute__((vector_size(32), aligned(4)));
 
@@ -55,10 +69,7 @@ static inline void fr_nt_tail(const float* x, ptrdiff_t n, fr_nt_v8* v)
 /* ROWS rows of A against NB rows of W (w, ldw), into C's NB columns at c:
  * ROWS * NB independent sums in registers. */
 #define FR_NT_BLOCK(ROWS, NB)                                                          \
-    static inline void fr_nt_block_##ROWS##x##NB(ptrdiff_t K, const float* a,           \
-                                                 ptrdiff_t lda, const float* w,         \
-                                                 ptrdiff_t ldw, float beta, float* c,   \
-                                                 ptrdiff_t ldc)                         \
+    FR_NT_SIGNATURE(ROWS, NB)                                                          \
     {                                                                                  \
         fr_nt_v8 s[ROWS][NB];                                                          \
         for (int r = 0; r < ROWS; r++)                                                 \
@@ -83,17 +94,12 @@ static inline void fr_nt_tail(const float* x, ptrdiff_t n, fr_nt_v8* v)
         }                                                                              \
         for (int r = 0; r < ROWS; r++)                                                 \
             for (int q = 0; q < NB; q++) {                                             \
-                float t = fr_nt_sum8(&s[r][q]);                                        \
-                float* out = c + r * ldc + q;                                          \
-                *out = beta == 0.0f ? t : *out + t;                                    \
+                fr_nt_store(c + r * ldc + q, fr_nt_sum8(&s[r][q]), beta);              \
             }                                                                          \
     }
 #else
 #define FR_NT_BLOCK(ROWS, NB)                                                          \
-    static inline void fr_nt_block_##ROWS##x##NB(ptrdiff_t K, const float* a,           \
-                                                 ptrdiff_t lda, const float* w,         \
-                                                 ptrdiff_t ldw, float beta, float* c,   \
-                                                 ptrdiff_t ldc)                         \
+    FR_NT_SIGNATURE(ROWS, NB)                                                          \
     {                                                                                  \
         for (int r = 0; r < ROWS; r++)                                                 \
             for (int q = 0; q < NB; q++) {                                             \
@@ -102,8 +108,7 @@ static inline void fr_nt_tail(const float* x, ptrdiff_t n, fr_nt_v8* v)
                     lane[k % 8] += a[r * lda + k] * w[q * ldw + k];                    \
                 float t = ((lane[0] + lane[4]) + (lane[2] + lane[6]))                  \
                         + ((lane[1] + lane[5]) + (lane[3] + lane[7]));                 \
-                float* out = c + r * ldc + q;                                          \
-                *out = beta == 0.0f ? t : *out + t;                                    \
+                fr_nt_store(c + r * ldc + q, t, beta);                                 \
             }                                                                          \
     }
 #endif
