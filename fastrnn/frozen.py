@@ -140,6 +140,13 @@ class Frozen:
     def __repr__(self):
         return f"Frozen({self._layer!r})"
 
+    def __reduce__(self):
+        # pickled as the layer it snapshots: what it derived (panels, plans
+        # holding compiled kernels) is made again by the copy's first calls
+        inner = copy.copy(self._layer)
+        object.__setattr__(inner, "_params_cache", {})
+        return (Frozen, (inner,))
+
 
 #: the layer's options a Frozen layer shows
 _OPTIONS = ("mode", "input_size", "hidden_size", "num_layers", "bias", "batch_first",

@@ -318,3 +318,21 @@ def test_frozen_keeps_decisions_for_a_bounded_number_of_shapes(monkeypatch):
         assert_same_bits(ice(x[:T]), layer(x[:T]))
     params = ice._layer._params_cache[0]
     assert 1 <= len(params.plans) <= 4
+
+
+def test_frozen_pickles_after_its_calls(backend):
+    """A frozen layer that has run (and keeps panels and planned calls, which
+    hold compiled kernels) pickles as its snapshot; the copy gives the same
+    bits and cannot change either."""
+    import pickle
+    layer = fastrnn.GRU(6, 32, num_layers=2, backend=backend, rng=0)
+    ice = layer.freeze()
+    x = np.random.default_rng(1).standard_normal((5, 3, 6)).astype(np.float32)
+    expected = ice(x)
+    copy_ = pickle.loads(pickle.dumps(ice))
+    assert_same_bits(copy_(x), expected)
+    assert_same_bits(copy_(x), expected)        # its own derived operands, kept
+    with pytest.raises(AttributeError):
+        copy_.weight_hh_l0 = np.zeros((96, 32), np.float32)
+    with pytest.raises(ValueError):
+        copy_.weight_hh_l0[0, 0] = 1.0          # read-only, as the original's
