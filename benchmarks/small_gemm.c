@@ -32,7 +32,8 @@ int main(int argc, char** argv)
         return 2;
     }
     void* lib = dlopen(argv[1], RTLD_NOW);
-    void (*threads)(int) = lib ? (void (*)(int))dlsym(lib, "scipy_openblas_set_num_threads") : NULL;
+    void (*threads)(int) =
+        lib ? (void (*)(int))dlsym(lib, "scipy_openblas_set_num_threads") : NULL;
     sgemv_t sgemv = lib ? (sgemv_t)dlsym(lib, "scipy_sgemv_") : NULL;
     if (sgemv == NULL || threads == NULL) {
         fprintf(stderr, "no scipy_sgemv_ in %s\n", argv[1]);
@@ -42,7 +43,8 @@ int main(int argc, char** argv)
     static const int shapes[][2] = {{128, 128}, {512, 128}, {384, 128}, {1024, 256}, {768, 256},
                                     {2048, 512}, {256, 64}};
     static const int rows[] = {1, 2, 4, 8};
-    printf("| M | N | K | nt us | gemv us | panels us | gemv/nt | panels/nt |\n|---|---|---|---|---|---|---|---|\n");
+    printf("| M | N | K | nt us | gemv us | panels us | gemv/nt | panels/nt |\n");
+    printf("|---|---|---|---|---|---|---|---|\n");
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
             int N = shapes[s][0], K = shapes[s][1], M = rows[ri];
@@ -77,8 +79,8 @@ int main(int argc, char** argv)
             qsort(t_gemv, RUNS, sizeof(double), by_value);
             qsort(t_p, RUNS, sizeof(double), by_value);
             double a = t_nt[RUNS / 2], b = t_gemv[RUNS / 2], p = t_p[RUNS / 2];
-            printf("| %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f |\n", M, N, K, a * 1e6, b * 1e6,
-                   p * 1e6, b / a, p / a);
+            printf("| %d | %d | %d | %.2f | %.2f | %.2f | %.2f | %.2f |\n", M, N, K, a * 1e6,
+                   b * 1e6, p * 1e6, b / a, p / a);
             free(A), free(W), free(C), free(P);
         }
     return 0;

@@ -87,8 +87,9 @@ class Frozen:
             inner._params_cache[idx] = FrozenParams(inner._kernel_params(idx))
         self._layer = inner
         object.__setattr__(self, "_plans", {})
+        # imported here: it imports _parallel, which imports this module
         global _inference_plan
-        from . import _inference_plan  # noqa: F811 (it imports _parallel, which imports this module)
+        from . import _inference_plan  # noqa: F811
 
     def forward(self, x, hx=None, lengths=None):
         """Inference over a batch of sequences: the layer's ``forward`` with

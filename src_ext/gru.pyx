@@ -115,7 +115,8 @@ cdef inline void gru_units_step(
 
 cdef void gru_forward_units(
         const float* x, const float* w_ih, const float* w_hh, float* packed, bint pack_here,
-        const float* bias, float* packed_ih, const float* b_hn, const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B,
+        const float* bias, float* packed_ih, const float* b_hn, const Py_ssize_t* lengths,
+        Py_ssize_t T, Py_ssize_t B,
         Py_ssize_t I, Py_ssize_t H, bint reverse, Py_ssize_t chunk, float* gates,
         float* gh, float* ghn, float* hs, Py_ssize_t n_slots, float* y, Py_ssize_t y_step,
         int n_parts, fr_barrier* bar) noexcept nogil:

@@ -80,7 +80,8 @@ OPTIONS = [
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(map(str, o.items())) or "plain")
+@pytest.mark.parametrize("options", OPTIONS,
+                         ids=lambda o: "-".join(map(str, o.items())) or "plain")
 @pytest.mark.parametrize("cell", CELLS)
 def test_plain_arrays_take_the_plan_and_get_the_layers_bits(general_calls, threads, backend,
                                                             cell, options, dtype):
