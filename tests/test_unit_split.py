@@ -8,12 +8,14 @@ The rule normally picks it only in the x86-64-v4 build and for a large W_hh;
 the fixture lowers the threshold so that small odd shapes take it on every
 build.
 """
+import threading
+
 import numpy as np
 import pytest
 
 import fastrnn
-from conftest import (RTOL, assert_results_equal, make_lengths, make_params, make_states, make_x,
-                      record_keyword, run_backward)
+from conftest import (RTOL, assert_results_equal, make_layer, make_lengths, make_params,
+                      make_states, make_x, record_keyword, run_backward)
 from fastrnn import _parallel
 
 cb = pytest.importorskip("fastrnn._cython_backend", reason="the Cython extension is not built")
@@ -396,7 +398,6 @@ def test_short_unit_split_gives_the_bits_of_the_unsplit_call(short_split_everywh
 def test_frozen_short_calls_split_as_the_layer(cell):
     """A frozen layer's one step at B = 4, H = 256 splits its units as the
     layer's does, without packing anything, and gives the layer's bits."""
-    from conftest import make_layer
     layer = make_layer(cell, 256, 256, rng=0, backend="cython")
     ice = layer.freeze()
     x = np.random.default_rng(0).standard_normal((1, 4, 256)).astype(np.float32)
@@ -410,3 +411,36 @@ def test_frozen_short_calls_split_as_the_layer(cell):
     assert call.unit_parts == 2 and "packed" not in call.options
     prepared = ice._layer._params_cache[0].prepared
     assert not [key for key in prepared if isinstance(key, tuple)]   # no panels, the bias only
+
+
+@pytest.fixture
+def two_threads():
+    saved = _parallel.get_num_threads()
+    _parallel.set_num_threads(2)
+    yield
+    _parallel.set_num_threads(saved)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_short_unit_split_from_several_threads(two_threads, cell):
+    """Frozen short calls that split their units, from four Python threads at
+    once (four teams on two cores): every call gets the bits it gets alone."""
+    layer = make_layer(cell, 256, 256, rng=0, backend="cython")
+    ice = layer.freeze()
+    rng = np.random.default_rng(1)
+    xs = [rng.standard_normal((1 + k % 2, 2 + k, 256)).astype(np.float32) for k in range(4)]
+    assert all(cb.unit_parts(cell, F32, x.shape[0], x.shape[1], ice._layer._kernel_params(0),
+                             training=False) == 2 for x in xs)
+    expected = [layer(x)[0] for x in xs]
+    failures = []
+
+    def run(k):
+        for _ in range(50):
+            if not np.array_equal(ice(xs[k])[0], expected[k]):
+                failures.append(k)
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not failures
