@@ -299,18 +299,16 @@ def unit_parts(cell, dtype, T, B, params, training):
     ``_parallel.team_size``), which runs on the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
-    if T < PREPARE_MIN_T:
-        if training or UNIT_SPLIT_NT_MIN_BYTES is None or T * B > UNIT_SPLIT_NT_MAX_ROWS \
-                or cell not in ("lstm", "gru") or len(params) > 4:
-            return 0
-        GH, H = params[1].shape
-        if dtype != np.float32 or H % _packing.PANEL:
-            return 0
-        return 2 if GH * H * 4 >= UNIT_SPLIT_NT_MIN_BYTES else 0
-    if UNIT_SPLIT_MIN_BYTES is None or cell not in ("lstm", "gru") or len(params) > 4:
+    if cell not in ("lstm", "gru") or len(params) > 4:
         return 0
     GH, H = params[1].shape
-    if dtype != np.float32 or H % _packing.PANEL or B > PACKED_MAX_B:
+    if dtype != np.float32 or H % _packing.PANEL:
+        return 0
+    if T < PREPARE_MIN_T:
+        if training or UNIT_SPLIT_NT_MIN_BYTES is None or T * B > UNIT_SPLIT_NT_MAX_ROWS:
+            return 0
+        return 2 if GH * H * 4 >= UNIT_SPLIT_NT_MIN_BYTES else 0
+    if UNIT_SPLIT_MIN_BYTES is None or B > PACKED_MAX_B:
         return 0
     need = _bound_for(UNIT_SPLIT_MIN_BYTES, B)
     if T <= UNIT_SPLIT_SHORT_T and UNIT_SPLIT_SHORT_MIN_BYTES is not None:

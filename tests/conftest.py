@@ -38,6 +38,15 @@ def backend(request):
 
 
 @pytest.fixture
+def two_threads():
+    """fastrnn at two threads for the test; the count restored after."""
+    saved = fastrnn.get_num_threads()
+    fastrnn.set_num_threads(2)
+    yield
+    fastrnn.set_num_threads(saved)
+
+
+@pytest.fixture
 def torch():
     """torch at one thread (skips the test without torch); its setting restored after."""
     torch = pytest.importorskip("torch")

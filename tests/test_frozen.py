@@ -44,14 +44,6 @@ def assert_same_bits(a, b):
         np.testing.assert_array_equal(got, want)
 
 
-@pytest.fixture
-def two_threads():
-    saved = fastrnn.get_num_threads()
-    fastrnn.set_num_threads(2)
-    yield
-    fastrnn.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
 @pytest.mark.parametrize("cell", CELLS)

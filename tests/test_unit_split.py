@@ -413,14 +413,6 @@ def test_frozen_short_calls_split_as_the_layer(cell):
     assert not [key for key in prepared if isinstance(key, tuple)]   # no panels, the bias only
 
 
-@pytest.fixture
-def two_threads():
-    saved = _parallel.get_num_threads()
-    _parallel.set_num_threads(2)
-    yield
-    _parallel.set_num_threads(saved)
-
-
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_short_unit_split_from_several_threads(two_threads, cell):
     """Frozen short calls that split their units, from four Python threads at
