@@ -190,7 +190,12 @@ UNIT_SPLIT_SHORT_MIN_BYTES = {24: 3 << 19} if ISA == "x86-64-v4" else None
 #: mixed: H = 64 0.87-0.98x, LSTM H = 80-112 0.89-1.15x, GRU H = 80-112
 #: 0.79-1.25x. The x86-64-v3 build (9 rounds): LSTM 1.14-2.24x, GRU
 #: 1.11-2.89x at (1, 1, 128), (4, 1, 256), (16, 1, 512), (8, 3, 128),
-#: (32, 1, 256). None: never.
+#: (32, 1, 256). The vanilla RNN (its W_hh^T (H, H) a quarter of the LSTM's
+#: at the same H) by the same bound, 15 rounds: (1, 1, 224) 1.10x, (4, 1,
+#: 224) 1.10x, (16, 1, 224) 1.37x, (1, 1-3, 256) 1.12-1.22x, (4, 1, 256)
+#: 1.22x; 11 rounds: (4, 1, 384) 1.57x, (4, 1, 512) 1.53x, (8, 1, 512)
+#: 1.65x, (32, 1, 256) 1.52x, (8, 3, 256) 2.57x; below it mixed: H = 192
+#: (144 KiB) 0.68-1.32x, H = 128 0.58-1.12x, H = 64 0.57-0.90x. None: never.
 UNIT_SPLIT_NT_MIN_BYTES = 192 << 10
 UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
 
@@ -292,14 +297,14 @@ def unit_parts(cell, dtype, T, B, params, training):
     if lower, for at most ``UNIT_SPLIT_SHORT_T`` steps). Training takes the
     same rule: its backward then splits the units the same way
     (``backward``). An inference call too short to pack W_hh splits them
-    without panels, from ``UNIT_SPLIT_NT_MIN_BYTES`` and up to
-    ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B). The rule looks at the shapes only, not at
+    without panels, the vanilla RNN's too, from ``UNIT_SPLIT_NT_MIN_BYTES``
+    and up to ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B). The rule looks at the shapes only, not at
     the threads: a call gets the same bits with a team of one (one fastrnn
     thread, or a forked child that may start no team:
     ``_parallel.team_size``), which runs on the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
-    if cell not in ("lstm", "gru") or len(params) > 4:
+    if len(params) > 4:
         return 0
     GH, H = params[1].shape
     if dtype != np.float32 or H % _packing.PANEL:
@@ -308,7 +313,7 @@ def unit_parts(cell, dtype, T, B, params, training):
         if training or UNIT_SPLIT_NT_MIN_BYTES is None or T * B > UNIT_SPLIT_NT_MAX_ROWS:
             return 0
         return 2 if GH * H * 4 >= UNIT_SPLIT_NT_MIN_BYTES else 0
-    if UNIT_SPLIT_MIN_BYTES is None or B > PACKED_MAX_B:
+    if cell not in ("lstm", "gru") or UNIT_SPLIT_MIN_BYTES is None or B > PACKED_MAX_B:
         return 0
     need = _bound_for(UNIT_SPLIT_MIN_BYTES, B)
     if T <= UNIT_SPLIT_SHORT_T and UNIT_SPLIT_SHORT_MIN_BYTES is not None:
@@ -668,8 +673,10 @@ class ForwardCall:
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
         else:
+            # a unit split's parts write their products to a scratch of the call's own
+            gh = {"gh": np.empty((B, GH), dtype)} if self.unit_parts else {}
             self.kernel(x, *self.operands, lengths, reverse, cell == "rnn_relu", gates, hs, y,
-                        **self.options)
+                        **gh, **self.options)
             state_n = (_buffers.final_state(hs, T, reverse, training),)
             if training:
                 data = dict(hs=hs)

@@ -7,11 +7,40 @@ output), so training keeps the state slots and nothing else.
 from cython cimport floating
 from cython.parallel cimport parallel
 from _activations cimport tanh_, one_minus_square
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team, step_stride, Pipeline,
                           projects_ahead, forward_pipeline, pipeline_role, step_finished,
-                          backward_gradients, runs_the_gradients, backward_pipeline)
+                          backward_gradients, runs_the_gradients, backward_pipeline,
+                          fr_barrier, fr_barrier_init, fr_barrier_wait)
+from _units cimport part_start, part_gates, fr_team_size, fr_team_rank
+
+
+cdef inline void fused_rows(const floating* p, const floating* gh, const floating* h_in,
+                            floating* h_out, floating* yt, const Py_ssize_t* lengths,
+                            Py_ssize_t t, Py_ssize_t B, Py_ssize_t H, Py_ssize_t u0,
+                            Py_ssize_t u1, bint relu) noexcept nogil:
+    """One step's activation for units [u0, u1) of every row: act(p + gh), or
+    act(p) where ``gh`` is NULL (p holds the recurrent product already), to
+    h_out and yt; padded rows pass h through and output zeros."""
+    cdef Py_ssize_t b, j
+    cdef floating v, h_
+    for b in range(B):
+        if not is_valid(lengths, b, t):
+            carry_row(h_in + b * H + u0, h_out + b * H + u0, u1 - u0)
+            zero_row(yt + b * H + u0, u1 - u0)
+            continue
+        for j in range(u0, u1):
+            v = p[b * H + j]
+            if gh != NULL:
+                v = v + gh[b * H + j]
+            if relu:
+                # written so that NaN passes through, as np.maximum does
+                h_ = 0 if v < 0 else v
+            else:
+                h_ = tanh_(v)
+            h_out[b * H + j] = h_
+            yt[b * H + j] = h_
 
 
 cdef void rnn_forward_kernel(
@@ -33,12 +62,9 @@ cdef void rnn_forward_kernel(
         int n_team,                 #   of n_team threads (see project_on_team)
         Pipeline* pipe,             # or the projections ahead of the loop, or NULL
 ) noexcept nogil:
-    cdef Py_ssize_t s, t, b, j
+    cdef Py_ssize_t s, t
     cdef floating *p
     cdef floating *h_in
-    cdef floating *h_out
-    cdef floating *yt
-    cdef floating h_
     if projects_ahead(pipe, x, w_ih, packed_ih, bias, pre, T, B, I, H, reverse):
         return
     for s in range(T):
@@ -46,22 +72,40 @@ cdef void rnn_forward_kernel(
         p = step_gates(x, w_ih, packed_ih, bias, pre, s, T, B, I, H, chunk, reverse, proj_parts,
                        n_team, pipe)
         h_in = hs + slot_in(t, reverse) % n_slots * B * H
-        h_out = hs + slot_out(t, reverse) % n_slots * B * H
-        yt = y + t * y_step
         recurrent_product(rec, B, h_in, 1, p, s)
-        for b in range(B):
-            if not is_valid(lengths, b, t):
-                carry_row(h_in + b * H, h_out + b * H, H)
-                zero_row(yt + b * H, H)
-                continue
-            for j in range(H):
-                if relu:
-                    # written so that NaN passes through, as np.maximum does
-                    h_ = 0 if p[b * H + j] < 0 else p[b * H + j]
-                else:
-                    h_ = tanh_(p[b * H + j])
-                h_out[b * H + j] = h_
-                yt[b * H + j] = h_
+        fused_rows(p, <floating*> NULL, h_in, hs + slot_out(t, reverse) % n_slots * B * H,
+                   y + t * y_step, lengths, t, B, H, 0, H, relu)
+
+
+cdef void rnn_forward_units(
+        const float* x, const float* w_ih, const float* w_hh, const float* bias,
+        const Py_ssize_t* lengths, Py_ssize_t T, Py_ssize_t B, Py_ssize_t I, Py_ssize_t H,
+        bint reverse, bint relu, Py_ssize_t chunk, float* pre, float* gh, float* hs,
+        Py_ssize_t n_slots, float* y, Py_ssize_t y_step, int n_parts,
+        fr_barrier* bar) noexcept nogil:
+    """The forward of an inference call too short to pack W_hh, with the
+    hidden units split into ``n_parts`` parts across the calling OpenMP team,
+    as ``lstm_forward_units`` without panels: a part projects its columns and
+    multiplies by its rows of W_hh (``part_gates``, the product to ``gh``
+    (B, H)), then activates them; the team meets at a barrier after every
+    step. A team of one runs on the calling thread."""
+    cdef int rank = fr_team_rank(), size = fr_team_size(), part
+    cdef Py_ssize_t s, t, u0, u1
+    cdef float* p
+    cdef float* h_in
+    for s in range(T):
+        t = time_at(s, T, reverse)
+        h_in = hs + slot_in(t, reverse) % n_slots * B * H
+        part = rank
+        while part < n_parts:
+            u0 = part_start(H, part, n_parts)
+            u1 = part_start(H, part + 1, n_parts)
+            p = part_gates(x, w_ih, w_hh, NULL, bias, NULL, h_in, s, T, B, I, H, 1, reverse,
+                           chunk, pre, gh, u0, u1)
+            fused_rows(p, gh, h_in, hs + slot_out(t, reverse) % n_slots * B * H,
+                       y + t * y_step, lengths, t, B, H, u0, u1, relu)
+            part += size
+        fr_barrier_wait(bar)
 
 
 cdef void rnn_backward_kernel(
@@ -119,14 +163,23 @@ def forward(const floating[:, :, ::1] x,
             int proj_parts=1,
             int n_team=1,
             float[::1] packed_ih=None,
-            Py_ssize_t pipe_chunk=0):
+            Py_ssize_t pipe_chunk=0,
+            int unit_parts=0,
+            floating[:, ::1] gh=None,
+            bint spin_barrier=True):
     """Run the RNN over x. See ``fastrnn._cython_backend`` for the buffers.
 
     ``proj_parts``, ``n_team``: the input projections in that many column
     parts on a team of ``n_team`` threads (``project_on_team``);
     ``packed_ih``: through W_ih^T's panels, as in ``lstm.forward``;
     ``pipe_chunk`` > 0: instead, chunks of that many steps projected ahead
-    of the time loop, as in ``lstm.forward``."""
+    of the time loop, as in ``lstm.forward``.
+
+    ``unit_parts`` > 0 (float32, no panels, H a multiple of the panel width,
+    ``gh`` (B, H) scratch): split the hidden units into that many parts run
+    by a team of ``n_team`` threads, a barrier per step
+    (``rnn_forward_units``), as ``lstm.forward`` does for a call too short to
+    pack W_hh; ``spin_barrier`` as there."""
     cdef Py_ssize_t T = x.shape[0], B = x.shape[1], I = x.shape[2], H = hs.shape[2]
     cdef const Py_ssize_t* lens = NULL if lengths is None else &lengths[0]
     cdef float* packed_ = check_packed(packed, H, H)
@@ -135,9 +188,32 @@ def forward(const floating[:, :, ::1] x,
     cdef const floating* w_hh_t_ = NULL if w_hh_t is None else &w_hh_t[0, 0]
     cdef Py_ssize_t y_step = step_stride(y, "y", T, B, H)
     cdef Recurrent rec
+    cdef fr_barrier bar             # the unit split's team meets here every step
     cdef Pipeline pipe
     cdef Pipeline* pipe_ = forward_pipeline(&pipe, pipe_chunk, pre.shape[0], T, n_team, 0)
     cdef Py_ssize_t chunk = pre.shape[0] if pipe_ == NULL else pipe_chunk
+    if unit_parts > 0:
+        if floating is not float or packed_ != NULL or packed_ih_ != NULL or pipe_ != NULL \
+                or w_hh_t_ != NULL or H % FR_PANEL != 0 or n_team < 1 or gh is None \
+                or gh.shape[0] != B or gh.shape[1] != H:
+            raise ValueError(f"unit_parts needs float32, no panels, no pipeline, H a multiple "
+                             f"of {FR_PANEL}, n_team >= 1 and gh ({B}, {H}) scratch")
+        if floating is float:
+            fr_barrier_init(&bar, spin_barrier)
+            with nogil:
+                # a team of one starts no OpenMP region (_parallel.team_size)
+                if n_team > 1:
+                    with parallel(num_threads=n_team):
+                        rnn_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias[0], lens,
+                                          T, B, I, H, reverse, relu, chunk, &pre[0, 0, 0],
+                                          &gh[0, 0], &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
+                                          y_step, unit_parts, &bar)
+                else:
+                    rnn_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias[0], lens, T,
+                                      B, I, H, reverse, relu, chunk, &pre[0, 0, 0], &gh[0, 0],
+                                      &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step,
+                                      unit_parts, &bar)
+        return
     with nogil:
         if w_hh_t_ != NULL:
             rec = recurrent(w_hh_t_, False, H, H, <float*> NULL, 1)

@@ -1,13 +1,16 @@
 """The LSTM and GRU forwards (inference, and training's, which keeps every
 step for the backward) with their hidden units split across a thread team
 (``lstm_forward_units`` in src_ext/lstm.pyx, ``gru_forward_units`` in
-src_ext/gru.pyx, chosen by ``_cython_backend.unit_parts``): right against the
-reference, the same bits on any thread count, and chosen only where it applies.
+src_ext/gru.pyx, chosen by ``_cython_backend.unit_parts``), and short
+inference calls of every cell, the vanilla RNN's too (``rnn_forward_units``
+in src_ext/rnn.pyx), split without panels: right against the reference, the
+same bits on any thread count, and chosen only where it applies.
 
 The rule normally picks it only in the x86-64-v4 build and for a large W_hh;
 the fixture lowers the threshold so that small odd shapes take it on every
 build.
 """
+import functools
 import threading
 
 import numpy as np
@@ -36,7 +39,9 @@ def unit_split_everywhere(monkeypatch):
     _parallel.set_num_threads(threads)
 
 
-FORWARD = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward}
+FORWARD = {"lstm": fastrnn.lstm_forward, "gru": fastrnn.gru_forward,
+           "rnn_tanh": functools.partial(fastrnn.rnn_forward, nonlinearity="tanh"),
+           "rnn_relu": functools.partial(fastrnn.rnn_forward, nonlinearity="relu")}
 
 
 def run(cell, x, states, params, lengths, reverse, threads, backend="cython", dy=None):
@@ -174,6 +179,24 @@ def test_kernel_rejects_unit_parts_it_cannot_run():
         kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=16), unit_parts=2, pack_here=True)
     with pytest.raises(ValueError, match="H a multiple of 16"):
         kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=24), unit_parts=2)
+
+
+def test_rnn_kernel_rejects_unit_parts_it_cannot_run():
+    """The raw RNN kernel splits its units only without panels and with its
+    ``gh`` scratch, (B, H): anything else is a clear error."""
+    T, B, I, H = 1, 2, 3, 16
+    kernel = cb._typed(cb._rnn.forward, F32)
+    args = (np.zeros((T, B, I), np.float32), np.zeros((H, I), np.float32),
+            np.zeros((H, H), np.float32), np.zeros(H, np.float32), None, False, False,
+            np.empty((1, B, H), np.float32), np.zeros((2, B, H), np.float32),
+            np.empty((T, B, H), np.float32))
+    gh = np.empty((B, H), np.float32)
+    y = kernel(*args, unit_parts=2, gh=gh)                  # runs
+    for bad in (dict(gh=None), dict(gh=np.empty((B + 1, H), np.float32)),
+                dict(gh=gh, packed=np.zeros(cb._packing.packed_size(H, H), np.float32))):
+        with pytest.raises(ValueError, match=r"unit_parts needs float32, no panels.*gh \(2, 16\)"):
+            kernel(*args, unit_parts=2, **bad)
+    assert y is None
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -327,7 +350,7 @@ def test_float64_kernel_refuses_w_ih_panels(cell):
 
 @pytest.fixture
 def short_split_everywhere(monkeypatch):
-    """Split the units of every short LSTM and GRU inference call the rule allows at all."""
+    """Split the units of every short inference call the rule allows at all."""
     monkeypatch.setattr(cb, "UNIT_SPLIT_NT_MIN_BYTES", 0)
     calls = record_keyword(monkeypatch, cb, "forward", "unit_parts", 0)
     threads = _parallel.get_num_threads()
@@ -336,7 +359,7 @@ def short_split_everywhere(monkeypatch):
 
 
 def test_short_inference_splits_units_without_panels():
-    """Fewer than ``PREPARE_MIN_T`` steps: inference of an LSTM or GRU with
+    """Fewer than ``PREPARE_MIN_T`` steps: inference of any cell with
     W_hh^T of ``UNIT_SPLIT_NT_MIN_BYTES`` or more and at most
     ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B) splits its units, in every build;
     training, float64, projections, H off the panel width and more rows do
@@ -356,9 +379,14 @@ def test_short_inference_splits_units_without_panels():
                          training=False) == 2                   # 192 KiB
     assert cb.unit_parts("gru", F32, 1, 1, tuple(make_params("gru", 112, 112, np.float32)),
                          training=False) == 0                   # 147 KiB
-    assert cb.unit_parts("rnn_tanh", F32, 1, 1,
-                         tuple(make_params("rnn_tanh", 512, 512, np.float32)),
-                         training=False) == 0
+    rnn = tuple(make_params("rnn_tanh", 224, 224, np.float32))       # 196 KiB
+    assert cb.unit_parts("rnn_tanh", F32, 1, 1, rnn, training=False) == 2
+    assert cb.unit_parts("rnn_relu", F32, T, 4, rnn, training=False) == 2
+    assert cb.unit_parts("rnn_tanh", F32, T, 4, rnn, training=True) == 0
+    assert cb.unit_parts("rnn_tanh", F32, cb.PREPARE_MIN_T, 4, rnn, training=False) == 0
+    assert cb.unit_parts("rnn_tanh", F32, 1, 1, tuple(make_params("rnn_tanh", 208, 208,
+                                                                  np.float32)),
+                         training=False) == 0                   # 169 KiB
     assert cb.unit_parts("lstm", F32, 1, 1, tuple(make_params("lstm", 8, 232, np.float32)),
                          training=False) == 0                   # 232 % 16 != 0
     projected = big + (np.zeros((16, 128), np.float32),)
@@ -369,7 +397,7 @@ def test_short_inference_splits_units_without_panels():
 @pytest.mark.parametrize("lengths_kind", [None, "mixed"])
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 9, 32), (2, 5, 7, 48), (3, 9, 5, 64), (1, 32, 12, 16),
                                      (3, 10, 33, 16), (2, 16, 40, 32)])
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_short_unit_split_gives_the_bits_of_the_unsplit_call(short_split_everywhere, monkeypatch,
                                                              cell, T, B, I, H, lengths_kind,
                                                              reverse):
@@ -394,7 +422,7 @@ def test_short_unit_split_gives_the_bits_of_the_unsplit_call(short_split_everywh
         assert_results_equal(got, want, exact=False, rtol=RTOL[F32])
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_frozen_short_calls_split_as_the_layer(cell):
     """A frozen layer's one step at B = 4, H = 256 splits its units as the
     layer's does, without packing anything, and gives the layer's bits."""
@@ -403,8 +431,7 @@ def test_frozen_short_calls_split_as_the_layer(cell):
     x = np.random.default_rng(0).standard_normal((1, 4, 256)).astype(np.float32)
     for _ in range(2):
         got, want = ice(x), layer(x)
-        for a, b in zip([got[0]] + list(np.atleast_1d(got[1]) if cell == "gru" else got[1]),
-                        [want[0]] + list(np.atleast_1d(want[1]) if cell == "gru" else want[1])):
+        for a, b in zip([got[0]] + list(got[1]), [want[0]] + list(want[1])):
             np.testing.assert_array_equal(a, b)
     (plan,) = ice._plans.values()
     call = plan.runs[0]
@@ -413,7 +440,7 @@ def test_frozen_short_calls_split_as_the_layer(cell):
     assert not [key for key in prepared if isinstance(key, tuple)]   # no panels, the bias only
 
 
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_short_unit_split_from_several_threads(two_threads, cell):
     """Frozen short calls that split their units, from four Python threads at
     once (four teams on two cores): every call gets the bits it gets alone."""
