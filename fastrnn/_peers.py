@@ -32,10 +32,16 @@ class Case:
     x: np.ndarray          # (T, B, I)
     params: tuple          # weight_ih, weight_hh, bias_ih, bias_hh
     dy: np.ndarray         # (T, B, H), the incoming gradient in training
+    states: tuple = None   # (h0,) or (h0, c0), each (B, H); None: zeros, left out
 
     @property
     def n_states(self):
         return 2 if self.cell == "lstm" else 1
+
+    def initial(self):
+        """The initial states as the kernel functions take them: one (B, H)
+        array each, or None each (zeros)."""
+        return self.states if self.states is not None else (None,) * self.n_states
 
     def flops(self, mode):
         """Multiply-adds of the forward GEMMs times 2; training adds 2x for backward."""
@@ -45,8 +51,15 @@ class Case:
         return forward * (3 if mode == "training" else 1)
 
 
-def make_case(cell, shape, dtype=np.float32, seed=0):
-    """A case with PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H))."""
+def make_case(cell, shape, dtype=np.float32, seed=0, initial_states=False):
+    """A case with PyTorch's default initialisation U(-1/sqrt(H), 1/sqrt(H)).
+
+    ``initial_states``: every implementation starts from the same random
+    states, as a model carrying its state from call to call does (a stream
+    one step at a time); else from zeros, which no implementation is given.
+    Not the same work for every peer: ONNX Runtime's RNN operator skips the
+    first step's recurrent product when it is given no initial state (its
+    LSTM and GRU do not); fastrnn and torch multiply by the zeros."""
     B, T, I, H = SHAPES[shape] if isinstance(shape, str) else shape
     G = kernels.N_GATES[cell]
     rng = np.random.default_rng(seed)
@@ -55,7 +68,11 @@ def make_case(cell, shape, dtype=np.float32, seed=0):
                    for s in [(G * H, I), (G * H, H), (G * H,), (G * H,)])
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
-    return Case(cell, x, params, dy)
+    states = None
+    if initial_states:
+        states = tuple(rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
+                       for _ in range(2 if cell == "lstm" else 1))
+    return Case(cell, x, params, dy, states)
 
 
 def _kernel_functions(cell):
@@ -70,10 +87,15 @@ def fastrnn_runner(case, mode, backend, frozen=True):
     session has them), or with ``frozen=False`` the kernel function, which
     does that on every call; training runs the kernel functions."""
     forward, backward, extra = _kernel_functions(case.cell)
-    states = (None,) * case.n_states
+    states = case.initial()
     if mode == "inference" and frozen:
         ice = fastrnn_layer(case, backend).freeze()
-        return lambda: ice(case.x)
+        hx = None
+        if case.states is not None:
+            # the layer's (layers, B, H); an LSTM's pair as a tuple
+            hx = tuple(np.ascontiguousarray(s[None]) for s in case.states)
+            hx = hx if case.cell == "lstm" else hx[0]
+        return lambda: ice(case.x, hx)
     if mode == "inference":
         return lambda: forward(case.x, *states, *case.params, backend=backend, **extra)
 
@@ -118,14 +140,20 @@ def torch_runner(case, mode, threads=None):
                            case.params):
             getattr(module, name).copy_(torch.from_numpy(p))
     x = torch.from_numpy(case.x)
+    if case.states is None:
+        states = [torch.zeros(1, B, H, dtype=dtype) for _ in range(case.n_states)]
+    else:
+        states = [torch.from_numpy(s[None].copy()) for s in case.states]
     if mode == "inference":
+        hx = None if case.states is None else tuple(states) if case.cell == "lstm" \
+            else states[0]
+
         def infer():
             with torch.no_grad():
-                return module(x)
+                return module(x, hx)
         return infer
     dy = torch.from_numpy(case.dy)
-    states = [torch.zeros(1, B, H, dtype=dtype, requires_grad=True)
-              for _ in range(case.n_states)]
+    states = [s.requires_grad_() for s in states]
     hx = tuple(states) if case.cell == "lstm" else states[0]
 
     def train():
@@ -159,10 +187,16 @@ def onnx_model(case):
     R = reorder(w_hh)[None]
     Bias = np.concatenate([reorder(b_ih), reorder(b_hh)])[None]
     elem = TensorProto.DOUBLE if case.x.dtype == np.float64 else TensorProto.FLOAT
-    node = helper.make_node(op, ["X", "W", "R", "B"], ["Y"], hidden_size=H, **attrs)
+    inputs = ["X", "W", "R", "B"]
+    feeds = [helper.make_tensor_value_info("X", elem, [T, B, I])]
+    if case.states is not None:
+        # after the sequence_lens input, left empty
+        names = ["initial_h", "initial_c"][:case.n_states]
+        inputs += [""] + names
+        feeds += [helper.make_tensor_value_info(n, elem, [1, B, H]) for n in names]
+    node = helper.make_node(op, inputs, ["Y"], hidden_size=H, **attrs)
     graph = helper.make_graph(
-        [node], "fastrnn_case",
-        [helper.make_tensor_value_info("X", elem, [T, B, I])],
+        [node], "fastrnn_case", feeds,
         [helper.make_tensor_value_info("Y", elem, [T, 1, B, H])],
         initializer=[numpy_helper.from_array(a, n) for a, n in ((W, "W"), (R, "R"), (Bias, "B"))])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])
@@ -181,5 +215,12 @@ def onnxruntime_runner(case, mode, threads=None):
         options.inter_op_num_threads = 1
     session = ort.InferenceSession(onnx_model(case).SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
+    return lambda: session.run(None, onnx_feed(case))
+
+
+def onnx_feed(case):
+    """The inputs of ``onnx_model(case)``."""
     feed = {"X": case.x}
-    return lambda: session.run(None, feed)
+    if case.states is not None:
+        feed.update(zip(["initial_h", "initial_c"], [s[None] for s in case.states]))
+    return feed

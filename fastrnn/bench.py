@@ -16,6 +16,8 @@ Examples
     python -m fastrnn bench                          # the whole grid, float32, 2 threads
     python -m fastrnn bench --cells lstm --shapes small,large --modes inference
     python -m fastrnn bench --shapes 4,200,96,96 --json run.json --plot run.png
+    python -m fastrnn bench --shapes 8,1,256,256 --modes inference --initial-states
+                                                     # one step of a stream, its state given
 """
 import argparse
 import contextlib
@@ -176,20 +178,22 @@ def _runner(impl, case, mode, threads):
 
 
 def run(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress=True,
-        settle_s=SETTLE_S):
-    """Measure the grid with ``threads`` threads; returns the report as a JSON-able dict."""
+        settle_s=SETTLE_S, initial_states=False):
+    """Measure the grid with ``threads`` threads; returns the report as a JSON-able dict.
+    ``initial_states``: every implementation starts from the same random
+    states (``_peers.make_case``), not from zeros left out."""
     saved = _parallel.get_num_threads()
     _parallel.set_num_threads(threads)      # fastrnn's own threads: the split batch
     try:
         with _parallel.limit_threads(threads) or contextlib.nullcontext():
             return _measure(cells, shapes, modes, np.dtype(dtype), backends, peers, threads,
-                            rounds, progress, settle_s)
+                            rounds, progress, settle_s, initial_states)
     finally:
         _parallel.set_num_threads(saved)
 
 
 def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, progress,
-             settle_s):
+             settle_s, initial_states):
     limit_run, limit_flops = gemm_run(dtype)
     impls = list(backends) + list(peers)
     jobs = [(c, s, m) for c in cells for s in shapes for m in modes]
@@ -198,7 +202,7 @@ def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, prog
     rows = []
     with Progress(n_runs * rounds, "bench", unit="run", enabled=progress) as bar:
         for cell, shape, mode in jobs:
-            case = _peers.make_case(cell, shape, dtype=dtype)
+            case = _peers.make_case(cell, shape, dtype=dtype, initial_states=initial_states)
             bar.update(0, case=f"{cell}/{_shape_name(shape)}/{mode}")
             names, runs = [], []
             for impl in impls:
@@ -223,6 +227,7 @@ def _measure(cells, shapes, modes, dtype, backends, peers, threads, rounds, prog
                     "platform": platform.platform()},
         "versions": versions(),
         "threads": threads, "dtype": dtype.name, "rounds": rounds, "settle_s": settle_s,
+        "initial_states": initial_states,
         # the fractions use each case's own limit; this is their median
         "gemm_limit_gflops": float(np.median([r["limit_gflops"] for r in rows])),
         "rows": rows,
@@ -392,6 +397,11 @@ def main(argv=None):
     parser.add_argument("--settle", type=float, default=SETTLE_S, metavar="SECONDS",
                         help="untimed calls of an implementation before each timed one, "
                              f"so no other one's threads still spin (default {SETTLE_S})")
+    parser.add_argument("--initial-states", action="store_true",
+                        help="start every implementation from the same random initial states, "
+                             "as a model carrying its state between calls does, instead of "
+                             "zeros left out (ONNX Runtime's RNN then skips its first step's "
+                             "recurrent product)")
     parser.add_argument("--json", metavar="FILE", help="write the full report ('-': stdout)")
     parser.add_argument("--plot", metavar="FILE.png", help="bar chart of GFLOP/s per shape")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -407,11 +417,13 @@ def main(argv=None):
         parser.error(f"--settle must be a number of seconds >= 0, got {args.settle}")
 
     report = run(args.cells, args.shapes, args.modes, args.dtype, args.backends, peers,
-                 args.threads, args.repeats, progress=not args.quiet, settle_s=args.settle)
+                 args.threads, args.repeats, progress=not args.quiet, settle_s=args.settle,
+                 initial_states=args.initial_states)
     isa = report["versions"].get("fastrnn_cython_isa")
     print(f"# {report['machine']['cpu']}, {report['machine']['cores']} cores; "
           f"{args.threads} threads, {args.dtype}, median of {args.repeats} interleaved rounds, "
           f"each call after {args.settle:g} s of the same implementation's"
+          + ("; random initial states" if args.initial_states else "")
           + (f"; cython kernels for {isa}" if isa else ""))
     print(f"# GEMM limit (SciPy BLAS, 1024^3, timed in every case's turns): median "
           f"{report['gemm_limit_gflops']:.1f} GFLOP/s; "

@@ -47,9 +47,28 @@ def test_report_rows_cover_the_grid(tmp_path):
     assert report["gemm_limit_gflops"] > 0
     assert report["dtype"] == "float32" and report["rounds"] == 2
     assert report["settle_s"] == 0.01
+    assert report["initial_states"] is False
+    assert "initial states" not in text.splitlines()[0]
     # the table printed on stdout has one line per row
     assert sum(line.startswith("| lstm |") or line.startswith("| gru |")
                for line in text.splitlines()) == 4 + 2      # 4 timing rows, 2 memory rows
+
+
+def test_initial_states_reach_every_implementation(tmp_path, monkeypatch):
+    """``--initial-states``: each case of the run carries random initial
+    states (``_peers.make_case``), the report and its header say so."""
+    made = []
+    real = _peers.make_case
+
+    def spy(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+    monkeypatch.setattr(_peers, "make_case", spy)
+    report, text = run_bench(tmp_path, "--cells", "lstm,rnn_tanh", "--modes", "inference",
+                             "--backends", "reference", "--initial-states")
+    assert report["initial_states"] is True
+    assert "random initial states" in text.splitlines()[0]
+    assert [len(case.states) for case in made] == [2, 1]
 
 
 def test_flop_count_matches_the_gemms():
