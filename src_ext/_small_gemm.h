@@ -81,9 +81,17 @@ static inline void fr_nt_store4(float* out, const fr_nt_v8* v, float beta)
  * products apart from their sums there) */
 static inline void fr_nt_tail(const float* x, ptrdiff_t n, fr_nt_v8* v)
 {
+#if defined(__AVX2__)
+    /* a masked load: around a call to memcpy here GCC kept every sum of the
+     * block on the stack, which took 1.4-2.1x the time at K = 100 */
+    __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    __m256 t = _mm256_maskload_ps(x, _mm256_cmpgt_epi32(_mm256_set1_epi32((int)n), lane));
+    memcpy(v, &t, sizeof *v);
+#else
     float lanes[8] = {0};
     memcpy(lanes, x, n * sizeof(float));
     memcpy(v, lanes, sizeof *v);
+#endif
 }
 
 /* ROWS rows of A against NB rows of W (w, ldw), into C's NB columns at c:
