@@ -3,9 +3,9 @@
 packed panels (``lstm_forward_units``, ``gru_forward_units``): what every
 cell's step does for its part of the units before its own fused pass, and
 the team (src_ext/_team.h). A call too short to pack W_hh (inference of
-fewer than 4 steps) splits its units without panels: each part multiplies
-by its rows of W_hh itself (src_ext/_small_gemm.h), whose sums do not depend
-on the split.
+fewer than 4 steps) splits its units without panels, the vanilla RNN's too
+(``rnn_forward_units``): each part multiplies by its rows of W_hh itself
+(src_ext/_small_gemm.h), whose sums do not depend on the split.
 
 A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
 [k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
