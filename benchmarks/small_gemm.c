@@ -48,12 +48,10 @@ int main(int argc, char** argv)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
             int N = shapes[s][0], K = shapes[s][1], M = rows[ri];
-            float* A = malloc(sizeof(float) * M * K);
-            float* W = malloc(sizeof(float) * N * K);
+            float* A = random_floats((size_t)M * K);
+            float* W = random_floats((size_t)N * K);
             float* C = malloc(sizeof(float) * M * N);
             float* P = aligned_alloc(64, sizeof(float) * ((fr_packed_size(K, N) + 15) / 16 * 16));
-            for (int i = 0; i < M * K; i++) A[i] = (float)rand() / RAND_MAX - 0.5f;
-            for (int i = 0; i < N * K; i++) W[i] = (float)rand() / RAND_MAX - 0.5f;
             fr_pack_panels(K, N, W, 1, P);
             int calls = (int)(2e8 / ((double)M * N * K)) + 10;
             double t_nt[RUNS], t_gemv[RUNS], t_p[RUNS];

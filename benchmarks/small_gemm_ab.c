@@ -46,12 +46,10 @@ int main(void)
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (size_t ri = 0; ri < sizeof rows / sizeof rows[0]; ri++) {
             int N = shapes[s][0], K = shapes[s][1], M = rows[ri];
-            float* A = malloc(sizeof(float) * M * K);
-            float* W = malloc(sizeof(float) * N * K);
+            float* A = random_floats((size_t)M * K);
+            float* W = random_floats((size_t)N * K);
             float* C_old = malloc(sizeof(float) * M * N);
             float* C_new = malloc(sizeof(float) * M * N);
-            for (int i = 0; i < M * K; i++) A[i] = (float)rand() / RAND_MAX - 0.5f;
-            for (int i = 0; i < N * K; i++) W[i] = (float)rand() / RAND_MAX - 0.5f;
             int calls = (int)(1e8 / ((double)M * N * K)) + 10;
             double t_old[RUNS], t_new[RUNS];
             for (int r = 0; r < RUNS; r++) {
