@@ -298,9 +298,9 @@ def unit_parts(cell, dtype, T, B, params, training):
     same rule: its backward then splits the units the same way
     (``backward``). An inference call too short to pack W_hh splits them
     without panels, the vanilla RNN's too, from ``UNIT_SPLIT_NT_MIN_BYTES``
-    and up to ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B). The rule looks at the shapes only, not at
-    the threads: a call gets the same bits with a team of one (one fastrnn
-    thread, or a forked child that may start no team:
+    and up to ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B). The rule looks at the
+    shapes only, not at the threads: a call gets the same bits with a team
+    of one (one fastrnn thread, or a forked child that may start no team:
     ``_parallel.team_size``), which runs on the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
