@@ -195,7 +195,13 @@ UNIT_SPLIT_SHORT_MIN_BYTES = {24: 3 << 19} if ISA == "x86-64-v4" else None
 #: 224) 1.10x, (16, 1, 224) 1.37x, (1, 1-3, 256) 1.12-1.22x, (4, 1, 256)
 #: 1.22x; 11 rounds: (4, 1, 384) 1.57x, (4, 1, 512) 1.53x, (8, 1, 512)
 #: 1.65x, (32, 1, 256) 1.52x, (8, 3, 256) 2.57x; below it mixed: H = 192
-#: (144 KiB) 0.68-1.32x, H = 128 0.58-1.12x, H = 64 0.57-0.90x. None: never.
+#: (144 KiB) 0.68-1.32x, H = 128 0.58-1.12x, H = 64 0.57-0.90x. H off the
+#: panel width splits too, its last part taking the units past the last
+#: whole panel (11-15 rounds): LSTM (1-16, 1, 300) 1.15-1.19x, (4-16, 1,
+#: 200) 1.58-1.66x, (8, 1, 150) 1.36x, (8, 1, 120) 1.26x, (4, 2, 250) 1.61x,
+#: (8, 1, 1000) 1.60x; GRU (1-16, 1, 300) 1.19-1.34x, (8, 1, 200) 1.33x,
+#: (4, 2, 250) 1.62x; RNN (1-16, 1, 300) 1.22-1.56x, (4, 2, 250) 1.33x,
+#: (8, 1, 1000) 1.21x. None: never.
 UNIT_SPLIT_NT_MIN_BYTES = 192 << 10
 UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
 
@@ -297,8 +303,9 @@ def unit_parts(cell, dtype, T, B, params, training):
     if lower, for at most ``UNIT_SPLIT_SHORT_T`` steps). Training takes the
     same rule: its backward then splits the units the same way
     (``backward``). An inference call too short to pack W_hh splits them
-    without panels, the vanilla RNN's too, from ``UNIT_SPLIT_NT_MIN_BYTES``
-    and up to ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B). The rule looks at the
+    without panels, the vanilla RNN's too and H any width, from
+    ``UNIT_SPLIT_NT_MIN_BYTES`` and up to ``UNIT_SPLIT_NT_MAX_ROWS`` rows
+    (T * B). The rule looks at the
     shapes only, not at the threads: a call gets the same bits with a team
     of one (one fastrnn thread, or a forked child that may start no team:
     ``_parallel.team_size``), which runs on the calling thread.
@@ -307,13 +314,14 @@ def unit_parts(cell, dtype, T, B, params, training):
     if len(params) > 4:
         return 0
     GH, H = params[1].shape
-    if dtype != np.float32 or H % _packing.PANEL:
+    if dtype != np.float32:
         return 0
     if T < PREPARE_MIN_T:
         if training or UNIT_SPLIT_NT_MIN_BYTES is None or T * B > UNIT_SPLIT_NT_MAX_ROWS:
             return 0
         return 2 if GH * H * 4 >= UNIT_SPLIT_NT_MIN_BYTES else 0
-    if cell not in ("lstm", "gru") or UNIT_SPLIT_MIN_BYTES is None or B > PACKED_MAX_B:
+    if (cell not in ("lstm", "gru") or UNIT_SPLIT_MIN_BYTES is None or B > PACKED_MAX_B
+            or H % _packing.PANEL):
         return 0
     need = _bound_for(UNIT_SPLIT_MIN_BYTES, B)
     if T <= UNIT_SPLIT_SHORT_T and UNIT_SPLIT_SHORT_MIN_BYTES is not None:

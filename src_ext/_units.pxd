@@ -8,7 +8,9 @@ fewer than 4 steps) splits its units without panels, the vanilla RNN's too
 (src_ext/_small_gemm.h), whose sums do not depend on the split.
 
 A part is units [u0, u1), whole panels of W_hh^T: gate k's columns for it are
-[k*H + u0, k*H + u1), so H and the bounds are multiples of FR_PANEL.
+[k*H + u0, k*H + u1), so with panels H and the bounds are multiples of
+FR_PANEL. Without them H need not be: the last part takes the units past the
+last whole panel.
 """
 from _blas cimport fr_gemm_nt
 from _recurrent cimport fr_gemm_packed, fr_pack_panel_range, FR_PANEL
@@ -17,7 +19,14 @@ from _rnn_common cimport (time_at, chunk_start, project_columns, fr_team_size,
 
 
 cdef inline Py_ssize_t part_start(Py_ssize_t H, int part, int n_parts) noexcept nogil:
-    """The first unit of ``part``: the panels split as evenly as they go."""
+    """The first unit of ``part`` (H for ``n_parts``): the whole panels split
+    as evenly as they go, the units past them in the last part (a split
+    without panels, H not a multiple of FR_PANEL). A part's vectors then start
+    where the unsplit call's do. The bits do not depend on where a part
+    starts: each unit's activation and each column's sums are the same on any
+    lane (tests/test_unit_split.py; so too with parts at H * part // n_parts)."""
+    if part >= n_parts:
+        return H
     return (H // FR_PANEL) * part // n_parts * FR_PANEL
 
 

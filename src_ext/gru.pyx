@@ -277,10 +277,10 @@ def forward(const floating[:, :, ::1] x,
     if unit_parts > 0:
         # without panels (a call too short to pack them) the parts multiply by
         # their rows of W_hh itself
-        if floating is not float or (pack_here and packed_ == NULL) or H % FR_PANEL != 0 \
-                or n_team < 1:
+        if floating is not float or (pack_here and packed_ == NULL) \
+                or (packed_ != NULL and H % FR_PANEL != 0) or n_team < 1:
             raise ValueError(f"unit_parts needs float32, room for the panels with pack_here, "
-                             f"H a multiple of {FR_PANEL} and n_team >= 1")
+                             f"H a multiple of {FR_PANEL} with panels and n_team >= 1")
         if floating is float:
             fr_barrier_init(&bar, spin_barrier)
             with nogil:

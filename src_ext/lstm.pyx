@@ -433,9 +433,10 @@ def forward(const floating[:, :, ::1] x,
         # without panels (a call too short to pack them) the parts multiply by
         # their rows of W_hh itself
         if floating is not float or (pack_here and packed_ == NULL) or w_hr is not None \
-                or H % FR_PANEL != 0 or n_team < 1:
+                or (packed_ != NULL and H % FR_PANEL != 0) or n_team < 1:
             raise ValueError(f"unit_parts needs float32, room for the panels with pack_here, "
-                             f"no projection, H a multiple of {FR_PANEL} and n_team >= 1")
+                             f"no projection, H a multiple of {FR_PANEL} with panels and "
+                             f"n_team >= 1")
         if floating is float:
             fr_barrier_init(&bar, spin_barrier)
             with nogil:

@@ -7,7 +7,7 @@ output), so training keeps the state slots and nothing else.
 from cython cimport floating
 from cython.parallel cimport parallel
 from _activations cimport tanh_, one_minus_square
-from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed, FR_PANEL
+from _recurrent cimport Recurrent, recurrent, recurrent_product, check_packed
 from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carry_row,
                           zero_row, gradients_on_team, step_stride, Pipeline,
                           projects_ahead, forward_pipeline, pipeline_role, step_finished,
@@ -194,10 +194,10 @@ def forward(const floating[:, :, ::1] x,
     cdef Py_ssize_t chunk = pre.shape[0] if pipe_ == NULL else pipe_chunk
     if unit_parts > 0:
         if floating is not float or packed_ != NULL or packed_ih_ != NULL or pipe_ != NULL \
-                or w_hh_t_ != NULL or H % FR_PANEL != 0 or n_team < 1 or gh is None \
+                or w_hh_t_ != NULL or n_team < 1 or gh is None \
                 or gh.shape[0] != B or gh.shape[1] != H:
-            raise ValueError(f"unit_parts needs float32, no panels, no pipeline, H a multiple "
-                             f"of {FR_PANEL}, n_team >= 1 and gh ({B}, {H}) scratch")
+            raise ValueError(f"unit_parts needs float32, no panels, no pipeline, "
+                             f"n_team >= 1 and gh ({B}, {H}) scratch")
         if floating is float:
             fr_barrier_init(&bar, spin_barrier)
             with nogil:

@@ -171,14 +171,15 @@ def raw_lstm_forward_args(T, B, I, H):
 
 def test_kernel_rejects_unit_parts_it_cannot_run():
     """The raw kernel's ``unit_parts`` needs float32, room for the panels
-    its team would pack, and whole panels; anything else is a clear error,
-    not a crash. (Without panels and without ``pack_here`` the parts
-    multiply by W_hh itself.)"""
+    its team would pack, and whole panels if it has panels; anything else is
+    a clear error, not a crash. (Without panels and without ``pack_here``
+    the parts multiply by W_hh itself, H any width.)"""
     kernel = cb._typed(cb._lstm.forward, F32)
     with pytest.raises(ValueError, match="unit_parts needs float32, room for the panels"):
         kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=16), unit_parts=2, pack_here=True)
-    with pytest.raises(ValueError, match="H a multiple of 16"):
-        kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=24), unit_parts=2)
+    panels = np.zeros(cb._packing.packed_size(24, 96), np.float32)
+    with pytest.raises(ValueError, match="H a multiple of 16 with panels"):
+        kernel(*raw_lstm_forward_args(T=4, B=2, I=3, H=24), unit_parts=2, packed=panels)
 
 
 def test_rnn_kernel_rejects_unit_parts_it_cannot_run():
@@ -362,8 +363,8 @@ def test_short_inference_splits_units_without_panels():
     """Fewer than ``PREPARE_MIN_T`` steps: inference of any cell with
     W_hh^T of ``UNIT_SPLIT_NT_MIN_BYTES`` or more and at most
     ``UNIT_SPLIT_NT_MAX_ROWS`` rows (T * B) splits its units, in every build;
-    training, float64, projections, H off the panel width and more rows do
-    not."""
+    training, float64, projections and more rows do not. H need not be a
+    multiple of the panel width (the panels' splits need it)."""
     T = cb.PREPARE_MIN_T - 1
     big = tuple(make_params("lstm", 128, 128, np.float32))        # W_hh^T 256 KiB
     assert cb.UNIT_SPLIT_NT_MIN_BYTES == 192 << 10
@@ -387,8 +388,9 @@ def test_short_inference_splits_units_without_panels():
     assert cb.unit_parts("rnn_tanh", F32, 1, 1, tuple(make_params("rnn_tanh", 208, 208,
                                                                   np.float32)),
                          training=False) == 0                   # 169 KiB
-    assert cb.unit_parts("lstm", F32, 1, 1, tuple(make_params("lstm", 8, 232, np.float32)),
-                         training=False) == 0                   # 232 % 16 != 0
+    odd = tuple(make_params("lstm", 8, 232, np.float32))           # 232 % 16 != 0
+    assert cb.unit_parts("lstm", F32, 1, 1, odd, training=False) == 2  # the tail to the last part
+    assert cb.unit_parts("lstm", F32, cb.PREPARE_MIN_T, 1, odd, training=False) == 0  # panels
     projected = big + (np.zeros((16, 128), np.float32),)
     assert cb.unit_parts("lstm", F32, 1, 1, projected, training=False) == 0
 
@@ -396,7 +398,10 @@ def test_short_inference_splits_units_without_panels():
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("lengths_kind", [None, "mixed"])
 @pytest.mark.parametrize("T,B,I,H", [(1, 1, 9, 32), (2, 5, 7, 48), (3, 9, 5, 64), (1, 32, 12, 16),
-                                     (3, 10, 33, 16), (2, 16, 40, 32)])
+                                     (3, 10, 33, 16), (2, 16, 40, 32),
+                                     # H off the panel width: the last part takes the tail
+                                     (1, 3, 11, 20), (2, 7, 9, 37), (3, 4, 6, 100), (1, 2, 5, 7),
+                                     (1, 5, 13, 300)])
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh", "rnn_relu"])
 def test_short_unit_split_gives_the_bits_of_the_unsplit_call(short_split_everywhere, monkeypatch,
                                                              cell, T, B, I, H, lengths_kind,
