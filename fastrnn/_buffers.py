@@ -181,24 +181,30 @@ def gru_bias(params):
     return memo(params, "gru bias", make)
 
 
-def state_slots(T, B, H, dtype, training, reverse, initial):
-    """State buffer with ``initial`` in the slot the first step reads.
-
-    Training keeps all T+1 states; inference alternates between two slots (one
-    slot updated in place would defeat the compilers' runtime alias checks).
-    """
-    slots = empty((T + 1 if training else 2, B, H), dtype)
-    slots[(T if reverse else 0) % slots.shape[0]] = initial
-    return slots
+def allocation(nbytes):
+    """``np.empty``, or ``empty`` (the cache) for arrays of up to ``nbytes`` that
+    may reach its bound: for a call of fixed shapes to decide once, not for
+    every array on every call (a frozen layer's planned calls run thousands
+    of times, streaming steps among them)."""
+    return np.empty if _pool is None or nbytes < POOLED_MIN_BYTES else empty
 
 
-def final_state(slots, T, reverse, training):
-    """The state the last step left (slot 0 going in reverse): a copy when
-    ``training``, whose workspace keeps ``slots`` for the backward (a caller
-    changing h_n in place must not change what it reads); the slot itself
-    in inference, where nothing else holds ``slots``."""
-    state = slots[(0 if reverse else T) % slots.shape[0]]
-    return state.copy() if training else state
+def slot_indices(T, training, reverse):
+    """``(n, first, last)`` of a forward's (n, B, H) state buffer: n slots, the
+    one the first step reads (where the initial state goes) and the one the
+    last step writes. Training keeps all T+1 states; inference alternates
+    between two slots (one slot updated in place would defeat the compilers'
+    runtime alias checks)."""
+    n = T + 1 if training else 2
+    return n, (T if reverse else 0) % n, (0 if reverse else T) % n
+
+
+def final_state(slots, last, training):
+    """The state the last step left, in slot ``last``: a copy when ``training``,
+    whose workspace keeps ``slots`` for the backward (a caller changing h_n
+    in place must not change what it reads); the slot itself in inference,
+    where nothing else holds ``slots``."""
+    return slots[last].copy() if training else slots[last]
 
 
 def backward_outputs(cell, x, w_ih, w_hh, dstate_n):

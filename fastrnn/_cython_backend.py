@@ -604,7 +604,8 @@ class ForwardCall:
     panels, or the room its team packs them in, are that call's own."""
 
     __slots__ = ("w_hr", "cell", "dtype", "T", "B", "reverse", "training", "unit_parts", "H",
-                 "GH", "steps", "options", "w_ih", "w_hh", "kernel", "operands")
+                 "GH", "steps", "options", "w_ih", "w_hh", "kernel", "operands", "n_slots",
+                 "first", "last", "new")
 
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
                  unit_parts=0, proj_parts=1, pipe_chunk=0):
@@ -641,6 +642,12 @@ class ForwardCall:
             team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
         self.options = dict(team, **rec)
         self.w_ih, self.w_hh = w_ih, w_hh
+        # the state buffers' slots, and where the call's arrays come from (none
+        # is larger than the gates, the states or y), decided now and not by
+        # every call: a frozen layer's planned calls run thousands of times
+        self.n_slots, self.first, self.last = _buffers.slot_indices(T, training, reverse)
+        self.new = _buffers.allocation(max(self.steps * GH, self.n_slots * H, T * H) * B
+                                       * dtype.itemsize)
         if cell == "lstm":
             self.kernel = _typed(_lstm.forward, dtype)
             self.operands = (w_ih, w_hh, _buffers.bias_sum(params))
@@ -653,31 +660,34 @@ class ForwardCall:
 
     def __call__(self, x, state0, lengths, y=None):
         cell, dtype, T, B, H, GH = self.cell, self.dtype, self.T, self.B, self.H, self.GH
-        reverse, training = self.reverse, self.training
-        hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-        y = _buffers.empty((T, B, H), dtype) if y is None else y
-        gates = _buffers.empty((self.steps, B, GH), dtype)
+        reverse, training, new, first, last = (self.reverse, self.training, self.new,
+                                               self.first, self.last)
+        hs = new((self.n_slots, B, H), dtype)
+        hs[first] = state0[0]
+        y = new((T, B, H), dtype) if y is None else y
+        gates = new((self.steps, B, GH), dtype)
         data = None
         if cell == "lstm":
             HC = GH // 4                # the size of c
-            cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
+            cs = new((self.n_slots, B, HC), dtype)
+            cs[first] = state0[1]
             w_hr = self.w_hr
             proj = {}
             if w_hr is not None:
-                proj = dict(w_hr=w_hr, m=_buffers.empty((T if training else 1, B, HC), dtype))
+                proj = dict(w_hr=w_hr, m=new((T if training else 1, B, HC), dtype))
             self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
                         hs, cs, y, **proj, **self.options)
-            state_n = (_buffers.final_state(hs, T, reverse, training),
-                       _buffers.final_state(cs, T, reverse, training))
+            state_n = (_buffers.final_state(hs, last, training),
+                       _buffers.final_state(cs, last, training))
             if training:
                 data = dict(gates=gates, hs=hs, cs=cs)
                 if w_hr is not None:
                     data.update(w_hr=w_hr, m=proj["m"])
         elif cell == "gru":
-            ghn = _buffers.empty((T, B, H), dtype) if training else None
+            ghn = new((T, B, H), dtype) if training else None
             self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
                         ghn, hs, y, **self.options)
-            state_n = (_buffers.final_state(hs, T, reverse, training),)
+            state_n = (_buffers.final_state(hs, last, training),)
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
         else:
@@ -685,7 +695,7 @@ class ForwardCall:
             gh = {"gh": np.empty((B, GH), dtype)} if self.unit_parts else {}
             self.kernel(x, *self.operands, lengths, reverse, cell == "rnn_relu", gates, hs, y,
                         **gh, **self.options)
-            state_n = (_buffers.final_state(hs, T, reverse, training),)
+            state_n = (_buffers.final_state(hs, last, training),)
             if training:
                 data = dict(hs=hs)
         if training:

@@ -179,7 +179,7 @@ class ForwardCall:
     ``(x, state0, lengths, y=None)`` -> ``(y, state_n, data)``."""
 
     __slots__ = ("cell", "dtype", "T", "B", "reverse", "training", "w_ih", "w_hh", "w_hr", "I",
-                 "H", "GH", "operands", "steps", "all_steps")
+                 "H", "GH", "operands", "steps", "all_steps", "n_slots", "first", "last", "new")
 
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None):
         w_ih, w_hh, _, b_hh = params[:4]
@@ -212,49 +212,56 @@ class ForwardCall:
         keep_gates = training and cell in ("lstm", "gru")
         self.steps = T if keep_gates else _buffers.chunk(T, B, GH)
         self.all_steps = _lengths(None, T, B)       # the lengths when none are given
+        # the state buffers' slots and where the arrays come from, decided once
+        # (see ``_cython_backend.ForwardCall``)
+        self.n_slots, self.first, self.last = _buffers.slot_indices(T, training, reverse)
+        self.new = _buffers.allocation(max(self.steps * GH, self.n_slots * H, T * H) * B
+                                       * dtype.itemsize)
 
     def __call__(self, x, state0, lengths, y=None):
         cell, dtype, T, B, I, H, GH = (self.cell, self.dtype, self.T, self.B, self.I, self.H,
                                        self.GH)
         reverse, training, chunk = self.reverse, self.training, self.steps
-        hs = _buffers.state_slots(T, B, H, dtype, training, reverse, state0[0])
-        y = _buffers.empty((T, B, H), dtype) if y is None else y
+        new, n_slots, first, last = self.new, self.n_slots, self.first, self.last
+        hs = new((n_slots, B, H), dtype)
+        hs[first] = state0[0]
+        y = new((T, B, H), dtype) if y is None else y
         y_out = _steps(y, "y", True)
-        gates = _buffers.empty((chunk, B, GH), dtype)
-        n_slots = hs.shape[0]
+        gates = new((chunk, B, GH), dtype)
         lens = self.all_steps if lengths is None else _in(lengths)
         head = (_in(x), *self.operands, lens)
         data = None
         if cell == "lstm":
             HC = GH // 4                # the size of c
-            cs = _buffers.state_slots(T, B, HC, dtype, training, reverse, state0[1])
+            cs = new((n_slots, B, HC), dtype)
+            cs[first] = state0[1]
             gh = _out(np.empty((B, GH), dtype))
             if self.w_hr is not None:
-                m = _buffers.empty((T if training else 1, B, HC), dtype)
+                m = new((T if training else 1, B, HC), dtype)
                 _k.lstm_projected_forward(*head, T, B, I, HC, H, reverse, chunk, _out(gates),
                                           gh, _out(hs), _out(cs), n_slots, _out(m), training,
                                           *y_out)
             else:
                 _k.lstm_forward(*head, T, B, I, H, reverse, chunk, _out(gates), gh, _out(hs),
                                 _out(cs), n_slots, *y_out)
-            state_n = (_buffers.final_state(hs, T, reverse, training),
-                       _buffers.final_state(cs, T, reverse, training))
+            state_n = (_buffers.final_state(hs, last, training),
+                       _buffers.final_state(cs, last, training))
             if training:
                 data = dict(gates=gates, hs=hs, cs=cs)
                 if self.w_hr is not None:
                     data.update(w_hr=self.w_hr, m=m)
         elif cell == "gru":
-            ghn = _buffers.empty((T if training else 0, B, H), dtype)
+            ghn = new((T if training else 0, B, H), dtype)
             _k.gru_forward(*head, T, B, I, H, reverse, chunk, _out(gates),
                            _out(np.empty((B, GH), dtype)), _out(ghn), training, _out(hs),
                            n_slots, *y_out)
-            state_n = (_buffers.final_state(hs, T, reverse, training),)
+            state_n = (_buffers.final_state(hs, last, training),)
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
         else:
             _k.rnn_forward(*head, T, B, I, H, reverse, cell == "rnn_relu", chunk, _out(gates),
                            _out(hs), n_slots, *y_out)
-            state_n = (_buffers.final_state(hs, T, reverse, training),)
+            state_n = (_buffers.final_state(hs, last, training),)
             if training:
                 data = dict(hs=hs)
         if training:
