@@ -58,6 +58,22 @@ def timed(fn, flop, repeats):
     return rates
 
 
+def medians(runs, flop, repeats, out, expect):
+    """``{name: median GFLOP/s}`` of the functions ``runs``, each doing ``flop``
+    floating-point operations, over ``repeats`` turns (so drift falls on all),
+    after checking that each writes ``expect`` to ``out`` (from NaN: beta 0
+    overwrites)."""
+    for fn in runs.values():
+        out[:] = np.nan
+        fn()
+        assert np.allclose(out.reshape(expect.shape), expect, rtol=1e-4, atol=1e-3)
+    rates = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            rates[name] += timed(fn, flop, 1)
+    return {name: float(np.median(r)) for name, r in rates.items()}
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=11)
@@ -83,14 +99,7 @@ def main():
             "packed": lambda: kernels.apply_recurrent_product(h, w, True, packed, zero, out,
                                                               B, K, N, 0),
         }
-        for fn in runs.values():
-            fn()
-            assert np.allclose(out.reshape(B, N), expect, rtol=1e-4, atol=1e-3)
-        rates = {name: [] for name in runs}
-        for _ in range(args.repeats):        # turns, so drift falls on both
-            for name, fn in runs.items():
-                rates[name] += timed(fn, 2.0 * B * K * N, 1)
-        med = {name: float(np.median(r)) for name, r in rates.items()}
+        med = medians(runs, 2.0 * B * K * N, args.repeats, out, expect)
         print(f"| {cell} | {shape} | {B}, {K}, {N} | {med['gemm']:.1f} "
               f"| {med['packed']:.1f} | {med['packed'] / med['gemm']:.2f} |", flush=True)
 

@@ -280,6 +280,54 @@ def test_recurrent_product_matches_float64(B, K, N, trans, beta, packed, dtype, 
 
 
 @needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (1, 9, 7), (2, 13, 8), (3, 8, 17), (4, 4, 8),
+                                   (4, 5, 3), (5, 11, 16), (7, 30, 33), (8, 64, 100),
+                                   (13, 21, 9), (32, 70, 64), (33, 6, 12)])
+def test_few_rows_nt_matches_float64(M, N, K, beta, dtype):
+    """``kernels.few_rows_nt``: A @ W^T for W in PyTorch's layout, its 4 x 4
+    blocks, the rows left over in blocks of 8 columns, columns past a block's
+    edge and K past the last whole chunk of LANES, within the bound of
+    ``test_recurrent_product_matches_float64``; beta = 0 overwrites NaN."""
+    from fastrnn._numba import kernels
+    rng = np.random.default_rng(M * 10000 + N * 100 + K)
+    a = rng.standard_normal((M, K)).astype(dtype)
+    w = rng.standard_normal((N, K)).astype(dtype)
+    c = rng.standard_normal((M, N)).astype(dtype)
+    expected = a.astype(np.float64) @ w.T.astype(np.float64) + beta * c.astype(np.float64)
+    if beta == 0:
+        c[:] = np.nan
+    kernels.apply_few_rows_nt(a.ravel(), w.ravel(), dtype(beta), c.ravel(), M, N, K)
+    scale = np.abs(a).astype(np.float64) @ np.abs(w.T) + np.abs(expected)
+    assert np.all(np.abs(c - expected) <= 4 * np.finfo(dtype).eps * np.sqrt(K) * scale)
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_products_of_a_few_rows_by_w_transposed_take_few_rows_nt(dtype):
+    """``gemm`` gives products by W^T of ``NT_MIN_ROWS`` to ``nt_max_rows``
+    rows (32 float32, 16 float64) to ``few_rows_nt``: the kernels' recurrent
+    product without panels gets its bits there, and not just under it."""
+    from fastrnn._numba import kernels
+    rng = np.random.default_rng(3)
+    K, N = 20, 36
+    w = rng.standard_normal((N, K)).astype(dtype)
+    last = 32 if dtype == np.float32 else 16
+    for M in (kernels.NT_MIN_ROWS - 1, kernels.NT_MIN_ROWS, 9, last, last + 1):
+        h = rng.standard_normal((M, K)).astype(dtype)
+        via_gemm = np.full(M * N, np.nan, dtype)
+        kernels.apply_recurrent_product(h.ravel(), w.ravel(), True, np.empty(0, dtype),
+                                        dtype(0), via_gemm, M, K, N, 0)
+        direct = np.full(M * N, np.nan, dtype)
+        kernels.apply_few_rows_nt(h.ravel(), w.ravel(), dtype(0), direct, M, N, K)
+        if kernels.NT_MIN_ROWS <= M <= last:
+            np.testing.assert_array_equal(via_gemm, direct)
+        else:       # BLAS sums in its own order: equal only by chance, and not here
+            assert not np.array_equal(via_gemm, direct), M
+
+
+@needs_numba
 @pytest.mark.parametrize("B,K,N", [(1, 9, 40), (5, 17, 33), (9, 64, 80)])
 def test_odd_steps_walk_the_panels_backwards_with_the_same_bits(B, K, N):
     """The time loops pass their step; odd steps walk the panels from the

@@ -18,6 +18,10 @@ time-aligned state slots and ``fastrnn._numba_backend`` for the buffers.
 - The per-step recurrent product of float32 batches up to the backend's
   PACKED_MAX_B rows runs through packed panels of W_hh (``packed_product``,
   as ``src_ext/_packed_gemm.h``), not BLAS, which repacks W_hh on every call.
+- A product of 4 to 32 rows (float64: 16) by a weight in PyTorch's layout, a
+  short call's projections and recurrent products, runs through
+  ``few_rows_nt`` (as ``src_ext/_small_gemm.h``), not GEMV row by row or a
+  GEMM that repacks the weight.
 - float32 uses the branch-free exp/sigmoid/tanh of ``src_ext/_vmath.h`` (same
   constants, same error bounds); float64 uses exact exp and tanh.
 - No Numba threads (``parallel=True``): the BLAS threads run the GEMMs, and
@@ -203,7 +207,8 @@ def _xgemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y):
 
 _N, _T = ord("N"), ord("T")
 
-#: products with at most this many rows go row by row through GEMV, as in the
+#: products with at most this many rows (fewer than ``NT_MIN_ROWS`` by W^T) go
+#: row by row through GEMV, as in the
 #: Cython kernels: OpenBLAS's GEMM repacks all of op(B) on every call, which
 #: dominates a product of a few rows (GEMV_MAX_ROWS in src_ext/_blas.pxd holds
 #: the measurements)
@@ -224,6 +229,10 @@ def gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         for i in range(m):
             for j in range(n):
                 c[i * ldc + j] = beta * c[i * ldc + j] if beta != 0 else beta
+        return
+    if trans_b and not trans_a and alpha == 1 and (beta == 0 or beta == 1) \
+            and NT_MIN_ROWS <= m <= nt_max_rows(c):
+        few_rows_nt(m, n, k, a, lda, b, ldb, beta, c, ldc)
         return
     if m <= GEMV_MAX_ROWS:
         # a few rows: GEMM would repack all of op(B) for them, so stream op(B)
@@ -270,23 +279,27 @@ def packed_size(K, N):
     return (N + PANEL - 1) // PANEL * K * PANEL
 
 
-@intrinsic
-def _stack_block(typingctx, like):
-    """Room for BLOCK_ROWS x PANEL values of ``like``'s dtype on the stack.
+def _stack_of(size):
+    """An intrinsic giving room for ``size`` values of its argument's dtype on
+    the stack: ``_stack_block``, ``_stack_lanes``."""
+    @intrinsic
+    def stack(typingctx, like):
+        if not isinstance(like, (types.Array, types.CPointer)):
+            return None
+        sig = types.CPointer(like.dtype)(like)
 
-    One ``alloca`` in the entry block, with constant offsets only in the
-    inner loops, which LLVM keeps in vector registers; a NumPy array there
-    stayed in memory and ran at about a third of the speed (the prototype in
-    ``benchmarks/bench_numba_packed.py``).
-    """
-    if not isinstance(like, (types.Array, types.CPointer)):
-        return None
-    sig = types.CPointer(like.dtype)(like)
+        def codegen(context, builder, sig, args):
+            return cgutils.alloca_once(builder, context.get_value_type(like.dtype), size=size)
+        return sig, codegen
+    return stack
 
-    def codegen(context, builder, sig, args):
-        return cgutils.alloca_once(builder, context.get_value_type(like.dtype),
-                                   size=BLOCK_ROWS * PANEL)
-    return sig, codegen
+
+#: Room for BLOCK_ROWS x PANEL values of an array's dtype on the stack. One
+#: ``alloca`` in the entry block, with constant offsets only in the inner
+#: loops, which LLVM keeps in vector registers; a NumPy array there stayed in
+#: memory and ran at about a third of the speed (the prototype in
+#: ``benchmarks/bench_numba_packed.py``).
+_stack_block = _stack_of(BLOCK_ROWS * PANEL)
 
 
 @_jit
@@ -410,6 +423,150 @@ def recurrent_product(B, N, K, h, w, trans, packed, beta, out, step):
         packed_product(B, N, K, h, K, ptr(packed, 0), beta, out, N, step % 2 == 1)
     else:
         gemm(False, trans, B, N, K, one_of(out), h, K, w, K if trans else N, beta, out, N)
+
+
+# ------------------------------------------------------------- a few rows
+# A product of a few rows by a weight in PyTorch's layout, W (N, K) row-major
+# (a short call's projections and recurrent products), as src_ext/_small_gemm.h:
+# GEMV streams W once per row, and OpenBLAS's GEMM repacks all of it on every
+# call. Here each block of 4 rows x 4 columns of W streams its columns once
+# for the four rows, each of its 16 sums kept in LANES partial sums over k
+# (k = l, l + LANES, ...: a vector each), added in a fixed tree at the end.
+
+#: partial sums per output value: one AVX2 vector of float32
+LANES = 8
+#: the rows from which a product by W^T takes this path instead of GEMV; up
+#: to ``nt_max_rows`` instead of GEMM. One core, against the BLAS path
+#: (``benchmarks/bench_numba_small_gemm.py``, 9 runs, K = 100-512): float32
+#: 1.12x at (4, 400, 100), 1.5-1.8x at 4-8 rows and K >= 256, 1.3-1.6x at
+#: 16, 1.18x at 24, 1.10x at 32; float64 1.05-2.15x at 4-8 rows, 1.10-1.86x
+#: at 16, 0.99x at 24, 0.92x at 32. Under 4 rows the one-row blocks ran at
+#: 0.79-0.90x GEMV's rate (float64 0.57-0.73x).
+NT_MIN_ROWS = 4
+
+
+def nt_max_rows(c):
+    """The most rows ``gemm`` gives ``few_rows_nt`` for C's dtype (compiled code only)."""
+
+
+@overload(nt_max_rows, jit_options=_options())
+def _nt_max_rows(c):
+    rows = 32 if c.dtype == types.float32 else 16
+    return lambda c: rows
+
+_stack_lanes = _stack_of(16 * LANES)
+
+
+@_inline_ir
+def _sums_4x4(acc, a0, a1, a2, a3, w0, w1, w2, w3, k, l):
+    """The 4 x 4 block's 16 partial sums l += its rows' and columns' values at k."""
+    x0, x1, x2, x3 = a0[k], a1[k], a2[k], a3[k]
+    v0, v1, v2, v3 = w0[k], w1[k], w2[k], w3[k]
+    acc[l] += x0 * v0
+    acc[LANES + l] += x0 * v1
+    acc[2 * LANES + l] += x0 * v2
+    acc[3 * LANES + l] += x0 * v3
+    acc[4 * LANES + l] += x1 * v0
+    acc[5 * LANES + l] += x1 * v1
+    acc[6 * LANES + l] += x1 * v2
+    acc[7 * LANES + l] += x1 * v3
+    acc[8 * LANES + l] += x2 * v0
+    acc[9 * LANES + l] += x2 * v1
+    acc[10 * LANES + l] += x2 * v2
+    acc[11 * LANES + l] += x2 * v3
+    acc[12 * LANES + l] += x3 * v0
+    acc[13 * LANES + l] += x3 * v1
+    acc[14 * LANES + l] += x3 * v2
+    acc[15 * LANES + l] += x3 * v3
+
+
+@_inline_ir
+def _sums_1x8(acc, a0, w0, w1, w2, w3, w4, w5, w6, w7, k, l):
+    """A row's block of 8 columns: its 8 partial sums l += the values at k."""
+    x0 = a0[k]
+    acc[l] += x0 * w0[k]
+    acc[LANES + l] += x0 * w1[k]
+    acc[2 * LANES + l] += x0 * w2[k]
+    acc[3 * LANES + l] += x0 * w3[k]
+    acc[4 * LANES + l] += x0 * w4[k]
+    acc[5 * LANES + l] += x0 * w5[k]
+    acc[6 * LANES + l] += x0 * w6[k]
+    acc[7 * LANES + l] += x0 * w7[k]
+
+
+@_inline
+def _lane_sum(acc, j):
+    """The LANES partial sums from acc[j], in a fixed tree."""
+    return (((acc[j] + acc[j + 1]) + (acc[j + 2] + acc[j + 3]))
+            + ((acc[j + 4] + acc[j + 5]) + (acc[j + 6] + acc[j + 7])))
+
+
+@_inline
+def _store_sum(c, value, beta):
+    """c[0] := value (+ c[0] when beta is 1)."""
+    if beta == 0:
+        c[0] = value
+    else:
+        c[0] += value
+
+
+@_inline
+def _column(w, n, N, ldw):
+    """Row n of W (column n of W^T), or its last row past N: a block's columns
+    past N are computed from it and not stored."""
+    return ptr(w, min(n, N - 1) * ldw)
+
+
+@_jit
+def few_rows_nt(M, N, K, a, lda, w, ldw, beta, c, ldc):
+    """C (M, N) := A (M, K) @ W^T + beta * C for W (N, K) row-major; beta 0
+    or 1; pointers. Blocks of 4 rows x 4 columns, then each row left over in
+    blocks of 8 columns; the same partial sums for every block."""
+    acc = _stack_lanes(c)
+    zero = zero_of(c)
+    K8 = K - K % LANES
+    m = 0
+    while m + 4 <= M:
+        a0, a1 = ptr(a, m * lda), ptr(a, (m + 1) * lda)
+        a2, a3 = ptr(a, (m + 2) * lda), ptr(a, (m + 3) * lda)
+        for n in range(0, N, 4):
+            w0, w1 = _column(w, n, N, ldw), _column(w, n + 1, N, ldw)
+            w2, w3 = _column(w, n + 2, N, ldw), _column(w, n + 3, N, ldw)
+            for j in range(16 * LANES):
+                acc[j] = zero
+            for k in range(0, K8, LANES):
+                for l in range(LANES):
+                    _sums_4x4(acc, a0, a1, a2, a3, w0, w1, w2, w3, k + l, l)
+            for k in range(K8, K):
+                _sums_4x4(acc, a0, a1, a2, a3, w0, w1, w2, w3, k, k - K8)
+            for r in range(4):
+                for q in range(min(4, N - n)):
+                    _store_sum(ptr(c, (m + r) * ldc + n + q), _lane_sum(acc, (4 * r + q) * LANES),
+                               beta)
+        m += 4
+    for m in range(m, M):
+        a0 = ptr(a, m * lda)
+        for n in range(0, N, 8):
+            w0, w1 = _column(w, n, N, ldw), _column(w, n + 1, N, ldw)
+            w2, w3 = _column(w, n + 2, N, ldw), _column(w, n + 3, N, ldw)
+            w4, w5 = _column(w, n + 4, N, ldw), _column(w, n + 5, N, ldw)
+            w6, w7 = _column(w, n + 6, N, ldw), _column(w, n + 7, N, ldw)
+            for j in range(8 * LANES):
+                acc[j] = zero
+            for k in range(0, K8, LANES):
+                for l in range(LANES):
+                    _sums_1x8(acc, a0, w0, w1, w2, w3, w4, w5, w6, w7, k + l, l)
+            for k in range(K8, K):
+                _sums_1x8(acc, a0, w0, w1, w2, w3, w4, w5, w6, w7, k, k - K8)
+            for q in range(min(8, N - n)):
+                _store_sum(ptr(c, m * ldc + n + q), _lane_sum(acc, q * LANES), beta)
+
+
+@_jit
+def apply_few_rows_nt(a, w, beta, c, M, N, K):
+    """c := a @ w^T + beta * c through ``few_rows_nt``, for the tests and
+    ``benchmarks/bench_numba_small_gemm.py``; a (M*K,), w (N*K,), c (M*N,)."""
+    few_rows_nt(M, N, K, ptr(a, 0), K, ptr(w, 0), K, beta, ptr(c, 0), N)
 
 
 @_jit
