@@ -207,11 +207,11 @@ def _xgemv(typingctx, trans, m, n, alpha, a, lda, x, incx, beta, y):
 
 _N, _T = ord("N"), ord("T")
 
-#: products with at most this many rows (fewer than ``NT_MIN_ROWS`` by W^T) go
-#: row by row through GEMV, as in the
-#: Cython kernels: OpenBLAS's GEMM repacks all of op(B) on every call, which
-#: dominates a product of a few rows (GEMV_MAX_ROWS in src_ext/_blas.pxd holds
-#: the measurements)
+#: products with at most this many rows (fewer than ``NT_MIN_ROWS`` by W^T,
+#: which ``few_rows_nt`` takes) go row by row through GEMV, as the Cython
+#: kernels' other few-row products do: OpenBLAS's GEMM repacks all of op(B)
+#: on every call, which dominates a product of a few rows (GEMV_MAX_ROWS in
+#: src_ext/_blas.pxd holds the measurements)
 GEMV_MAX_ROWS = 8
 
 
