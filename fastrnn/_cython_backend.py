@@ -201,7 +201,8 @@ UNIT_SPLIT_SHORT_MIN_BYTES = {24: 3 << 19} if ISA == "x86-64-v4" else None
 #: 200) 1.58-1.66x, (8, 1, 150) 1.36x, (8, 1, 120) 1.26x, (4, 2, 250) 1.61x,
 #: (8, 1, 1000) 1.60x; GRU (1-16, 1, 300) 1.19-1.34x, (8, 1, 200) 1.33x,
 #: (4, 2, 250) 1.62x; RNN (1-16, 1, 300) 1.22-1.56x, (4, 2, 250) 1.33x,
-#: (8, 1, 1000) 1.21x. None: never.
+#: (8, 1, 1000) 1.21x; the x86-64-v3 build (11 rounds) 1.19-1.66x at (1-16,
+#: 1, 300) and (4, 2, 250). None: never.
 UNIT_SPLIT_NT_MIN_BYTES = 192 << 10
 UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
 
