@@ -181,22 +181,23 @@ def gru_bias(params):
     return memo(params, "gru bias", make)
 
 
-def allocation(nbytes):
-    """``np.empty``, or ``empty`` (the cache) for arrays of up to ``nbytes`` that
-    may reach its bound: for a call of fixed shapes to decide once, not for
-    every array on every call (a frozen layer's planned calls run thousands
-    of times, streaming steps among them)."""
-    return np.empty if _pool is None or nbytes < POOLED_MIN_BYTES else empty
+def forward_buffers(T, B, H, GH, steps, dtype, training, reverse):
+    """``(n_slots, first, last, new)`` of a forward of fixed shapes, decided
+    once rather than by every call (a frozen layer's planned calls run
+    thousands of times, streaming steps among them).
 
-
-def slot_indices(T, training, reverse):
-    """``(n, first, last)`` of a forward's (n, B, H) state buffer: n slots, the
-    one the first step reads (where the initial state goes) and the one the
-    last step writes. Training keeps all T+1 states; inference alternates
-    between two slots (one slot updated in place would defeat the compilers'
-    runtime alias checks)."""
+    The state buffers are (n_slots, B, n): training keeps all T+1 states;
+    inference alternates between two slots (one slot updated in place would
+    defeat the compilers' runtime alias checks). ``first`` is the slot the
+    first step reads (where the initial state goes), ``last`` the one the
+    last step writes. ``new(shape, dtype)`` allocates the call's arrays:
+    ``empty`` (the cache) when the largest of them, the gates (steps, B, GH),
+    the states or y (T, B, H), may reach the cache's bound, else ``np.empty``
+    itself."""
     n = T + 1 if training else 2
-    return n, (T if reverse else 0) % n, (0 if reverse else T) % n
+    nbytes = max(steps * GH, n * H, T * H) * B * dtype.itemsize
+    new = np.empty if _pool is None or nbytes < POOLED_MIN_BYTES else empty
+    return n, (T if reverse else 0) % n, (0 if reverse else T) % n, new
 
 
 def final_state(slots, last, training):

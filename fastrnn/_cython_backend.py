@@ -306,10 +306,10 @@ def unit_parts(cell, dtype, T, B, params, training):
     (``backward``). An inference call too short to pack W_hh splits them
     without panels, the vanilla RNN's too and H any width, from
     ``UNIT_SPLIT_NT_MIN_BYTES`` and up to ``UNIT_SPLIT_NT_MAX_ROWS`` rows
-    (T * B). The rule looks at the
-    shapes only, not at the threads: a call gets the same bits with a team
-    of one (one fastrnn thread, or a forked child that may start no team:
-    ``_parallel.team_size``), which runs on the calling thread.
+    (T * B). The rule looks at the shapes only, not at the threads: a call
+    gets the same bits with a team of one (one fastrnn thread, or a forked
+    child that may start no team: ``_parallel.team_size``), which runs on
+    the calling thread.
     """
     # every call of a native backend asks, streaming steps too: the cheap tests first
     if len(params) > 4:
@@ -643,12 +643,9 @@ class ForwardCall:
             team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
         self.options = dict(team, **rec)
         self.w_ih, self.w_hh = w_ih, w_hh
-        # the state buffers' slots, and where the call's arrays come from (none
-        # is larger than the gates, the states or y), decided now and not by
-        # every call: a frozen layer's planned calls run thousands of times
-        self.n_slots, self.first, self.last = _buffers.slot_indices(T, training, reverse)
-        self.new = _buffers.allocation(max(self.steps * GH, self.n_slots * H, T * H) * B
-                                       * dtype.itemsize)
+        # the state buffers' slots and where the call's arrays come from, decided once
+        self.n_slots, self.first, self.last, self.new = _buffers.forward_buffers(
+            T, B, H, GH, self.steps, dtype, training, reverse)
         if cell == "lstm":
             self.kernel = _typed(_lstm.forward, dtype)
             self.operands = (w_ih, w_hh, _buffers.bias_sum(params))

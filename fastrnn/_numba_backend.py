@@ -212,11 +212,9 @@ class ForwardCall:
         keep_gates = training and cell in ("lstm", "gru")
         self.steps = T if keep_gates else _buffers.chunk(T, B, GH)
         self.all_steps = _lengths(None, T, B)       # the lengths when none are given
-        # the state buffers' slots and where the arrays come from, decided once
-        # (see ``_cython_backend.ForwardCall``)
-        self.n_slots, self.first, self.last = _buffers.slot_indices(T, training, reverse)
-        self.new = _buffers.allocation(max(self.steps * GH, self.n_slots * H, T * H) * B
-                                       * dtype.itemsize)
+        # the state buffers' slots and where the call's arrays come from, decided once
+        self.n_slots, self.first, self.last, self.new = _buffers.forward_buffers(
+            T, B, H, GH, self.steps, dtype, training, reverse)
 
     def __call__(self, x, state0, lengths, y=None):
         cell, dtype, T, B, I, H, GH = (self.cell, self.dtype, self.T, self.B, self.I, self.H,

@@ -68,11 +68,11 @@ def make_case(cell, shape, dtype=np.float32, seed=0, initial_states=False):
                    for s in [(G * H, I), (G * H, H), (G * H,), (G * H,)])
     x = rng.standard_normal((T, B, I)).astype(dtype)
     dy = rng.standard_normal((T, B, H)).astype(dtype)
-    states = None
+    case = Case(cell, x, params, dy)
     if initial_states:
-        states = tuple(rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
-                       for _ in range(2 if cell == "lstm" else 1))
-    return Case(cell, x, params, dy, states)
+        case.states = tuple(rng.uniform(-0.5, 0.5, (B, H)).astype(dtype)
+                            for _ in range(case.n_states))
+    return case
 
 
 def _kernel_functions(cell):
