@@ -606,7 +606,7 @@ class ForwardCall:
 
     __slots__ = ("w_hr", "cell", "dtype", "T", "B", "reverse", "training", "unit_parts", "H",
                  "GH", "steps", "options", "w_ih", "w_hh", "kernel", "operands", "n_slots",
-                 "first", "last", "new")
+                 "first", "last", "new", "shapes")
 
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
                  unit_parts=0, proj_parts=1, pipe_chunk=0):
@@ -646,6 +646,9 @@ class ForwardCall:
         # the state buffers' slots and where the call's arrays come from, decided once
         self.n_slots, self.first, self.last, self.new = _buffers.forward_buffers(
             T, B, H, GH, self.steps, dtype, training, reverse)
+        # the shapes of h's slots, y, the gates and the scratch of products, and c's slots
+        self.shapes = ((self.n_slots, B, H), (T, B, H), (self.steps, B, GH), (B, GH),
+                       (self.n_slots, B, GH // 4))
         if cell == "lstm":
             self.kernel = _typed(_lstm.forward, dtype)
             self.operands = (w_ih, w_hh, _buffers.bias_sum(params))
@@ -657,48 +660,47 @@ class ForwardCall:
             self.operands = (w_ih, w_hh, _buffers.bias_sum(params))
 
     def __call__(self, x, state0, lengths, y=None):
-        cell, dtype, T, B, H, GH = self.cell, self.dtype, self.T, self.B, self.H, self.GH
-        reverse, training, new, first, last = (self.reverse, self.training, self.new,
-                                               self.first, self.last)
-        hs = new((self.n_slots, B, H), dtype)
+        # a frozen layer's one-step call runs this thousands of times: its
+        # shapes and options are the ones decided in __init__
+        cell, dtype, training, new, first = (self.cell, self.dtype, self.training, self.new,
+                                             self.first)
+        hs_shape, y_shape, gates_shape, gh_shape, cs_shape = self.shapes
+        hs = new(hs_shape, dtype)
         hs[first] = state0[0]
-        y = new((T, B, H), dtype) if y is None else y
-        gates = new((self.steps, B, GH), dtype)
+        y = new(y_shape, dtype) if y is None else y
+        gates = new(gates_shape, dtype)
         data = None
         if cell == "lstm":
-            HC = GH // 4                # the size of c
-            cs = new((self.n_slots, B, HC), dtype)
+            cs = new(cs_shape, dtype)
             cs[first] = state0[1]
             w_hr = self.w_hr
-            proj = {}
-            if w_hr is not None:
-                proj = dict(w_hr=w_hr, m=new((T if training else 1, B, HC), dtype))
-            self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
-                        hs, cs, y, **proj, **self.options)
-            state_n = (_buffers.final_state(hs, last, training),
-                       _buffers.final_state(cs, last, training))
+            m = None if w_hr is None else new((self.T if training else 1,) + cs_shape[1:], dtype)
+            self.kernel(x, *self.operands, lengths, self.reverse, gates,
+                        np.empty(gh_shape, dtype), hs, cs, y, w_hr, m, **self.options)
+            state_n = (_buffers.final_state(hs, self.last, training),
+                       _buffers.final_state(cs, self.last, training))
             if training:
                 data = dict(gates=gates, hs=hs, cs=cs)
                 if w_hr is not None:
-                    data.update(w_hr=w_hr, m=proj["m"])
+                    data.update(w_hr=w_hr, m=m)
         elif cell == "gru":
-            ghn = new((T, B, H), dtype) if training else None
-            self.kernel(x, *self.operands, lengths, reverse, gates, np.empty((B, GH), dtype),
-                        ghn, hs, y, **self.options)
-            state_n = (_buffers.final_state(hs, last, training),)
+            ghn = new(y_shape, dtype) if training else None
+            self.kernel(x, *self.operands, lengths, self.reverse, gates,
+                        np.empty(gh_shape, dtype), ghn, hs, y, **self.options)
+            state_n = (_buffers.final_state(hs, self.last, training),)
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
         else:
             # a unit split's parts write their products to a scratch of the call's own
-            gh = {"gh": np.empty((B, GH), dtype)} if self.unit_parts else {}
-            self.kernel(x, *self.operands, lengths, reverse, cell == "rnn_relu", gates, hs, y,
-                        **gh, **self.options)
-            state_n = (_buffers.final_state(hs, last, training),)
+            gh = np.empty(gh_shape, dtype) if self.unit_parts else None
+            self.kernel(x, *self.operands, lengths, self.reverse, cell == "rnn_relu", gates,
+                        hs, y, gh=gh, **self.options)
+            state_n = (_buffers.final_state(hs, self.last, training),)
             if training:
                 data = dict(hs=hs)
         if training:
-            data.update(x=x, w_ih=self.w_ih, w_hh=self.w_hh, lengths=lengths, reverse=reverse,
-                        unit_parts=self.unit_parts)
+            data.update(x=x, w_ih=self.w_ih, w_hh=self.w_hh, lengths=lengths,
+                        reverse=self.reverse, unit_parts=self.unit_parts)
         return y, state_n, data
 
 

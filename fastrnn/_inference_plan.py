@@ -33,7 +33,7 @@ class Plan:
     """
 
     __slots__ = ("layer", "runs", "zeros", "state_shapes", "time_major", "unbatched",
-                 "n_directions", "n_layers", "dtype", "hold")
+                 "n_directions", "n_layers", "dtype", "hold", "batch_first")
 
     def __init__(self, layer, runs, B, unbatched):
         self.layer = layer
@@ -41,6 +41,7 @@ class Plan:
         self.dtype = layer.dtype
         self.unbatched = unbatched
         self.time_major = unbatched or not layer.batch_first
+        self.batch_first = layer.batch_first
         self.n_layers, self.n_directions = layer.num_layers, layer.num_directions
         LD = self.n_layers * self.n_directions
         sizes = layer._state_sizes
@@ -55,23 +56,20 @@ class Plan:
     def _states(self, hx):
         """``hx`` as one (L*D, B, n) array or None per state; None if it is
         not exactly what the plan expects."""
-        shapes = self.state_shapes
+        shapes, dtype = self.state_shapes, self.dtype
         if len(shapes) == 1:
             parts = (hx,)
         elif type(hx) is tuple and len(hx) == 2:
             parts = hx
         else:
             return None
-        out = []
         for a, shape in zip(parts, shapes):
-            if a is not None:
-                if type(a) is not np.ndarray or a.shape != shape or a.dtype != self.dtype \
-                        or not a.flags.c_contiguous:
-                    return None
-                if self.unbatched:
-                    a = a[:, None, :]
-            out.append(a)
-        return out
+            if a is not None and (type(a) is not np.ndarray or a.shape != shape
+                                  or a.dtype != dtype or not a.flags.c_contiguous):
+                return None
+        if self.unbatched:
+            return tuple([None if a is None else a[:, None, :] for a in parts])
+        return parts
 
     def __call__(self, x, hx):
         if x.dtype != self.dtype:
@@ -91,15 +89,20 @@ class Plan:
             y, h_n = self._one(x, states)
         else:
             y, h_n = self._stack(x, states)
-        layer = self.layer
-        y = layer._to_user_layout(y, self.unbatched, layer.batch_first)
+        y = self.layer._to_user_layout(y, self.unbatched, self.batch_first)
         return y, (h_n[0] if len(h_n) == 1 else h_n)
 
     def _initial(self, states, idx):
         """The initial states of run ``idx``: zeros where ``states`` has None."""
+        z = self.zeros
         if states is None:
-            return self.zeros
-        return tuple([z if s is None else s[idx] for s, z in zip(states, self.zeros)])
+            return z
+        # one state or two (the LSTM's), written out: a frozen layer's one-step
+        # call runs this every time
+        h = z[0] if states[0] is None else states[0][idx]
+        if len(z) == 1:
+            return (h,)
+        return (h, z[1] if states[1] is None else states[1][idx])
 
     def _one(self, x, states):
         """One layer, one direction: its final states are the layer's."""
@@ -107,7 +110,9 @@ class Plan:
             y, state_n, _ = self.runs[0](x, self._initial(states, 0), None)
         if self.unbatched:
             return y, state_n
-        return y, tuple([s[None] for s in state_n])
+        if len(state_n) == 1:
+            return y, (state_n[0][None],)
+        return y, (state_n[0][None], state_n[1][None])
 
     def _stack(self, x, states):
         """Layer after layer, the directions of each one after the other
