@@ -29,6 +29,7 @@ h_t, so that dW_hr is one GEMM over all T*B rows, and ``dm`` (B, H) scratch.
 import importlib
 import importlib.util
 import os
+from time import perf_counter
 
 import numpy as np
 
@@ -205,6 +206,31 @@ UNIT_SPLIT_SHORT_MIN_BYTES = {24: 3 << 19} if ISA == "x86-64-v4" else None
 #: 1, 300) and (4, 2, 250). None: never.
 UNIT_SPLIT_NT_MIN_BYTES = 192 << 10
 UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
+
+#: Such a short unit-split call runs its parts on the calling thread alone
+#: when no forward call has ended in the last ``IDLE_TEAM_S`` seconds and
+#: its multiply-adds (T * B * (I + H) * G*H) are at most ``IDLE_SOLO_MAX_MACS``.
+#: fastrnn's OpenMP thread spins for its next region for about 0.2 ms
+#: (``fastrnn._ext.GOMP_SPINCOUNT``), then sleeps, and waking it costs more
+#: than a small call's split saves. An OpenMP region of two threads after a
+#: gap on the calling thread (C harness, medians of 200): 1.3-1.7 µs after
+#: 25-200 µs of work, 8-30 µs (tails of 250-600 µs) after 250-600 µs, 21-30
+#: µs (tails of 600 µs) after 200-300 µs of sleep, 335 µs after 1 ms of sleep.
+#: Frozen calls after 300 µs or 1 ms of busy work, or 1 ms of sleep
+#: (``benchmarks/bench_idle_gaps.py``, the team always against this rule,
+#: medians of 400 calls): LSTM (1, 1, 128, 128) 54 / 53 / 990 µs against 17
+#: / 28 / 40; GRU (1, 1, 256, 256) 56 / 70 / 1030 against 39 / 49 / 80; RNN
+#: (8, 1, 256, 256) 62 / 89 / 1110 against 32 / 45 / 89; back to back the
+#: same. At the bound, LSTM (1, 1, 512, 512) (2.1M), busy work favours the
+#: team (113 / 121 against 149 / 215 µs) and sleep the calling thread (1122
+#: against 179); beyond it (LSTM, GRU (8, 1, 256, 256)) the team's products
+#: are worth waking it for. The bits do not depend on the team's size.
+#: None: always the team.
+IDLE_TEAM_S = 150e-6
+IDLE_SOLO_MAX_MACS = 2 << 20
+
+#: when the last forward call ended (``time.perf_counter``)
+_last_end = 0.0
 
 
 #: A unit-split call packs W_hh on its team, each thread the panels its parts
@@ -606,7 +632,7 @@ class ForwardCall:
 
     __slots__ = ("w_hr", "cell", "dtype", "T", "B", "reverse", "training", "unit_parts", "H",
                  "GH", "steps", "options", "w_ih", "w_hh", "kernel", "operands", "n_slots",
-                 "first", "last", "new", "shapes")
+                 "first", "last", "new", "shapes", "solo")
 
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
                  unit_parts=0, proj_parts=1, pipe_chunk=0):
@@ -642,6 +668,11 @@ class ForwardCall:
         else:
             team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
         self.options = dict(team, **rec)
+        # a short call's options with the team idle (``IDLE_TEAM_S``), or None
+        self.solo = None
+        if unit_parts and T < PREPARE_MIN_T and self.options["n_team"] > 1 \
+                and T * B * (w_ih.shape[1] + H) * GH <= IDLE_SOLO_MAX_MACS:
+            self.solo = dict(self.options, n_team=1)
         self.w_ih, self.w_hh = w_ih, w_hh
         # the state buffers' slots and where the call's arrays come from, decided once
         self.n_slots, self.first, self.last, self.new = _buffers.forward_buffers(
@@ -665,6 +696,7 @@ class ForwardCall:
         cell, dtype, training, new, first = (self.cell, self.dtype, self.training, self.new,
                                              self.first)
         hs_shape, y_shape, gates_shape, gh_shape, cs_shape = self.shapes
+        options = self.options if self.solo is None else self.team_options()
         hs = new(hs_shape, dtype)
         hs[first] = state0[0]
         y = new(y_shape, dtype) if y is None else y
@@ -676,7 +708,7 @@ class ForwardCall:
             w_hr = self.w_hr
             m = None if w_hr is None else new((self.T if training else 1,) + cs_shape[1:], dtype)
             self.kernel(x, *self.operands, lengths, self.reverse, gates,
-                        np.empty(gh_shape, dtype), hs, cs, y, w_hr, m, **self.options)
+                        np.empty(gh_shape, dtype), hs, cs, y, w_hr, m, **options)
             state_n = (_buffers.final_state(hs, self.last, training),
                        _buffers.final_state(cs, self.last, training))
             if training:
@@ -686,7 +718,7 @@ class ForwardCall:
         elif cell == "gru":
             ghn = new(y_shape, dtype) if training else None
             self.kernel(x, *self.operands, lengths, self.reverse, gates,
-                        np.empty(gh_shape, dtype), ghn, hs, y, **self.options)
+                        np.empty(gh_shape, dtype), ghn, hs, y, **options)
             state_n = (_buffers.final_state(hs, self.last, training),)
             if training:
                 data = dict(gates=gates, ghn=ghn, hs=hs)
@@ -694,14 +726,24 @@ class ForwardCall:
             # a unit split's parts write their products to a scratch of the call's own
             gh = np.empty(gh_shape, dtype) if self.unit_parts else None
             self.kernel(x, *self.operands, lengths, self.reverse, cell == "rnn_relu", gates,
-                        hs, y, gh=gh, **self.options)
+                        hs, y, gh=gh, **options)
             state_n = (_buffers.final_state(hs, self.last, training),)
             if training:
                 data = dict(hs=hs)
+        global _last_end
+        _last_end = perf_counter()
         if training:
             data.update(x=x, w_ih=self.w_ih, w_hh=self.w_hh, lengths=lengths,
                         reverse=self.reverse, unit_parts=self.unit_parts)
         return y, state_n, data
+
+    def team_options(self):
+        """The kernel's options for a call starting now: ``solo`` where the
+        team has been idle long enough to have gone to sleep (``IDLE_TEAM_S``)."""
+        if self.solo is not None and IDLE_TEAM_S is not None \
+                and perf_counter() - _last_end > IDLE_TEAM_S:
+            return self.solo
+        return self.options
 
 
 def backward(cell, data, dy, dstate_n, prepared=None, grad_parts=1, grad_chunk=0):

@@ -446,6 +446,51 @@ def test_frozen_short_calls_split_as_the_layer(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
+def test_short_call_after_an_idle_gap_runs_alone_with_the_same_bits(monkeypatch, cell):
+    """A short unit-split call that comes when no forward call has ended for
+    ``IDLE_TEAM_S`` (fastrnn's OpenMP thread has gone to sleep) runs its
+    parts on the calling thread (``ForwardCall.team_options``); right after
+    another call, on the team. Both give the same bits. Larger calls
+    (``IDLE_SOLO_MAX_MACS``), long ones and training keep their team."""
+    threads = _parallel.get_num_threads()
+    _parallel.set_num_threads(2)
+    try:
+        layer = make_layer(cell, 256, 256, rng=0, backend="cython")
+        ice = layer.freeze()
+        x = np.random.default_rng(2).standard_normal((1, 2, 256)).astype(np.float32)
+        teamed = ice(x)
+        (plan,) = ice._plans.values()
+        call = plan.runs[0]
+        assert call.options["n_team"] == 2 and call.solo["n_team"] == 1
+        assert {k: v for k, v in call.solo.items() if k != "n_team"} == \
+            {k: v for k, v in call.options.items() if k != "n_team"}
+        monkeypatch.setattr(cb, "_last_end", 0.0)               # long ago
+        assert call.team_options() is call.solo
+        alone = ice(x)                                          # ends now
+        assert call.team_options() is call.options
+        for a, b in zip([teamed[0]] + list(np.atleast_1d(teamed[1]) if cell != "lstm"
+                                           else teamed[1]),
+                        [alone[0]] + list(np.atleast_1d(alone[1]) if cell != "lstm"
+                                          else alone[1])):
+            np.testing.assert_array_equal(a, b)
+        monkeypatch.setattr(cb, "IDLE_TEAM_S", None)            # off: the team always
+        monkeypatch.setattr(cb, "_last_end", 0.0)
+        assert call.team_options() is call.options
+        monkeypatch.setattr(cb, "IDLE_TEAM_S", 150e-6)
+        # more multiply-adds than the bound, or a long call: no solo options
+        wide = make_layer(cell, 512, 512, rng=0, backend="cython").freeze()
+        wide(np.zeros((1, 8, 512), np.float32))
+        (wide_plan,) = wide._plans.values()
+        assert wide_plan.runs[0].unit_parts == 2 and wide_plan.runs[0].solo is None
+        long = make_layer(cell, 256, 256, rng=0, backend="cython").freeze()
+        long(np.zeros((cb.PREPARE_MIN_T, 1, 256), np.float32))
+        (long_plan,) = long._plans.values()
+        assert long_plan.runs[0].solo is None
+    finally:
+        _parallel.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_short_unit_split_from_several_threads(two_threads, cell):
     """Frozen short calls that split their units, from four Python threads at
     once (four teams on two cores): every call gets the bits it gets alone."""

@@ -10,7 +10,9 @@ development machine a GRU medium inference call took 14.48 ms right after a
 GRU latency call against 7.72 ms after its own kind, and 7.95 against 8.13
 with ``GOMP_SPINCOUNT=10000`` (about 0.2 ms of spinning)
 (``benchmarks/bench_after_team.py``), which left the unit-split calls as
-fast as before.
+fast as before. After that the thread sleeps, and waking it costs tens of
+microseconds (hundreds after the process slept): a short call that finds it
+asleep runs on the calling thread alone (``_cython_backend.IDLE_TEAM_S``).
 """
 import ctypes
 import os
