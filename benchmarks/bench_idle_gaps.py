@@ -14,6 +14,8 @@ defaults compare the team always (``IDLE_TEAM_S=None``) with fastrnn's rule
         --shapes 1,1,128,128,4,1,256,256,8,1,256,256,1,1,512,512
 
 Settings as ``benchmarks/ab_setting.py`` takes them (``module.ATTR=value``).
+``--peers onnxruntime,torch`` times those after the same gaps too (2
+threads each, their default spinning), after fastrnn's settings.
 """
 import argparse
 import time
@@ -66,6 +68,7 @@ def main():
                    default=["_cython_backend.IDLE_TEAM_S=None", "_cython_backend.IDLE_TEAM_S=150e-6"])
     p.add_argument("--cells", default="lstm,gru,rnn_tanh")
     p.add_argument("--shapes", default="1,1,128,128,4,1,256,256,8,1,256,256,1,1,512,512")
+    p.add_argument("--peers", default="", help="onnxruntime,torch: time them too")
     p.add_argument("--rounds", type=int, default=4, help="blocks of calls per setting and gap")
     p.add_argument("--calls", type=int, default=100, help="timed calls per block")
     args = p.parse_args()
@@ -73,7 +76,9 @@ def main():
     _parallel.set_num_threads(2)
     handle = _parallel.limit_threads(2)     # noqa: F841 (BLAS at 2 threads while it lives)
     print(f"# {args.rounds} blocks of {args.calls} calls per setting and gap; median us a call")
-    print("# settings: " + " | ".join(f"[{k}] {s}" for k, s in enumerate(args.settings)))
+    peers = [name for name in args.peers.split(",") if name]
+    print("# settings: " + " | ".join(f"[{k}] {s}" for k, s in enumerate(args.settings))
+          + "".join(f" | {name}" for name in peers))
     print("| cell | shape | " + " | ".join(f"{g} us {h}" if g else "no gap" for g, h in GAPS)
           + " |")
     print("|---|---|" + "---|" * len(GAPS))
@@ -87,13 +92,17 @@ def main():
                 runs.append(_peers.fastrnn_runner(case, "inference", "cython"))
                 runs[k]()
             apply(None)
+            for name in peers:
+                runner = getattr(_peers, f"{name}_runner")
+                runs.append(runner(case, "inference", threads=2))
+                runs[-1]()
             cells = []
             for gap, how in GAPS:
-                times = [[] for _ in args.settings]
+                times = [[] for _ in runs]
                 for r in range(args.rounds):
-                    order = range(len(args.settings))
+                    order = range(len(runs))
                     for k in (order if r % 2 == 0 else reversed(order)):
-                        apply(k)
+                        apply(k if k < len(args.settings) else None)
                         timed_calls(runs[k], gap, how, 5)   # into the gap's state first
                         times[k] += timed_calls(runs[k], gap, how, args.calls)
                 apply(None)
