@@ -29,7 +29,8 @@ h_t, so that dW_hr is one GEMM over all T*B rows, and ``dm`` (B, H) scratch.
 import importlib
 import importlib.util
 import os
-from time import perf_counter
+from threading import get_ident
+from time import perf_counter, thread_time
 
 import numpy as np
 
@@ -229,8 +230,25 @@ UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
 IDLE_TEAM_S = 150e-6
 IDLE_SOLO_MAX_MACS = 2 << 20
 
+#: Up to this many multiply-adds, a short unit-split call also runs alone
+#: after an idle gap in which its thread slept (its CPU time over the gap
+#: under half of it), as a stream waiting for its next input does: the
+#: machine then idles too, and waking fastrnn's thread took about 1 ms
+#: here. Timing the thread costs 0.56 µs, so only calls past
+#: ``IDLE_SOLO_MAX_MACS`` do. Frozen calls (``bench_idle_gaps.py``, a bound
+#: of 8M multiply-adds against 2M for all gaps): after 1 ms of sleep, LSTM
+#: (8, 1, 256, 256) 1131 -> 176 µs, (4, 1, 512, 512) 1439 -> 487, GRU (8, 1,
+#: 256, 256) 1049 -> 109, (16, 1, 256, 256) 1125 -> 200 (3-10x over the
+#: shapes between the bounds); after busy work, alone took 0.60-1.35x the
+#: team's time (LSTM (4, 1, 512, 512) 334 against 561 µs), hence the test of
+#: the thread's sleep. None: only ``IDLE_SOLO_MAX_MACS``.
+SLEPT_SOLO_MAX_MACS = 8 << 20
+
 #: when the last forward call ended (``time.perf_counter``)
 _last_end = 0.0
+#: the wall and CPU time (``time.thread_time``) at the end of the last call
+#: that timed its thread, and that thread's identity
+_last_timed = (0.0, 0.0, None)
 
 
 #: A unit-split call packs W_hh on its team, each thread the panels its parts
@@ -632,7 +650,7 @@ class ForwardCall:
 
     __slots__ = ("w_hr", "cell", "dtype", "T", "B", "reverse", "training", "unit_parts", "H",
                  "GH", "steps", "options", "w_ih", "w_hh", "kernel", "operands", "n_slots",
-                 "first", "last", "new", "shapes", "solo")
+                 "first", "last", "new", "shapes", "solo", "solo_if_slept")
 
     def __init__(self, cell, dtype, T, B, params, reverse, training, prepared=None,
                  unit_parts=0, proj_parts=1, pipe_chunk=0):
@@ -668,11 +686,14 @@ class ForwardCall:
         else:
             team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
         self.options = dict(team, **rec)
-        # a short call's options with the team idle (``IDLE_TEAM_S``), or None
-        self.solo = None
-        if unit_parts and T < PREPARE_MIN_T and self.options["n_team"] > 1 \
-                and T * B * (w_ih.shape[1] + H) * GH <= IDLE_SOLO_MAX_MACS:
+        # a short call's options with the team idle (``IDLE_TEAM_S``), or None;
+        # ``solo_if_slept``: only if its thread slept through the gap
+        self.solo, self.solo_if_slept = None, False
+        macs = T * B * (w_ih.shape[1] + H) * GH
+        bound = max(IDLE_SOLO_MAX_MACS, SLEPT_SOLO_MAX_MACS or 0)
+        if unit_parts and T < PREPARE_MIN_T and self.options["n_team"] > 1 and macs <= bound:
             self.solo = dict(self.options, n_team=1)
+            self.solo_if_slept = macs > IDLE_SOLO_MAX_MACS
         self.w_ih, self.w_hh = w_ih, w_hh
         # the state buffers' slots and where the call's arrays come from, decided once
         self.n_slots, self.first, self.last, self.new = _buffers.forward_buffers(
@@ -730,8 +751,10 @@ class ForwardCall:
             state_n = (_buffers.final_state(hs, self.last, training),)
             if training:
                 data = dict(hs=hs)
-        global _last_end
+        global _last_end, _last_timed
         _last_end = perf_counter()
+        if self.solo_if_slept:
+            _last_timed = (_last_end, thread_time(), get_ident())
         if training:
             data.update(x=x, w_ih=self.w_ih, w_hh=self.w_hh, lengths=lengths,
                         reverse=self.reverse, unit_parts=self.unit_parts)
@@ -739,9 +762,19 @@ class ForwardCall:
 
     def team_options(self):
         """The kernel's options for a call starting now: ``solo`` where the
-        team has been idle long enough to have gone to sleep (``IDLE_TEAM_S``)."""
-        if self.solo is not None and IDLE_TEAM_S is not None \
-                and perf_counter() - _last_end > IDLE_TEAM_S:
+        team has been idle long enough to have gone to sleep (``IDLE_TEAM_S``)
+        and, for a call of more than ``IDLE_SOLO_MAX_MACS``, its thread slept
+        through the gap since it last timed itself on this thread
+        (``SLEPT_SOLO_MAX_MACS``)."""
+        if self.solo is None or IDLE_TEAM_S is None:
+            return self.options
+        now = perf_counter()
+        if now - _last_end <= IDLE_TEAM_S:
+            return self.options
+        if not self.solo_if_slept:
+            return self.solo
+        wall, cpu, thread = _last_timed
+        if thread == get_ident() and thread_time() - cpu < (now - wall) / 2:
             return self.solo
         return self.options
 

@@ -479,13 +479,51 @@ def test_short_call_after_an_idle_gap_runs_alone_with_the_same_bits(monkeypatch,
         monkeypatch.setattr(cb, "IDLE_TEAM_S", 150e-6)
         # more multiply-adds than the bound, or a long call: no solo options
         wide = make_layer(cell, 512, 512, rng=0, backend="cython").freeze()
-        wide(np.zeros((1, 8, 512), np.float32))
+        wide(np.zeros((2, 16, 512), np.float32))
         (wide_plan,) = wide._plans.values()
         assert wide_plan.runs[0].unit_parts == 2 and wide_plan.runs[0].solo is None
         long = make_layer(cell, 256, 256, rng=0, backend="cython").freeze()
         long(np.zeros((cb.PREPARE_MIN_T, 1, 256), np.float32))
         (long_plan,) = long._plans.values()
         assert long_plan.runs[0].solo is None
+    finally:
+        _parallel.set_num_threads(threads)
+
+
+def test_larger_short_call_runs_alone_only_after_its_thread_slept(monkeypatch):
+    """Between ``IDLE_SOLO_MAX_MACS`` and ``SLEPT_SOLO_MAX_MACS`` multiply-adds,
+    a short unit-split call runs alone after an idle gap only if its thread
+    slept through it (its CPU time over the gap under half of it, timed on
+    the same thread), and gives the team's bits either way."""
+    from threading import get_ident
+    from time import perf_counter, thread_time
+    threads = _parallel.get_num_threads()
+    _parallel.set_num_threads(2)
+    try:
+        ice = make_layer("lstm", 256, 256, rng=0, backend="cython").freeze()
+        x = np.random.default_rng(3).standard_normal((1, 8, 256)).astype(np.float32)
+        teamed = ice(x)                                         # 4.2M multiply-adds
+        (plan,) = ice._plans.values()
+        call = plan.runs[0]
+        assert call.solo is not None and call.solo_if_slept
+        assert cb._last_timed[2] == get_ident()                 # the call timed its thread
+        monkeypatch.setattr(cb, "_last_end", 0.0)               # idle since long ago
+        now = perf_counter()
+        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), get_ident()))
+        assert call.team_options() is call.solo                 # asleep for that second
+        alone = ice(x)
+        monkeypatch.setattr(cb, "_last_end", 0.0)
+        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time() - 1.0, get_ident()))
+        assert call.team_options() is call.options              # busy all along
+        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), -1))
+        assert call.team_options() is call.options              # timed on another thread
+        monkeypatch.setattr(cb, "SLEPT_SOLO_MAX_MACS", None)
+        fresh = make_layer("lstm", 256, 256, rng=0, backend="cython").freeze()
+        fresh(x)
+        (fresh_plan,) = fresh._plans.values()
+        assert fresh_plan.runs[0].solo is None
+        for a, b in zip([teamed[0], *teamed[1]], [alone[0], *alone[1]]):
+            np.testing.assert_array_equal(a, b)
     finally:
         _parallel.set_num_threads(threads)
 
