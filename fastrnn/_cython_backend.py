@@ -241,7 +241,12 @@ IDLE_SOLO_MAX_MACS = 2 << 20
 #: 256, 256) 1049 -> 109, (16, 1, 256, 256) 1125 -> 200 (3-10x over the
 #: shapes between the bounds); after busy work, alone took 0.60-1.35x the
 #: team's time (LSTM (4, 1, 512, 512) 334 against 561 µs), hence the test of
-#: the thread's sleep. None: only ``IDLE_SOLO_MAX_MACS``.
+#: the thread's sleep. Long calls whose projections run ahead on a second
+#: thread (``pipe_chunk``) follow this bound too: after 1 ms of sleep the
+#: RNN's latency call took 707 µs on its team and 123 alone, GRU and LSTM
+#: (1, 100, 64, 64) 642 and 674 against 129 and 158; long unit-split calls
+#: waited 0.05-0.1 ms for their team and keep it (alone, LSTM and GRU (1,
+#: 50, 128, 128) took 1.3-1.4x their time). None: only ``IDLE_SOLO_MAX_MACS``.
 SLEPT_SOLO_MAX_MACS = 8 << 20
 
 #: when the last forward call ended (``time.perf_counter``)
@@ -686,14 +691,21 @@ class ForwardCall:
         else:
             team = dict(proj_parts=proj_parts, n_team=_team_size(proj_parts))
         self.options = dict(team, **rec)
-        # a short call's options with the team idle (``IDLE_TEAM_S``), or None;
-        # ``solo_if_slept``: only if its thread slept through the gap
+        # the call's options with the team idle (``IDLE_TEAM_S``), or None;
+        # ``solo_if_slept``: only if its thread slept through the gap. Short
+        # unit-split calls, and calls whose projections run ahead on a second
+        # thread (``pipe_chunk``): its wake after a sleep held them for
+        # 0.5-0.7 ms, where a long unit split's held it for 0.05-0.1
         self.solo, self.solo_if_slept = None, False
         macs = T * B * (w_ih.shape[1] + H) * GH
-        bound = max(IDLE_SOLO_MAX_MACS, SLEPT_SOLO_MAX_MACS or 0)
-        if unit_parts and T < PREPARE_MIN_T and self.options["n_team"] > 1 and macs <= bound:
+        short = bool(unit_parts) and T < PREPARE_MIN_T
+        pipelined = bool(pipe_chunk) and not unit_parts
+        if self.options["n_team"] > 1 and (
+                short and macs <= IDLE_SOLO_MAX_MACS
+                or (short or pipelined) and SLEPT_SOLO_MAX_MACS is not None
+                and macs <= SLEPT_SOLO_MAX_MACS):
             self.solo = dict(self.options, n_team=1)
-            self.solo_if_slept = macs > IDLE_SOLO_MAX_MACS
+            self.solo_if_slept = not short or macs > IDLE_SOLO_MAX_MACS
         self.w_ih, self.w_hh = w_ih, w_hh
         # the state buffers' slots and where the call's arrays come from, decided once
         self.n_slots, self.first, self.last, self.new = _buffers.forward_buffers(

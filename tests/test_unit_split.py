@@ -528,6 +528,41 @@ def test_larger_short_call_runs_alone_only_after_its_thread_slept(monkeypatch):
         _parallel.set_num_threads(threads)
 
 
+def test_pipelined_call_runs_alone_only_after_its_thread_slept(monkeypatch):
+    """A long call whose projections run ahead on a second thread (the
+    RNN's latency shape) runs alone after a gap its thread slept through,
+    with the team's bits; a long unit-split call keeps its team."""
+    from threading import get_ident
+    from time import perf_counter, thread_time
+    threads = _parallel.get_num_threads()
+    _parallel.set_num_threads(2)
+    try:
+        ice = make_layer("rnn_tanh", 128, 128, rng=0, backend="cython").freeze()
+        x = np.random.default_rng(4).standard_normal((100, 1, 128)).astype(np.float32)
+        teamed = ice(x)
+        (plan,) = ice._plans.values()
+        call = plan.runs[0]
+        if not call.options.get("pipe_chunk") or call.options["n_team"] < 2:
+            pytest.skip("this build does not pipeline the RNN's latency shape")
+        assert call.solo == dict(call.options, n_team=1) and call.solo_if_slept
+        monkeypatch.setattr(cb, "_last_end", 0.0)
+        now = perf_counter()
+        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time() - 1.0, get_ident()))
+        assert call.team_options() is call.options              # busy: the team
+        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), get_ident()))
+        assert call.team_options() is call.solo                 # asleep: alone
+        alone = ice(x)
+        for a, b in zip(teamed, alone):
+            np.testing.assert_array_equal(a, b)
+        split = make_layer("lstm", 128, 128, rng=0, backend="cython").freeze()
+        split(x)
+        (split_plan,) = split._plans.values()
+        if split_plan.runs[0].options.get("unit_parts"):
+            assert split_plan.runs[0].solo is None
+    finally:
+        _parallel.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
 def test_short_unit_split_from_several_threads(two_threads, cell):
     """Frozen short calls that split their units, from four Python threads at
