@@ -54,6 +54,22 @@ def parse_setting(text):
     return out
 
 
+def applier(texts):
+    """``apply(k)``: setting k's assignments (``texts[k]``), every attribute
+    some setting names back at its default first, so that a setting that
+    leaves one out does not inherit the last turn's value; ``apply(None)``:
+    the defaults."""
+    settings = [parse_setting(t) for t in texts]
+    saved = {(m, a): getattr(m, a) for s in settings for m, a, _ in s}
+
+    def apply(k):
+        for (module, attr), value in saved.items():
+            setattr(module, attr, value)
+        for module, attr, value in ([] if k is None else settings[k]):
+            setattr(module, attr, value)
+    return apply
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("settings", nargs="+", help="module.ATTRIBUTE=value[; ...], two or more")
@@ -71,11 +87,10 @@ def main():
     args = p.parse_args()
     if len(args.settings) < 2:
         raise SystemExit("give two settings or more to compare")
-    settings = [parse_setting(s) for s in args.settings]
-    saved = {(m, a): getattr(m, a) for s in settings for m, a, _ in s}
+    apply = applier(args.settings)
     _parallel.set_num_threads(2)
     handle = _parallel.limit_threads(2)     # noqa: F841 (BLAS at 2 threads while it lives)
-    names = [f"[{k}]" for k in range(len(settings))]
+    names = [f"[{k}]" for k in range(len(args.settings))]
     for name, text in zip(names, args.settings):
         print(f"# {name} {text}")
     print(f"# rounds={args.rounds}, backend {args.backend}; medians in ms; "
@@ -89,30 +104,23 @@ def main():
                 for mode in args.modes.split(","):
                     case = _peers.make_case(cell, shape, dtype=np.float32)
 
-                    def with_setting(setting):
+                    def with_setting(k):
                         # a frozen layer of its own: it decides at its first
                         # call, under this setting, and keeps the decisions
                         run = _peers.fastrnn_runner(case, mode, args.backend,
                                                     frozen=not args.per_call)
 
                         def call():
-                            # every attribute some setting names, at its default
-                            # unless this setting names it too: a setting that
-                            # leaves one out must not inherit the last turn's value
-                            for (module, attr), value in saved.items():
-                                setattr(module, attr, value)
-                            for module, attr, value in setting:
-                                setattr(module, attr, value)
+                            apply(k)
                             return run()
                         return call
                     times = [np.array(t) for t in bench.interleaved_times(
-                        [with_setting(s) for s in settings], args.rounds)]
+                        [with_setting(k) for k in range(len(args.settings))], args.rounds)]
                     medians = " | ".join(f"{np.median(t) * 1e3:.3g}" for t in times)
                     ratios = " | ".join(f"{np.median(times[0] / t):.3f}" for t in times[1:])
                     print(f"| {cell} | {shape} | {mode} | {medians} | {ratios} |", flush=True)
     finally:
-        for (module, attr), value in saved.items():
-            setattr(module, attr, value)
+        apply(None)
 
 
 if __name__ == "__main__":

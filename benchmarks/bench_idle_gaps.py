@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from ab_setting import parse_setting     # benchmarks/, the script's directory
+from ab_setting import applier     # benchmarks/, the script's directory
 from fastrnn import _parallel, _peers, bench
 
 GAPS = ((0, "none"), (300, "busy"), (1000, "busy"), (1000, "sleep"))
@@ -46,20 +46,6 @@ def timed_calls(run, gap_us, how, n):
         run()
         times.append(time.perf_counter() - t0)
     return times
-
-
-def applier(texts):
-    """``apply(k)``: setting k's assignments, every attribute some setting
-    names back at its default first; ``apply(None)``: the defaults."""
-    settings = [parse_setting(t) for t in texts]
-    saved = {(m, a): getattr(m, a) for s in settings for m, a, _ in s}
-
-    def apply(k):
-        for (module, attr), value in saved.items():
-            setattr(module, attr, value)
-        for module, attr, value in ([] if k is None else settings[k]):
-            setattr(module, attr, value)
-    return apply
 
 
 def main():

@@ -665,7 +665,8 @@ class ForwardCall:
         self.reverse, self.training, self.unit_parts = reverse, training, unit_parts
         self.H = H = w_hh.shape[1]          # the size of h: P with a projection
         self.GH = GH = w_hh.shape[0]
-        if unit_parts and T < PREPARE_MIN_T:
+        short = bool(unit_parts) and T < PREPARE_MIN_T     # a unit split without panels
+        if short:
             rec = {}                        # the parts multiply by W_hh itself
         elif prepared is None and unit_parts and isinstance(params, FrozenParams):
             rec = _frozen_panels(params, w_ih if PROJECT_PACKED else None)
@@ -698,7 +699,6 @@ class ForwardCall:
         # 0.5-0.7 ms, where a long unit split's held it for 0.05-0.1
         self.solo, self.solo_if_slept = None, False
         macs = T * B * (w_ih.shape[1] + H) * GH
-        short = bool(unit_parts) and T < PREPARE_MIN_T
         pipelined = bool(pipe_chunk) and not unit_parts
         if self.options["n_team"] > 1 and (
                 short and macs <= IDLE_SOLO_MAX_MACS
