@@ -51,7 +51,8 @@ def timed_calls(run, gap_us, how, n):
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("settings", nargs="*",
-                   default=["_cython_backend.IDLE_TEAM_S=None", "_cython_backend.IDLE_TEAM_S=150e-6"])
+                   default=["_cython_backend.IDLE_TEAM_S=None",
+                            "_cython_backend.IDLE_TEAM_S=150e-6"])
     p.add_argument("--cells", default="lstm,gru,rnn_tanh")
     p.add_argument("--shapes", default="1,1,128,128,4,1,256,256,8,1,256,256,1,1,512,512")
     p.add_argument("--peers", default="", help="onnxruntime,torch: time them too")

@@ -446,121 +446,107 @@ def test_frozen_short_calls_split_as_the_layer(cell):
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
-def test_short_call_after_an_idle_gap_runs_alone_with_the_same_bits(monkeypatch, cell):
+def test_short_call_after_an_idle_gap_runs_alone_with_the_same_bits(two_threads, monkeypatch,
+                                                                    cell):
     """A short unit-split call that comes when no forward call has ended for
     ``IDLE_TEAM_S`` (fastrnn's OpenMP thread has gone to sleep) runs its
     parts on the calling thread (``ForwardCall.team_options``); right after
     another call, on the team. Both give the same bits. Larger calls
     (``IDLE_SOLO_MAX_MACS``), long ones and training keep their team."""
-    threads = _parallel.get_num_threads()
-    _parallel.set_num_threads(2)
-    try:
-        layer = make_layer(cell, 256, 256, rng=0, backend="cython")
-        ice = layer.freeze()
-        x = np.random.default_rng(2).standard_normal((1, 2, 256)).astype(np.float32)
-        teamed = ice(x)
-        (plan,) = ice._plans.values()
-        call = plan.runs[0]
-        assert call.options["n_team"] == 2 and call.solo["n_team"] == 1
-        assert {k: v for k, v in call.solo.items() if k != "n_team"} == \
-            {k: v for k, v in call.options.items() if k != "n_team"}
-        monkeypatch.setattr(cb, "_last_end", 0.0)               # long ago
-        assert call.team_options() is call.solo
-        alone = ice(x)                                          # ends now
-        assert call.team_options() is call.options
-        for a, b in zip([teamed[0]] + list(np.atleast_1d(teamed[1]) if cell != "lstm"
-                                           else teamed[1]),
-                        [alone[0]] + list(np.atleast_1d(alone[1]) if cell != "lstm"
-                                          else alone[1])):
-            np.testing.assert_array_equal(a, b)
-        monkeypatch.setattr(cb, "IDLE_TEAM_S", None)            # off: the team always
-        monkeypatch.setattr(cb, "_last_end", 0.0)
-        assert call.team_options() is call.options
-        monkeypatch.setattr(cb, "IDLE_TEAM_S", 150e-6)
-        # more multiply-adds than the bound, or a long call: no solo options
-        wide = make_layer(cell, 512, 512, rng=0, backend="cython").freeze()
-        wide(np.zeros((2, 16, 512), np.float32))
-        (wide_plan,) = wide._plans.values()
-        assert wide_plan.runs[0].unit_parts == 2 and wide_plan.runs[0].solo is None
-        long = make_layer(cell, 256, 256, rng=0, backend="cython").freeze()
-        long(np.zeros((cb.PREPARE_MIN_T, 1, 256), np.float32))
-        (long_plan,) = long._plans.values()
-        assert long_plan.runs[0].solo is None
-    finally:
-        _parallel.set_num_threads(threads)
+    layer = make_layer(cell, 256, 256, rng=0, backend="cython")
+    ice = layer.freeze()
+    x = np.random.default_rng(2).standard_normal((1, 2, 256)).astype(np.float32)
+    teamed = ice(x)
+    (plan,) = ice._plans.values()
+    call = plan.runs[0]
+    assert call.options["n_team"] == 2 and call.solo["n_team"] == 1
+    assert {k: v for k, v in call.solo.items() if k != "n_team"} == \
+        {k: v for k, v in call.options.items() if k != "n_team"}
+    monkeypatch.setattr(cb, "_last_end", 0.0)               # long ago
+    assert call.team_options() is call.solo
+    alone = ice(x)                                          # ends now
+    assert call.team_options() is call.options
+    for a, b in zip([teamed[0]] + list(np.atleast_1d(teamed[1]) if cell != "lstm"
+                                       else teamed[1]),
+                    [alone[0]] + list(np.atleast_1d(alone[1]) if cell != "lstm"
+                                      else alone[1])):
+        np.testing.assert_array_equal(a, b)
+    monkeypatch.setattr(cb, "IDLE_TEAM_S", None)            # off: the team always
+    monkeypatch.setattr(cb, "_last_end", 0.0)
+    assert call.team_options() is call.options
+    monkeypatch.setattr(cb, "IDLE_TEAM_S", 150e-6)
+    # more multiply-adds than the bound, or a long call: no solo options
+    wide = make_layer(cell, 512, 512, rng=0, backend="cython").freeze()
+    wide(np.zeros((2, 16, 512), np.float32))
+    (wide_plan,) = wide._plans.values()
+    assert wide_plan.runs[0].unit_parts == 2 and wide_plan.runs[0].solo is None
+    long = make_layer(cell, 256, 256, rng=0, backend="cython").freeze()
+    long(np.zeros((cb.PREPARE_MIN_T, 1, 256), np.float32))
+    (long_plan,) = long._plans.values()
+    assert long_plan.runs[0].solo is None
 
 
-def test_larger_short_call_runs_alone_only_after_its_thread_slept(monkeypatch):
+def test_larger_short_call_runs_alone_only_after_its_thread_slept(two_threads, monkeypatch):
     """Between ``IDLE_SOLO_MAX_MACS`` and ``SLEPT_SOLO_MAX_MACS`` multiply-adds,
     a short unit-split call runs alone after an idle gap only if its thread
     slept through it (its CPU time over the gap under half of it, timed on
     the same thread), and gives the team's bits either way."""
     from threading import get_ident
     from time import perf_counter, thread_time
-    threads = _parallel.get_num_threads()
-    _parallel.set_num_threads(2)
-    try:
-        ice = make_layer("lstm", 256, 256, rng=0, backend="cython").freeze()
-        x = np.random.default_rng(3).standard_normal((1, 8, 256)).astype(np.float32)
-        teamed = ice(x)                                         # 4.2M multiply-adds
-        (plan,) = ice._plans.values()
-        call = plan.runs[0]
-        assert call.solo is not None and call.solo_if_slept
-        assert cb._last_timed[2] == get_ident()                 # the call timed its thread
-        monkeypatch.setattr(cb, "_last_end", 0.0)               # idle since long ago
-        now = perf_counter()
-        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), get_ident()))
-        assert call.team_options() is call.solo                 # asleep for that second
-        alone = ice(x)
-        monkeypatch.setattr(cb, "_last_end", 0.0)
-        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time() - 1.0, get_ident()))
-        assert call.team_options() is call.options              # busy all along
-        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), -1))
-        assert call.team_options() is call.options              # timed on another thread
-        monkeypatch.setattr(cb, "SLEPT_SOLO_MAX_MACS", None)
-        fresh = make_layer("lstm", 256, 256, rng=0, backend="cython").freeze()
-        fresh(x)
-        (fresh_plan,) = fresh._plans.values()
-        assert fresh_plan.runs[0].solo is None
-        for a, b in zip([teamed[0], *teamed[1]], [alone[0], *alone[1]]):
-            np.testing.assert_array_equal(a, b)
-    finally:
-        _parallel.set_num_threads(threads)
+    ice = make_layer("lstm", 256, 256, rng=0, backend="cython").freeze()
+    x = np.random.default_rng(3).standard_normal((1, 8, 256)).astype(np.float32)
+    teamed = ice(x)                                         # 4.2M multiply-adds
+    (plan,) = ice._plans.values()
+    call = plan.runs[0]
+    assert call.solo is not None and call.solo_if_slept
+    assert cb._last_timed[2] == get_ident()                 # the call timed its thread
+    monkeypatch.setattr(cb, "_last_end", 0.0)               # idle since long ago
+    now = perf_counter()
+    monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), get_ident()))
+    assert call.team_options() is call.solo                 # asleep for that second
+    alone = ice(x)
+    monkeypatch.setattr(cb, "_last_end", 0.0)
+    monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time() - 1.0, get_ident()))
+    assert call.team_options() is call.options              # busy all along
+    monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), -1))
+    assert call.team_options() is call.options              # timed on another thread
+    monkeypatch.setattr(cb, "SLEPT_SOLO_MAX_MACS", None)
+    fresh = make_layer("lstm", 256, 256, rng=0, backend="cython").freeze()
+    fresh(x)
+    (fresh_plan,) = fresh._plans.values()
+    assert fresh_plan.runs[0].solo is None
+    for a, b in zip([teamed[0], *teamed[1]], [alone[0], *alone[1]]):
+        np.testing.assert_array_equal(a, b)
 
 
-def test_pipelined_call_runs_alone_only_after_its_thread_slept(monkeypatch):
+def test_pipelined_call_runs_alone_only_after_its_thread_slept(two_threads, monkeypatch):
     """A long call whose projections run ahead on a second thread (the
     RNN's latency shape) runs alone after a gap its thread slept through,
     with the team's bits; a long unit-split call keeps its team."""
     from threading import get_ident
     from time import perf_counter, thread_time
-    threads = _parallel.get_num_threads()
-    _parallel.set_num_threads(2)
-    try:
-        ice = make_layer("rnn_tanh", 128, 128, rng=0, backend="cython").freeze()
-        x = np.random.default_rng(4).standard_normal((100, 1, 128)).astype(np.float32)
-        teamed = ice(x)
-        (plan,) = ice._plans.values()
-        call = plan.runs[0]
-        if not call.options.get("pipe_chunk") or call.options["n_team"] < 2:
-            pytest.skip("this build does not pipeline the RNN's latency shape")
-        assert call.solo == dict(call.options, n_team=1) and call.solo_if_slept
-        monkeypatch.setattr(cb, "_last_end", 0.0)
-        now = perf_counter()
-        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time() - 1.0, get_ident()))
-        assert call.team_options() is call.options              # busy: the team
-        monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), get_ident()))
-        assert call.team_options() is call.solo                 # asleep: alone
-        alone = ice(x)
-        for a, b in zip(teamed, alone):
-            np.testing.assert_array_equal(a, b)
-        split = make_layer("lstm", 128, 128, rng=0, backend="cython").freeze()
-        split(x)
-        (split_plan,) = split._plans.values()
-        if split_plan.runs[0].options.get("unit_parts"):
-            assert split_plan.runs[0].solo is None
-    finally:
-        _parallel.set_num_threads(threads)
+    ice = make_layer("rnn_tanh", 128, 128, rng=0, backend="cython").freeze()
+    x = np.random.default_rng(4).standard_normal((100, 1, 128)).astype(np.float32)
+    teamed = ice(x)
+    (plan,) = ice._plans.values()
+    call = plan.runs[0]
+    if not call.options.get("pipe_chunk") or call.options["n_team"] < 2:
+        pytest.skip("this build does not pipeline the RNN's latency shape")
+    assert call.solo == dict(call.options, n_team=1) and call.solo_if_slept
+    monkeypatch.setattr(cb, "_last_end", 0.0)
+    now = perf_counter()
+    monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time() - 1.0, get_ident()))
+    assert call.team_options() is call.options              # busy: the team
+    monkeypatch.setattr(cb, "_last_timed", (now - 1.0, thread_time(), get_ident()))
+    assert call.team_options() is call.solo                 # asleep: alone
+    alone = ice(x)
+    for a, b in zip(teamed, alone):
+        np.testing.assert_array_equal(a, b)
+    split = make_layer("lstm", 128, 128, rng=0, backend="cython").freeze()
+    split(x)
+    (split_plan,) = split._plans.values()
+    if split_plan.runs[0].options.get("unit_parts"):
+        assert split_plan.runs[0].solo is None
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn_tanh"])
