@@ -39,6 +39,7 @@ from .frozen import FrozenParams
 from ._parallel import (cores as _cores, gradient_parts as _gradient_parts,
                         openmp_usable as _openmp_usable, projection_parts as _projection_parts,
                         team_size as _team_size)
+from . import _ext
 from ._ext import cpu as _cpu
 from ._ext import packing as _packing
 
@@ -226,8 +227,15 @@ UNIT_SPLIT_NT_MAX_ROWS = _packing.NT_MAX_ROWS
 #: team (113 / 121 against 149 / 215 µs) and sleep the calling thread (1122
 #: against 179); beyond it (LSTM, GRU (8, 1, 256, 256)) the team's products
 #: are worth waking it for. The bits do not depend on the team's size.
+#: Only where the thread does sleep that soon (``_ext.SPINS_BRIEFLY``): with
+#: a libgomp loaded before fastrnn's (PyTorch's, imported first) it spins
+#: for about 6 ms, and with ``OMP_WAIT_POLICY=active`` for good; under the
+#: latter the rule took 1.1-1.8x the team's time after 300 µs or 1 ms of
+#: busy work at 11 of the 12 shapes it applies to, and 1.2-2.3x after 1 ms of
+#: sleep (LSTM (1, 1, 512, 512) 73 / 83 / 102 µs against 131 / 148 / 172;
+#: ``OMP_WAIT_POLICY=active python benchmarks/bench_idle_gaps.py``, one run).
 #: None: always the team.
-IDLE_TEAM_S = 150e-6
+IDLE_TEAM_S = 150e-6 if _ext.SPINS_BRIEFLY else None
 IDLE_SOLO_MAX_MACS = 2 << 20
 
 #: Up to this many multiply-adds, a short unit-split call also runs alone

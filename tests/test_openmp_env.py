@@ -2,12 +2,14 @@
 
 The effect is a speed one (``benchmarks/bench_after_team.py``); what the
 tests check is the mechanism: ``GOMP_SPINCOUNT`` is set exactly while
-libgomp loads, the user's own settings win, and nothing is left in the
-environment for the user or their child processes.
+libgomp loads, the user's own settings win, nothing is left in the
+environment for the user or their child processes, and the idle rule
+(``_cython_backend.IDLE_TEAM_S``) holds only where idle threads do sleep soon.
 """
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 
@@ -16,7 +18,8 @@ ext = pytest.importorskip("fastrnn._ext")
 
 def test_spin_count_is_set_only_while_libgomp_loads():
     environ, seen = {"PATH": "/bin"}, []
-    loaded = ext._spin_briefly(environ, lambda name: seen.append((name, dict(environ))))
+    loaded = ext._spin_briefly(environ, lambda name: seen.append((name, dict(environ))),
+                               lambda: False)
     assert loaded
     assert seen == [("libgomp.so.1", {"PATH": "/bin",
                                       "GOMP_SPINCOUNT": str(ext.GOMP_SPINCOUNT)})]
@@ -26,15 +29,23 @@ def test_spin_count_is_set_only_while_libgomp_loads():
 @pytest.mark.parametrize("users", [{"GOMP_SPINCOUNT": "300000"}, {"OMP_WAIT_POLICY": "active"}])
 def test_the_users_openmp_settings_win(users):
     environ, seen = dict(users), []
-    assert not ext._spin_briefly(environ, seen.append)
+    assert not ext._spin_briefly(environ, seen.append, lambda: False)
     assert seen == [] and environ == users
+
+
+def test_a_libgomp_loaded_before_is_left_alone():
+    # another package's libgomp.so.1 (PyTorch's) read its environment when it
+    # loaded: setting the count now would not reach it
+    environ, seen = {}, []
+    assert not ext._spin_briefly(environ, seen.append, lambda: True)
+    assert seen == [] and environ == {}
 
 
 def test_no_libgomp_no_change():
     def missing(name):
         raise OSError(f"{name}: cannot open shared object file")
     environ = {}
-    assert not ext._spin_briefly(environ, missing)
+    assert not ext._spin_briefly(environ, missing, lambda: False)
     assert environ == {}
 
 
@@ -44,3 +55,61 @@ def test_importing_fastrnn_leaves_the_environment_alone():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
                          check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("environ, rounds", [
+    ({}, None), ({"GOMP_SPINCOUNT": "10000"}, 10000), ({"GOMP_SPINCOUNT": "10k"}, 10000),
+    ({"GOMP_SPINCOUNT": " 2M "}, 2 * 10 ** 6), ({"GOMP_SPINCOUNT": "INFINITE"}, None),
+    ({"GOMP_SPINCOUNT": "infinity"}, None), ({"GOMP_SPINCOUNT": "many"}, None),
+    ({"OMP_WAIT_POLICY": "PASSIVE"}, 0), ({"OMP_WAIT_POLICY": "active"}, None),
+    ({"OMP_WAIT_POLICY": "passive", "GOMP_SPINCOUNT": "1G"}, 10 ** 9)])
+def test_spin_rounds_read_as_libgomp_reads_them(environ, rounds):
+    assert ext._spin_rounds(environ) == rounds
+    assert ext._sleeps_briefly(False, environ) == (rounds is not None
+                                                   and rounds <= ext.GOMP_SPINCOUNT)
+    assert ext._sleeps_briefly(True, environ)
+
+
+def _idle_rule_in_a_fresh_process(first, environ):
+    code = (f"{first}import fastrnn._ext as e, fastrnn._cython_backend as cb; "
+            "print(e.SPINS_BRIEFLY, cb.IDLE_TEAM_S, e._loaded_before())")
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=dict(env, **environ), check=True)
+    return out.stdout.split() + ["warned" if "loaded before fastrnn" in out.stderr else "quiet"]
+
+
+def test_idle_rule_on_when_fastrnn_sets_the_spin_count():
+    pytest.importorskip("fastrnn._ext.pool")        # a build of the kernels
+    spins, rule, libgomp, warned = _idle_rule_in_a_fresh_process("", {})
+    if libgomp != "True":
+        pytest.skip("the kernels do not use libgomp here")
+    assert (spins, rule, warned) == ("True", "0.00015", "quiet")
+    assert _idle_rule_in_a_fresh_process("", {"OMP_WAIT_POLICY": "active"}) == [
+        "False", "None", "True", "quiet"]
+
+
+def test_idle_rule_off_after_torchs_libgomp():
+    pytest.importorskip("torch")
+    pytest.importorskip("fastrnn._ext.pool")
+    # torch's libgomp.so.1, loaded first, spins for its default 300,000 rounds
+    spins, rule, _, warned = _idle_rule_in_a_fresh_process("import torch; ", {})
+    assert (spins, rule, warned) == ("False", "None", "warned")
+    spins, rule, _, warned = _idle_rule_in_a_fresh_process("import torch; ",
+                                                          {"GOMP_SPINCOUNT": "10000"})
+    assert (spins, rule, warned) == ("True", "0.00015", "quiet")
+    # the user asked for long spinning: no warning
+    spins, rule, _, warned = _idle_rule_in_a_fresh_process("import torch; ",
+                                                          {"OMP_WAIT_POLICY": "active"})
+    assert (spins, rule, warned) == ("False", "None", "quiet")
+
+
+def test_long_spin_warns_only_when_nobody_asked_for_it():
+    with pytest.warns(RuntimeWarning, match="Import fastrnn before torch"):
+        assert ext._warn_long_spin(True, False, {})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not ext._warn_long_spin(True, True, {})        # a short spin after all
+        assert not ext._warn_long_spin(False, False, {})      # fastrnn loaded libgomp
+        assert not ext._warn_long_spin(True, False, {"OMP_WAIT_POLICY": "active"})
+        assert not ext._warn_long_spin(True, False, {"GOMP_SPINCOUNT": "INFINITE"})
