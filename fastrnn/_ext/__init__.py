@@ -37,9 +37,13 @@ _SUFFIXES = {"k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9, "t": 10 ** 12}
 
 
 def _loaded_before(name=_LIBGOMP):
-    """Is the library ``name`` in this process already (RTLD_NOLOAD)?"""
+    """Is the library ``name`` in this process already (RTLD_NOLOAD, where
+    the platform has it)?"""
+    no_load = getattr(os, "RTLD_NOLOAD", None)
+    if no_load is None:
+        return False
     try:
-        ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
+        ctypes.CDLL(name, mode=no_load)
     except OSError:
         return False
     return True
