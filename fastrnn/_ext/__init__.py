@@ -105,7 +105,8 @@ def _warn_long_spin(preloaded, spins_briefly, environ=os.environ):
             "that) and its idle OpenMP threads spin for about 6 ms after every parallel "
             "region, taking a core from fastrnn's split batches, which then run up to 2x "
             "slower. Import fastrnn before torch, or set GOMP_SPINCOUNT=10000 in the "
-            "environment before Python starts.", RuntimeWarning, stacklevel=3)
+            "environment before Python starts (the README's 'Sharing the cores with "
+            "PyTorch' has the trade).", RuntimeWarning, stacklevel=3)
         return True
     return False
 
