@@ -27,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from . import _buffers
+from . import _buffers, _ext
 from .frozen import FrozenParams
 
 #: batches of at least this many rows are split in two. Measured with
@@ -321,28 +321,28 @@ def run_parts(fn, n):
 
 # -- OpenMP teams, and fork --------------------------------------------------
 #
-# libgomp's threads do not survive fork: a child forked after this process ran
-# an OpenMP team waits forever for them at its own first team (a forked
-# child's LSTM latency call hung after the parent's had run; so did a split
-# batch's, whose pool threads stayed in the parent too). So such a child runs
-# every part of a call on its calling thread or on Python threads of its own:
-# slower, and the same bits (the parts depend on the shapes only).
+# libgomp's threads do not survive fork: a child forked after the forking
+# thread ran an OpenMP team, fastrnn's or torch's (the same libgomp), waits
+# forever for them at its own first team (a forked child's LSTM latency call
+# hung after the parent's had run; so did one after a torch product). So the
+# parent lets that thread's idle OpenMP threads exit just before it forks
+# (``_ext.release_openmp_threads``), and the child starts teams of its own.
+# Where that fails (a libgomp older than OpenMP 5.0), the child runs every
+# part of a call on its calling thread or on Python threads of its own:
+# slower, and the same bits (the parts depend on the shapes only). The
+# split batch's pool threads stay in the parent too: the child makes its own.
 
-_openmp_ok = True           # False in a child forked after a team ran here
-_openmp_started = False     # has this process started a team of 2 or more?
+_openmp_ok = True           # False in a child forked without releasing the threads
+_released_at_fork = True    # did the last fork's release work?
 
 
 def team_size(n_parts):
     """Threads for an OpenMP team that runs ``n_parts`` fixed parts: up to
     ``call_threads()``, or 1 (no team) where teams are unusable
     (``openmp_usable``)."""
-    global _openmp_started
     if not _openmp_ok:
         return 1
-    size = max(1, min(call_threads(), n_parts))
-    if size > 1:
-        _openmp_started = True
-    return size
+    return max(1, min(call_threads(), n_parts))
 
 
 def plan_context():
@@ -353,9 +353,14 @@ def plan_context():
 
 
 def openmp_usable():
-    """May this process start OpenMP teams? Not in a child forked after its
-    parent started one."""
+    """May this process start OpenMP teams? Not in a child forked where its
+    parent could not release its OpenMP threads first."""
     return _openmp_ok
+
+
+def _before_fork():
+    global _released_at_fork
+    _released_at_fork = _ext.release_openmp_threads()
 
 
 def _after_fork_in_child():
@@ -364,12 +369,12 @@ def _after_fork_in_child():
     _pool_lock = threading.Lock()
     if _hold is not None:
         _hold.reset()
-    if _openmp_started:
+    if not _released_at_fork:
         _openmp_ok = False
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(before=_before_fork, after_in_child=_after_fork_in_child)
 
 
 # -- the backend interface, split -------------------------------------------

@@ -1,7 +1,9 @@
 """fastrnn in a child forked after the parent used its threads.
 
 libgomp's threads and the batch split's Python threads stay in the parent
-at fork; a child that waited for them hung (``_parallel``'s fork handler).
+at fork; a child that waited for them hung (``_parallel``'s fork handlers:
+the parent releases its OpenMP threads just before it forks). A torch
+product before the fork leaves libgomp's threads as fastrnn's teams do.
 Each case runs in a fresh interpreter with a timeout, so a hang fails the
 test instead of the suite: the parent runs calls that use an OpenMP team
 (unit split, gradient parts) and the split batch's pool, in both native
@@ -25,10 +27,18 @@ pytestmark = [
 ]
 
 SCRIPT = textwrap.dedent('''
+    import ctypes
+    import os
+    import sys
+    import warnings
+    if "torch" in sys.argv:
+        import torch        # first, as a PyTorch program may: its libgomp.so.1 is the one
     import multiprocessing as mp
     import numpy as np
-    import fastrnn
-    from fastrnn import _backends, _parallel
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)     # torch's libgomp loaded first
+        import fastrnn
+    from fastrnn import _backends, _ext, _parallel
 
     cb = _backends.get("cython").module
     # every team on every build: the unit split and the gradient and
@@ -81,30 +91,51 @@ SCRIPT = textwrap.dedent('''
         return out
 
     def child(q):
-        q.put((_parallel.openmp_usable(), run_all()))
+        q.put((_parallel.openmp_usable(), _parallel._released_at_fork, run_all()))
+
+    def can_release():
+        """Has this process a libgomp with OpenMP 5.0's pause (GCC 9 and later)?"""
+        try:
+            lib = ctypes.CDLL("libgomp.so.1", mode=os.RTLD_NOLOAD)
+        except OSError:
+            return True         # no libgomp: nothing to release
+        return hasattr(lib, "omp_pause_resource_all")
 
     if __name__ == "__main__":
+        if "no-release" in sys.argv:
+            _ext.release_openmp_threads = lambda: False
         parent = run_all()
-        started = _parallel._openmp_started
         ctx = mp.get_context("fork")
         q = ctx.Queue()
         p = ctx.Process(target=child, args=(q,))
         # fork right after a team's call: its worker is still busy in libgomp
         cell, x, w, _ = CASES[0]
         fastrnn.lstm_forward(x, None, None, *w, backend="cython")
+        if "torch" in sys.argv:
+            # and right after torch's own team, in the same libgomp
+            torch.set_num_threads(2)
+            torch.randn(256, 256) @ torch.randn(256, 256)
         p.start()
-        usable, got = q.get(timeout=60)
+        usable, released, got = q.get(timeout=60)
         p.join(60)
         assert p.exitcode == 0, p.exitcode
-        assert usable == (not started), (usable, started)
+        # the child starts teams of its own where the parent released its threads
+        assert released == (can_release() and "no-release" not in sys.argv), released
+        assert usable == released, (usable, released)
         for a, b in zip(parent, got):
             for u, v in zip(a, b):
                 np.testing.assert_array_equal(u, v)
-        print("ok", started)
+        print("ok", released)
 ''')
 
 
-def test_a_forked_child_runs_what_its_parent_ran(tmp_path):
+@pytest.mark.parametrize("how", ["", "no-release", "torch"])
+def test_a_forked_child_runs_what_its_parent_ran(tmp_path, how):
+    """``how``: "no-release" as with a libgomp that cannot release its
+    threads; "torch" imports torch first and runs a torch product on two
+    threads right before the fork."""
+    if how == "torch":
+        pytest.importorskip("torch")
     script = tmp_path / "fork_case.py"
     script.write_text(SCRIPT)
     # the fastrnn these tests import, installed or in place
@@ -113,7 +144,8 @@ def test_a_forked_child_runs_what_its_parent_ran(tmp_path):
         filter(None, [root, os.environ.get("PYTHONPATH")])))
     # a session of its own, so that a hung child, which the script's death
     # would leave spinning on a core for the rest of the run, dies with it
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(script)] + [how] * bool(how),
+                            stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=180)

@@ -111,6 +111,32 @@ def _warn_long_spin(preloaded, spins_briefly, environ=os.environ):
     return False
 
 
+#: ``omp_pause_soft`` of OpenMP 5.0's ``omp_pause_resource_t``
+_OMP_PAUSE_SOFT = 1
+
+
+def release_openmp_threads(loaded_before=_loaded_before, load=ctypes.CDLL):
+    """Let the calling thread's idle OpenMP threads exit (OpenMP 5.0's
+    ``omp_pause_resource_all``, libgomp from GCC 9): its next team starts new
+    ones. True if they are gone or there is no libgomp in the process, False
+    if libgomp is there but could not release them (older than 5.0, or
+    called inside a parallel region).
+
+    For fork: libgomp's threads do not survive it, but the forking thread's
+    record of them does, and a child's first team waits for them forever. A
+    pool released just before the fork leaves the child nothing stale. Every
+    team of the thread counts, torch's among them (the same libgomp)."""
+    if not loaded_before():
+        return True
+    try:
+        pause = load(_LIBGOMP, mode=os.RTLD_NOLOAD).omp_pause_resource_all
+    except (OSError, AttributeError):
+        return False
+    pause.argtypes = [ctypes.c_int]
+    pause.restype = ctypes.c_int
+    return pause(_OMP_PAUSE_SOFT) == 0
+
+
 _preloaded = _loaded_before()
 #: do the kernels' idle OpenMP threads sleep after about 0.2 ms of spinning
 #: (``_sleeps_briefly``)? The idle rule (``_cython_backend.IDLE_TEAM_S``)
