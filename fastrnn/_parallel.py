@@ -37,6 +37,15 @@ SPLIT_MIN_B = 8
 #: below it, a part's work is shorter than waking a thread
 SPLIT_MIN_MACS = 1 << 17
 
+#: run a split batch's parts on an OpenMP team rather than on Python threads
+#: (``run_parts``)
+TEAM_PARTS = True
+
+try:
+    from ._ext import team_run as _team_run
+except ImportError:         # no Cython build: Python threads
+    _team_run = None
+
 _threads = None
 _pool = None
 _pool_lock = threading.Lock()
@@ -304,10 +313,14 @@ def blas_hold():
 
 
 def run_parts(fn, n):
-    """``[fn(0), ..., fn(n-1)]``, on up to ``call_threads()`` threads."""
+    """``[fn(0), ..., fn(n-1)]``, on up to ``call_threads()`` threads: an
+    OpenMP team (``_ext.team_run``) where each part runs on one thread, else
+    Python threads, which can run parts that start teams of their own."""
     threads = min(n, call_threads())
     if threads == 1:
         return [fn(k) for k in range(n)]
+    if TEAM_PARTS and _team_run is not None and _openmp_ok and call_threads() <= n:
+        return _run_on_team(fn, n, threads)
     global _pool
     with _pool_lock:
         if _pool is None or _pool._max_workers < threads:
@@ -317,6 +330,21 @@ def run_parts(fn, n):
     futures = [pool.submit(fn, k) for k in range(1, n)]
     first = fn(0)
     return [first] + [f.result() for f in futures]
+
+
+def _run_on_team(fn, n, threads):
+    """``run_parts`` on an OpenMP team; the first part's error (by k) is raised."""
+    results, errors = [None] * n, []
+
+    def part(k):
+        try:
+            results[k] = fn(k)
+        except BaseException as e:      # noqa: B036 (raised below, on the caller's thread)
+            errors.append((k, e))
+    _team_run.run(part, n, threads)
+    if errors:
+        raise min(errors, key=lambda ke: ke[0])[1]
+    return results
 
 
 # -- OpenMP teams, and fork --------------------------------------------------
