@@ -1,9 +1,10 @@
 """What an OpenMP team leaves behind: a split batch right after a unit split.
 
 A unit-split call (``_cython_backend.unit_parts``) runs on an OpenMP team; a
-split batch (``_parallel.run_parts``) runs its second part on a Python
-thread. If the team's idle thread still spins for its next region when the
-split batch starts, the two share a core. This times a split-batch call
+split batch (``_parallel.run_parts``) ran its second part on a Python
+thread. If the team's idle thread still spun for its next region when the
+split batch started, the two shared a core (the parts now run on the team
+itself: ``_parallel.TEAM_PARTS``). This times a split-batch call
 (GRU medium inference) right after one of its own kind and right after a
 unit-split call (GRU latency inference), taking turns, median of 60:
 
@@ -22,7 +23,6 @@ whose ``libgomp.so.1`` the kernels then share with its default spin count::
 """
 import argparse
 import time
-import warnings
 
 import numpy as np
 
@@ -36,10 +36,7 @@ def main():
     args = p.parse_args()
     if args.torch_first:
         import torch        # noqa: F401
-    with warnings.catch_warnings():
-        # fastrnn's warning of a libgomp loaded first: what this measures
-        warnings.simplefilter("ignore", RuntimeWarning)
-        from fastrnn import _parallel, _peers, bench
+    from fastrnn import _parallel, _peers, bench
     if args.after == "torch":
         import torch
     _parallel.set_num_threads(2)

@@ -23,15 +23,12 @@ GAPS_US = (0, 100, 300, 1000, 3000)
 
 
 def child(first, calls):
-    import warnings
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)    # fastrnn's, torch first
-        if first == "torch":
-            import torch
-            import fastrnn      # noqa: F401
-        else:
-            import fastrnn      # noqa: F401
-            import torch
+    if first == "torch":
+        import torch
+        import fastrnn      # noqa: F401
+    else:
+        import fastrnn      # noqa: F401
+        import torch
     import numpy as np
     torch.set_num_threads(2)
     a, b = torch.randn(256, 256), torch.randn(256, 256)

@@ -388,6 +388,7 @@ def openmp_usable():
 
 def _before_fork():
     global _released_at_fork
+    _released_at_fork = False       # unless the release returns, and says so
     _released_at_fork = _ext.release_openmp_threads()
 
 

@@ -30,14 +30,11 @@ SCRIPT = textwrap.dedent('''
     import ctypes
     import os
     import sys
-    import warnings
     if "torch" in sys.argv:
         import torch        # first, as a PyTorch program may: its libgomp.so.1 is the one
     import multiprocessing as mp
     import numpy as np
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)     # torch's libgomp loaded first
-        import fastrnn
+    import fastrnn
     from fastrnn import _backends, _ext, _parallel
 
     cb = _backends.get("cython").module
@@ -155,3 +152,15 @@ def test_a_forked_child_runs_what_its_parent_ran(tmp_path, how):
         pytest.fail("the forked child did not finish in 180 s (hung)")
     assert proc.returncode == 0, stderr[-3000:]
     assert stdout.startswith("ok"), stdout
+
+
+def test_a_release_that_raises_leaves_the_child_without_teams(monkeypatch):
+    from fastrnn import _ext, _parallel
+
+    def broken():
+        raise OSError("no libgomp after all")
+    monkeypatch.setattr(_ext, "release_openmp_threads", broken)
+    monkeypatch.setattr(_parallel, "_released_at_fork", True)
+    with pytest.raises(OSError):
+        _parallel._before_fork()        # os.fork prints and ignores what a handler raises
+    assert _parallel._released_at_fork is False

@@ -1,32 +1,30 @@
 """Compiled Cython kernels (built from ``src_ext/*.pyx`` by ``setup.py``).
 
 Importing this package, before any kernel module loads, shortens how long
-GNU OpenMP's idle threads spin (``GOMP_SPINCOUNT``). After a unit-split call
-(an OpenMP team, ``_cython_backend.unit_parts``) libgomp's second thread
-spins for its next region for about 6 ms by default (300,000 rounds); a
-split batch's second part, which runs on a Python thread
-(``_parallel.run_parts``), then shares its core with it. On the Zen 4
-development machine a GRU medium inference call took 14.48 ms right after a
-GRU latency call against 7.72 ms after its own kind, and 7.95 against 8.13
-with ``GOMP_SPINCOUNT=10000`` (about 0.2 ms of spinning)
-(``benchmarks/bench_after_team.py``), which left the unit-split calls as
-fast as before. After that the thread sleeps, and waking it costs tens of
-microseconds (hundreds after the process slept): a short call that finds it
-asleep runs on the calling thread alone (``_cython_backend.IDLE_TEAM_S``).
+GNU OpenMP's idle threads spin (``GOMP_SPINCOUNT``): libgomp's default is
+about 6 ms (300,000 rounds) after every region, here about 0.2 ms (10,000),
+so that a core fastrnn is done with goes back to the rest of the program
+soon after a call. It was set for a split batch, whose second part ran on a
+Python thread beside the spinning one: on the Zen 4 development machine a
+GRU medium inference call took 14.48 ms right after a GRU latency call
+against 7.72 ms after its own kind (``benchmarks/bench_after_team.py``).
+Split batches now run their parts on the OpenMP team itself
+(``_parallel.run_parts``) and no longer care (6.42 ms either way, with the
+default spin too). After the short spin the thread sleeps, and waking it
+costs tens of microseconds (hundreds after the process slept): a short call
+that finds it asleep runs on the calling thread alone
+(``_cython_backend.IDLE_TEAM_S``).
 
 libgomp reads its environment once, when it loads. If another package
 loaded a ``libgomp.so.1`` first (PyTorch's wheels carry one under that
 name), the kernels share it and its spin count: then ``SPINS_BRIEFLY`` is
-False, unless the environment set a short spin, the idle rule is off, and
-importing fastrnn warns (``_warn_long_spin``): a split batch right after any
-OpenMP region, torch's own included, took twice its time (GRU medium
-inference after a torch product: 12.45 ms importing torch first, 6.37
-importing fastrnn first, 6.2-6.6 after its own kind;
-``benchmarks/bench_after_team.py --after torch [--torch-first]``).
+False unless the environment sets a short spin, and the idle rule is off,
+as the team is still awake after a gap. Loaded by fastrnn first, torch's
+threads spin briefly too: ``benchmarks/bench_torch_after_gap.py`` times
+what that costs a torch op after an idle gap.
 """
 import ctypes
 import os
-import warnings
 
 #: libgomp's spin rounds before an idle thread sleeps, set unless the user
 #: set ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY`` themselves
@@ -95,22 +93,6 @@ def _sleeps_briefly(set_here, environ=os.environ):
     return rounds is not None and rounds <= GOMP_SPINCOUNT
 
 
-def _warn_long_spin(preloaded, spins_briefly, environ=os.environ):
-    """Warn when a libgomp loaded before fastrnn spins long and the user
-    did not ask for that (no ``GOMP_SPINCOUNT`` or ``OMP_WAIT_POLICY``)."""
-    if preloaded and not spins_briefly and not (
-            "GOMP_SPINCOUNT" in environ or "OMP_WAIT_POLICY" in environ):
-        warnings.warn(
-            "fastrnn: libgomp.so.1 was loaded before fastrnn (importing torch first does "
-            "that) and its idle OpenMP threads spin for about 6 ms after every parallel "
-            "region, taking a core from fastrnn's split batches, which then run up to 2x "
-            "slower. Import fastrnn before torch, or set GOMP_SPINCOUNT=10000 in the "
-            "environment before Python starts (the README's 'Sharing the cores with "
-            "PyTorch' has the trade).", RuntimeWarning, stacklevel=3)
-        return True
-    return False
-
-
 #: ``omp_pause_soft`` of OpenMP 5.0's ``omp_pause_resource_t``
 _OMP_PAUSE_SOFT = 1
 
@@ -142,4 +124,3 @@ _preloaded = _loaded_before()
 #: (``_sleeps_briefly``)? The idle rule (``_cython_backend.IDLE_TEAM_S``)
 #: holds only then
 SPINS_BRIEFLY = _sleeps_briefly(_spin_briefly(loaded_before=lambda: _preloaded))
-_warn_long_spin(_preloaded, SPINS_BRIEFLY)
