@@ -327,3 +327,31 @@ def expected_panels(w, trans, panel):
     padded = np.zeros((K, n_panels * panel), w.dtype)
     padded[:, :N] = op_w
     return padded.reshape(K, n_panels, panel).transpose(1, 0, 2).ravel()
+
+
+def run_script_alone(tmp_path, name, script, args=(), timeout=180):
+    """stdout of ``script`` (Python source) run as ``name`` in a fresh
+    interpreter with the fastrnn these tests import, installed or in place;
+    the test fails if it does not finish in ``timeout`` seconds or exits
+    non-zero. It runs in a session of its own, so that a hung process and
+    any child of it, which would spin on a core for the rest of the run, die
+    with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    path = tmp_path / name
+    path.write_text(script)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        filter(None, [root, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen([sys.executable, str(path), *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail(f"{name} did not finish in {timeout} s (hung)")
+    assert proc.returncode == 0, stderr[-3000:]
+    return stdout

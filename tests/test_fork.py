@@ -11,12 +11,10 @@ backends and frozen layers, forks, and the child runs the same calls. Every
 result must come back, bit for bit the parent's.
 """
 import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_script_alone
 
 import fastrnn
 
@@ -133,24 +131,7 @@ def test_a_forked_child_runs_what_its_parent_ran(tmp_path, how):
     threads right before the fork."""
     if how == "torch":
         pytest.importorskip("torch")
-    script = tmp_path / "fork_case.py"
-    script.write_text(SCRIPT)
-    # the fastrnn these tests import, installed or in place
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [root, os.environ.get("PYTHONPATH")])))
-    # a session of its own, so that a hung child, which the script's death
-    # would leave spinning on a core for the rest of the run, dies with it
-    proc = subprocess.Popen([sys.executable, str(script)] + [how] * bool(how),
-                            stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the forked child did not finish in 180 s (hung)")
-    assert proc.returncode == 0, stderr[-3000:]
+    stdout = run_script_alone(tmp_path, "fork_case.py", SCRIPT, [how] * bool(how))
     assert stdout.startswith("ok"), stdout
 
 

@@ -10,13 +10,10 @@ interpreter with a timeout, so that a hang fails the test instead of the
 suite; every output and gradient must be bit for bit what Python threads
 give.
 """
-import os
-import signal
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from conftest import run_script_alone
 
 import fastrnn
 
@@ -89,21 +86,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_parts_on_a_team_give_the_threads_bits(tmp_path):
-    script = tmp_path / "team_parts.py"
-    script.write_text(SCRIPT)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(fastrnn.__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [root, os.environ.get("PYTHONPATH")])))
-    # a session of its own: a hung team, spinning, dies with it
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("the parts did not finish in 180 s (a hung team)")
-    assert proc.returncode == 0, stderr[-3000:]
+    stdout = run_script_alone(tmp_path, "team_parts.py", SCRIPT)
     if stdout.startswith("skip"):
         pytest.skip(stdout.strip())
     assert stdout.startswith("ok"), stdout
