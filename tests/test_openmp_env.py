@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_script_alone
 
 ext = pytest.importorskip("fastrnn._ext")
 
@@ -69,29 +70,34 @@ def test_spin_rounds_read_as_libgomp_reads_them(environ, rounds):
     assert ext._sleeps_briefly(True, environ)
 
 
-def _idle_rule_in_a_fresh_process(first, environ):
-    code = (f"{first}import fastrnn._ext as e, fastrnn._cython_backend as cb; "
-            "print(e.SPINS_BRIEFLY, cb.IDLE_TEAM_S, e._loaded_before())")
-    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env=dict(env, **environ), check=True)
-    return out.stdout.split()
+def _idle_rule_in_a_fresh_process(tmp_path, monkeypatch, first, environ):
+    # a script, not ``python -c``: from the repository's root, -c would import
+    # its ./fastrnn, which has no built kernels, instead of the one under test
+    for name in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environ.items():
+        monkeypatch.setenv(name, value)
+    code = (f"{first}import fastrnn._ext as e, fastrnn._cython_backend as cb\n"
+            "print(e.SPINS_BRIEFLY, cb.IDLE_TEAM_S, e._loaded_before())\n")
+    return run_script_alone(tmp_path, "idle_rule.py", code, timeout=120).split()
 
 
-def test_idle_rule_on_when_fastrnn_sets_the_spin_count():
+def test_idle_rule_on_when_fastrnn_sets_the_spin_count(tmp_path, monkeypatch):
     pytest.importorskip("fastrnn._ext.pool")        # a build of the kernels
-    spins, rule, libgomp = _idle_rule_in_a_fresh_process("", {})
+    spins, rule, libgomp = _idle_rule_in_a_fresh_process(tmp_path, monkeypatch, "", {})
     if libgomp != "True":
         pytest.skip("the kernels do not use libgomp here")
     assert (spins, rule) == ("True", "0.00015")
-    assert _idle_rule_in_a_fresh_process("", {"OMP_WAIT_POLICY": "active"}) == [
-        "False", "None", "True"]
+    assert _idle_rule_in_a_fresh_process(tmp_path, monkeypatch, "",
+                                         {"OMP_WAIT_POLICY": "active"}) == ["False", "None", "True"]
 
 
-def test_idle_rule_off_after_torchs_libgomp():
+def test_idle_rule_off_after_torchs_libgomp(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     pytest.importorskip("fastrnn._ext.pool")
     # torch's libgomp.so.1, loaded first, spins for its default 300,000 rounds
-    assert _idle_rule_in_a_fresh_process("import torch; ", {})[:2] == ["False", "None"]
-    assert _idle_rule_in_a_fresh_process("import torch; ", {"GOMP_SPINCOUNT": "10000"})[:2] == [
-        "True", "0.00015"]
+    first = "import torch\n"
+    assert _idle_rule_in_a_fresh_process(tmp_path, monkeypatch, first, {})[:2] == [
+        "False", "None"]
+    assert _idle_rule_in_a_fresh_process(tmp_path, monkeypatch, first,
+                                         {"GOMP_SPINCOUNT": "10000"})[:2] == ["True", "0.00015"]
