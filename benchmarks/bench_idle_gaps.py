@@ -15,7 +15,11 @@ defaults compare the team always (``IDLE_TEAM_S=None``) with fastrnn's rule
 
 Settings as ``benchmarks/ab_setting.py`` takes them (``module.ATTR=value``).
 ``--peers onnxruntime,torch`` times those after the same gaps too (2
-threads each, their default spinning), after fastrnn's settings.
+threads each, their default spinning), after fastrnn's settings. ``--gaps``
+sets the gaps (``0:none,300:busy,1000:sleep,...``). libgomp's spin count is
+the process's: compare it across processes, one setting each, e.g.
+``GOMP_SPINCOUNT=300000 python benchmarks/bench_idle_gaps.py
+"_parallel.TEAM_PARTS=True"`` against the same without the variable.
 """
 import argparse
 import time
@@ -58,7 +62,10 @@ def main():
     p.add_argument("--peers", default="", help="onnxruntime,torch: time them too")
     p.add_argument("--rounds", type=int, default=4, help="blocks of calls per setting and gap")
     p.add_argument("--calls", type=int, default=100, help="timed calls per block")
+    p.add_argument("--gaps", default=",".join(f"{g}:{h}" for g, h in GAPS),
+                   help="the gaps, us:busy or us:sleep (0:none for none)")
     args = p.parse_args()
+    gaps = [(int(g), h) for g, h in (item.split(":") for item in args.gaps.split(","))]
     apply = applier(args.settings)
     _parallel.set_num_threads(2)
     handle = _parallel.limit_threads(2)     # noqa: F841 (BLAS at 2 threads while it lives)
@@ -66,9 +73,9 @@ def main():
     peers = [name for name in args.peers.split(",") if name]
     print("# settings: " + " | ".join(f"[{k}] {s}" for k, s in enumerate(args.settings))
           + "".join(f" | {name}" for name in peers))
-    print("| cell | shape | " + " | ".join(f"{g} us {h}" if g else "no gap" for g, h in GAPS)
+    print("| cell | shape | " + " | ".join(f"{g} us {h}" if g else "no gap" for g, h in gaps)
           + " |")
-    print("|---|---|" + "---|" * len(GAPS))
+    print("|---|---|" + "---|" * len(gaps))
     for cell in args.cells.split(","):
         for shape in bench._parse_shapes(args.shapes):
             case = _peers.make_case(cell, shape, dtype=np.float32, initial_states=True)
@@ -84,7 +91,7 @@ def main():
                 runs.append(runner(case, "inference", threads=2))
                 runs[-1]()
             cells = []
-            for gap, how in GAPS:
+            for gap, how in gaps:
                 times = [[] for _ in runs]
                 for r in range(args.rounds):
                     order = range(len(runs))

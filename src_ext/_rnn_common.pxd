@@ -29,6 +29,7 @@ cdef extern from "_team.h" nogil:
         int spin
     int fr_team_size()
     int fr_team_rank()
+    void fr_team_spread()
     void fr_barrier_init(fr_barrier* b, int spin)
     void fr_barrier_wait(fr_barrier* b)
     const int FR_HANDOVER
@@ -131,6 +132,7 @@ cdef inline void project_on_team(const floating* x,      # IN  (rows, I)
                             part_bound(G, part + 1, n_parts))
         return
     with parallel(num_threads=n_team):
+        fr_team_spread()
         part = fr_team_rank()
         while part < n_parts:
             project_columns(x, w_ih, packed_ih, bias, gates, rows, I, G,
@@ -213,6 +215,7 @@ cdef inline void gradients_on_team(
                                        dw_hh, db_ih, db_hh, part, n_parts, tiles_max_n)
         return
     with parallel(num_threads=n_team):
+        fr_team_spread()
         part = fr_team_rank()
         while part < n_parts:
             input_and_weight_gradients(dg_x, dg_h, x, h_in, w_ih, rows, I, H, G, dx, dw_ih,

@@ -123,12 +123,58 @@ static inline int fr_take(long* counter, long k)
 
 static inline int fr_team_size(void) { return omp_get_num_threads(); }
 static inline int fr_team_rank(void) { return omp_get_thread_num(); }
+
+/* Called first by every thread of a team: a thread that the master's wake
+ * placed on the master's own CPU moves to another one at once.
+ *
+ * Why: after the process slept (10 ms or more), the kernel woke the team's
+ * sleeping thread onto the CPU of the thread that woke it, and the two then
+ * shared that CPU, the master spinning at the barrier, for 10-14 ms before
+ * the other CPU took one of them: a unit-split LSTM or GRU call of 50-100
+ * steps took 9.8-13.9 ms after 10-30 ms of sleep against 0.25-0.5 with the
+ * threads pinned to CPUs of their own (GOMP_CPU_AFFINITY="0 1";
+ * benchmarks/bench_idle_gaps.py). Pinning them for good would pin the
+ * user's own thread (the master) too, so a thread that finds itself there
+ * narrows its CPUs to the others, which moves it now, and widens them again.
+ *
+ * The master's CPU passes through a variable of this module's: the master
+ * writes it first thing in the region, a few microseconds before a waking
+ * thread reads it; a thread that was spinning may read the last region's,
+ * but it runs on a CPU of its own already. Where the process may run on one
+ * CPU only, nothing moves. */
+#if defined(__linux__) && defined(_GNU_SOURCE) && defined(CPU_COUNT)
+static int fr_master_cpu = -1;
+
+static inline void fr_team_spread(void)
+{
+    int cpu = sched_getcpu();
+    if (omp_get_thread_num() == 0) {
+        __atomic_store_n(&fr_master_cpu, cpu, __ATOMIC_RELAXED);
+        return;
+    }
+    int master = __atomic_load_n(&fr_master_cpu, __ATOMIC_RELAXED);
+    if (cpu < 0 || cpu != master)
+        return;
+    cpu_set_t all, others;
+    if (sched_getaffinity(0, sizeof all, &all) != 0)
+        return;
+    others = all;
+    CPU_CLR(master, &others);
+    if (CPU_COUNT(&others) == 0)
+        return;
+    if (sched_setaffinity(0, sizeof others, &others) == 0)
+        sched_setaffinity(0, sizeof all, &all);
+}
+#else
+static inline void fr_team_spread(void) {}
+#endif
 #else
 typedef struct { int spin; } fr_barrier;
 static inline void fr_barrier_init(fr_barrier* b, int spin) { b->spin = spin; }
 static inline void fr_barrier_wait(fr_barrier* b) { (void)b; }
 static inline int fr_team_size(void) { return 1; }
 static inline int fr_team_rank(void) { return 0; }
+static inline void fr_team_spread(void) {}
 #endif
 #ifndef FR_HANDOVER
 /* no atomics to hand chunks over with: a kernel never starts a second

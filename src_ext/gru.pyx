@@ -15,7 +15,7 @@ from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carr
                           pipeline_role, step_finished, backward_gradients, runs_the_gradients,
                           backward_pipeline,
                           zero_row, gradients_on_team, step_stride, fr_barrier,
-                          fr_barrier_init, fr_barrier_wait)
+                          fr_barrier_init, fr_barrier_wait, fr_team_spread)
 from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
                      fr_team_size, fr_team_rank)
 
@@ -287,6 +287,7 @@ def forward(const floating[:, :, ::1] x,
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
+                        fr_team_spread()
                         gru_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], packed_,
                                           pack_here, &bias[0], packed_ih_, &b_hn[0], lens, T,
                                           B, I, H, reverse, gates.shape[0], &gates[0, 0, 0],
@@ -306,6 +307,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, H, 3 * H, packed_, n_threads)
         if pipe_ != NULL and pipe_.helper:
             with parallel(num_threads=2):
+                fr_team_spread()
                 gru_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0],
                                    &b_hn[0], lens, T, B, I, H, reverse, chunk, &gates[0, 0, 0],
                                    &gh[0, 0], ghn_, &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
@@ -376,6 +378,7 @@ def backward(const floating[:, :, ::1] x,
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
+                        fr_team_spread()
                         gru_backward_units(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], to_pack,
                                            packed_, dy_, dy_step, lens, T, B, H, reverse,
                                            &dh[0, 0], &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts,
@@ -386,6 +389,7 @@ def backward(const floating[:, :, ::1] x,
                                        &dg_x[0, 0, 0], &dg_h[0, 0, 0], unit_parts, &bar)
         elif behind:
             with parallel(num_threads=2):
+                fr_team_spread()
                 role = pipeline_role(pipe_)
                 if role == 0:
                     gru_backward_kernel(&gates[0, 0, 0], &ghn[0, 0, 0], &hs[0, 0, 0], &rec, dy_,

@@ -36,7 +36,7 @@ from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carr
                           backward_pipeline,
                           zero_row, gradients_on_team,
                           weight_gradient, step_stride, fr_barrier, fr_barrier_init,
-                          fr_barrier_wait)
+                          fr_barrier_wait, fr_team_spread)
 from _units cimport (part_start, part_gates, parts_dh_product, pack_own_parts,
                      fr_team_size, fr_team_rank)
 
@@ -443,6 +443,7 @@ def forward(const floating[:, :, ::1] x,
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
+                        fr_team_spread()
                         lstm_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], packed_,
                                            pack_here, &bias[0], packed_ih_, lens, T, B, I, H,
                                            reverse, gates.shape[0], &gates[0, 0, 0], &gh[0, 0],
@@ -462,6 +463,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, P, 4 * H, packed_, n_threads)
         if pipe_ != NULL and pipe_.helper:
             with parallel(num_threads=2):
+                fr_team_spread()
                 lstm_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, w_hr_, &bias[0],
                                     lens, T, B, I, H, P, reverse, chunk, &gates[0, 0, 0],
                                     &gh[0, 0], &hs[0, 0, 0], &cs[0, 0, 0], hs.shape[0], m_,
@@ -563,6 +565,7 @@ def backward(const floating[:, :, ::1] x,
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
+                        fr_team_spread()
                         lstm_backward_units(&gates[0, 0, 0], &cs[0, 0, 0], to_pack, packed_, dy_,
                                             dy_step, lens, T, B, H, reverse, &dh[0, 0],
                                             &dc[0, 0], &dg[0, 0, 0], unit_parts, &bar)
@@ -572,6 +575,7 @@ def backward(const floating[:, :, ::1] x,
                                         &dg[0, 0, 0], unit_parts, &bar)
         elif behind:
             with parallel(num_threads=2):
+                fr_team_spread()
                 role = pipeline_role(pipe_)
                 if role == 0:
                     lstm_backward_kernel(&gates[0, 0, 0], &cs[0, 0, 0], &rec, w_hr_, dy_,

@@ -12,7 +12,7 @@ from _rnn_common cimport (time_at, slot_in, slot_out, is_valid, step_gates, carr
                           zero_row, gradients_on_team, step_stride, Pipeline,
                           projects_ahead, forward_pipeline, pipeline_role, step_finished,
                           backward_gradients, runs_the_gradients, backward_pipeline,
-                          fr_barrier, fr_barrier_init, fr_barrier_wait)
+                          fr_barrier, fr_barrier_init, fr_barrier_wait, fr_team_spread)
 from _units cimport part_start, part_gates, fr_team_size, fr_team_rank
 
 
@@ -204,6 +204,7 @@ def forward(const floating[:, :, ::1] x,
                 # a team of one starts no OpenMP region (_parallel.team_size)
                 if n_team > 1:
                     with parallel(num_threads=n_team):
+                        fr_team_spread()
                         rnn_forward_units(&x[0, 0, 0], &w_ih[0, 0], &w_hh[0, 0], &bias[0], lens,
                                           T, B, I, H, reverse, relu, chunk, &pre[0, 0, 0],
                                           &gh[0, 0], &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0],
@@ -221,6 +222,7 @@ def forward(const floating[:, :, ::1] x,
             rec = recurrent(&w_hh[0, 0], True, H, H, packed_, n_threads)
         if pipe_ != NULL and pipe_.helper:
             with parallel(num_threads=2):
+                fr_team_spread()
                 rnn_forward_kernel(&x[0, 0, 0], &w_ih[0, 0], packed_ih_, &rec, &bias[0], lens,
                                    T, B, I, H, reverse, relu, chunk, &pre[0, 0, 0],
                                    &hs[0, 0, 0], hs.shape[0], &y[0, 0, 0], y_step, 1, 1, pipe_)
@@ -270,6 +272,7 @@ def backward(const floating[:, :, ::1] x,
         rec = recurrent(&w_hh[0, 0], False, H, H, packed_, n_threads)
         if behind:
             with parallel(num_threads=2):
+                fr_team_spread()
                 role = pipeline_role(pipe_)
                 if role == 0:
                     rnn_backward_kernel(&hs[0, 0, 0], &rec, dy_, dy_step, lens, T, B, H,

@@ -10,6 +10,7 @@ interpreter with a timeout, so that a hang fails the test instead of the
 suite; every output and gradient must be bit for bit what Python threads
 give.
 """
+import os
 import textwrap
 
 import pytest
@@ -90,3 +91,19 @@ def test_parts_on_a_team_give_the_threads_bits(tmp_path):
     if stdout.startswith("skip"):
         pytest.skip(stdout.strip())
     assert stdout.startswith("ok"), stdout
+
+
+def test_a_thread_woken_on_the_masters_cpu_moves_off_it():
+    """``fr_team_spread`` (src_ext/_team.h): after a long sleep the kernel
+    woke a team's thread onto its master's CPU, where the two shared one CPU
+    for 10-14 ms. The trial puts the second thread there itself."""
+    team_run = pytest.importorskip("fastrnn._ext.team_run")
+    if not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one CPU: nowhere to move to")
+    trials = [team_run._spread_trial() for _ in range(5)]
+    if trials[0][0] == -1:
+        pytest.skip("this build cannot spread a team (no OpenMP or no sched_setaffinity)")
+    placed = [t for t in trials if t[1] == t[0]]
+    assert placed, trials
+    for master, _, after, restored in placed:
+        assert after != master and restored == 1, trials
