@@ -97,7 +97,7 @@ def _sleeps_briefly(set_here, environ=os.environ):
 _OMP_PAUSE_SOFT = 1
 
 
-def release_openmp_threads(loaded_before=_loaded_before, load=ctypes.CDLL):
+def release_openmp_threads():
     """Let the calling thread's idle OpenMP threads exit (OpenMP 5.0's
     ``omp_pause_resource_all``, libgomp from GCC 9): its next team starts new
     ones. True if they are gone or there is no libgomp in the process, False
@@ -108,10 +108,10 @@ def release_openmp_threads(loaded_before=_loaded_before, load=ctypes.CDLL):
     record of them does, and a child's first team waits for them forever. A
     pool released just before the fork leaves the child nothing stale. Every
     team of the thread counts, torch's among them (the same libgomp)."""
-    if not loaded_before():
+    if not _loaded_before():
         return True
     try:
-        pause = load(_LIBGOMP, mode=os.RTLD_NOLOAD).omp_pause_resource_all
+        pause = ctypes.CDLL(_LIBGOMP, mode=os.RTLD_NOLOAD).omp_pause_resource_all
     except (OSError, AttributeError):
         return False
     pause.argtypes = [ctypes.c_int]
@@ -119,8 +119,7 @@ def release_openmp_threads(loaded_before=_loaded_before, load=ctypes.CDLL):
     return pause(_OMP_PAUSE_SOFT) == 0
 
 
-_preloaded = _loaded_before()
 #: do the kernels' idle OpenMP threads sleep after about 0.2 ms of spinning
 #: (``_sleeps_briefly``)? The idle rule (``_cython_backend.IDLE_TEAM_S``)
 #: holds only then
-SPINS_BRIEFLY = _sleeps_briefly(_spin_briefly(loaded_before=lambda: _preloaded))
+SPINS_BRIEFLY = _sleeps_briefly(_spin_briefly())
